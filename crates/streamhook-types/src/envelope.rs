@@ -1,0 +1,51 @@
+//! The envelope: what sinks receive and what `--json` prints for one accepted webhook.
+//!
+//! `{"id", "seq", "received_at", "source_ip", "kinds", "origin"?, "resource", "payload"}`.
+//! `payload` is Gcore's JSON byte for byte, so a consumer that already parses Gcore payloads
+//! reads it unchanged; the other members are what Gcore leaves out (a stable id, a receive
+//! time, the source) and what the classifier worked out.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::classify::{EventKind, Origin, Resource};
+
+/// One accepted webhook, as delivered to sinks.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope {
+    /// Stable for the event's whole life (a UUIDv7): deduplicate on it downstream.
+    pub id: EventId,
+    /// The event's position in the journal, increasing.
+    pub seq: u64,
+    /// When streamhook accepted it: RFC 3339, UTC.
+    pub received_at: String,
+    /// The address the webhook came from (after trusted proxies).
+    pub source_ip: IpAddr,
+    /// What happened; never empty.
+    pub kinds: Vec<EventKind>,
+    /// For videos: recording or upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// What the event is about.
+    pub resource: Resource,
+    /// Gcore's JSON, unchanged.
+    #[schemars(with = "crate::Webhook")]
+    pub payload: Box<RawValue>,
+}
+
+/// An event's stable id.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct EventId(pub String);
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

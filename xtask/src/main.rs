@@ -1,0 +1,198 @@
+//! `cargo xtask`: the project's own automation (CI steps, code generation), in Rust so it runs
+//! wherever cargo does.
+//!
+//! Run `cargo xtask help` for the list of tasks.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // printing is what a task runner does
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const HELP: &str = "\
+cargo xtask TASK
+
+Tasks:
+  ci        what CI runs: fmt check, clippy -D warnings, the tests (pending or
+            unreferenced snapshots fail), and the architecture checks
+  codegen   regenerate docs/schema/*.json from the types
+  help      this text
+";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_else(|| "help".to_owned());
+    let rest: Vec<String> = args.collect();
+    std::env::set_current_dir(project_root())?;
+    match task.as_str() {
+        "ci" => ci(&rest),
+        "codegen" => codegen(),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n\n{HELP}"),
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// Runs a cargo command, failing with the command line if it fails.
+fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let line = format!("cargo {}", args.join(" "));
+    eprintln!("$ {line}");
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+fn ci(args: &[String]) -> Result<()> {
+    let skip_lint = args.iter().any(|a| a == "--no-lint");
+    if !skip_lint {
+        cargo(&["fmt", "--all", "--check"], &[])?;
+        cargo(
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        )?;
+    }
+    check_types_crate_is_pure()?;
+    test_with_snapshot_checks()?;
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}
+
+/// Runs `cargo test --workspace --locked` so that a snapshot that differs, is pending, or is
+/// referenced by no test fails the run.
+fn test_with_snapshot_checks() -> Result<()> {
+    let refs = project_root().join("target/insta-references.txt");
+    std::fs::create_dir_all(refs.parent().expect("has a parent"))?;
+    let _ = std::fs::remove_file(&refs);
+    let refs_str = refs.to_string_lossy().into_owned();
+    cargo(
+        &["test", "--workspace", "--locked"],
+        &[
+            ("INSTA_UPDATE", "no"),
+            ("INSTA_FORCE_PASS", "0"),
+            ("INSTA_SNAPSHOT_REFERENCES_FILE", &refs_str),
+        ],
+    )?;
+    let referenced: Vec<PathBuf> = std::fs::read_to_string(&refs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| std::fs::canonicalize(l).ok())
+        .collect();
+    let mut unreferenced = Vec::new();
+    let mut pending = Vec::new();
+    for file in files_under(&project_root().join("crates"))? {
+        let name = file.to_string_lossy();
+        if name.ends_with(".snap.new") || name.ends_with(".pending-snap") {
+            pending.push(file);
+        } else if name.ends_with(".snap") && !referenced.contains(&std::fs::canonicalize(&file)?) {
+            unreferenced.push(file);
+        }
+    }
+    if !pending.is_empty() {
+        bail!("pending snapshots (review with `cargo insta review` or delete): {pending:#?}");
+    }
+    if !unreferenced.is_empty() {
+        bail!(
+            "snapshots no test referenced (delete them, or restore their test): {unreferenced:#?}"
+        );
+    }
+    eprintln!(
+        "snapshots: {} referenced, none pending or stale",
+        referenced.len()
+    );
+    Ok(())
+}
+
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Architecture invariant: `streamhook-types` does no I/O and knows nothing of async runtimes
+/// or HTTP: its normal dependencies are serde, serde_json and schemars (and theirs).
+fn check_types_crate_is_pure() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--locked",
+            "-p",
+            "streamhook-types",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .context("could not run `cargo tree`")?;
+    if !out.status.success() {
+        bail!(
+            "`cargo tree` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let forbidden = ["tokio", "axum", "hyper", "reqwest", "redb", "mio"];
+    for line in tree.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if forbidden.contains(&name) {
+            bail!("streamhook-types must not depend on {name} (architecture invariant)");
+        }
+    }
+    eprintln!("streamhook-types: no I/O or async dependencies");
+    Ok(())
+}
+
+fn codegen() -> Result<()> {
+    cargo(
+        &[
+            "test",
+            "--quiet",
+            "-p",
+            "streamhook-types",
+            "--test",
+            "schema",
+        ],
+        &[("STREAMHOOK_CODEGEN", "write")],
+    )?;
+    eprintln!("wrote docs/schema/webhook.schema.json and docs/schema/envelope.schema.json");
+    Ok(())
+}
