@@ -1,0 +1,486 @@
+//! The dispatcher: one per sink, it reads the journal from the sink's cursor and delivers every
+//! event the router sends to that sink, at least once, in journal order per resource.
+//!
+//! - Events are read in batches and handed to lanes (as many as [`Sink::concurrency`]); all
+//!   events of one resource go to the same lane, so they arrive in order even when several
+//!   resources are delivered at once.
+//! - A retryable failure is tried again after an exponential backoff with jitter (or the
+//!   sink's `retry_after` hint), until [`RetryPolicy`]'s attempts or age run out; then, or at
+//!   once for a permanent failure, the event becomes a dead letter and delivery goes on.
+//! - The cursor (the first seq not yet passed) is persisted as events complete, so a restart
+//!   resumes where delivery stood; anything in flight is delivered again (at least once).
+//! - Memory is bounded by the in-flight window whatever the backlog: the backlog stays on disk.
+//! - One slow sink slows only itself: intake and other sinks never wait for it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::journal::{DeadLetter, Journal, JournalError, StoredEvent};
+use crate::router::{RouteInput, Router};
+use crate::sink::{Delivery, Sink, SinkError};
+
+/// When to give up on an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first backoff.
+    pub initial_backoff: Duration,
+    /// The longest backoff (and the longest `retry_after` honoured).
+    pub max_backoff: Duration,
+    /// The most deliveries tried before dead-lettering.
+    pub max_attempts: u32,
+    /// The longest time spent retrying one event before dead-lettering.
+    pub max_age: Duration,
+    /// How long one `send` may take before it counts as a (retryable) timeout.
+    pub send_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 1 s doubling to 5 min, up to 30 attempts or 24 hours; 30 s per send.
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            max_attempts: 30,
+            max_age: Duration::from_secs(24 * 3600),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`: `initial * 2^(attempt-1)`, capped, with jitter
+    /// (a random point in its upper half), or the sink's hint when it gave one.
+    pub fn backoff(&self, attempt: u32, hint: Option<Duration>) -> Duration {
+        if let Some(hint) = hint {
+            return hint.min(self.max_backoff);
+        }
+        let exp = self
+            .initial_backoff
+            .saturating_mul(
+                1u32.checked_shl(attempt.saturating_sub(1).min(31))
+                    .unwrap_or(u32::MAX),
+            )
+            .min(self.max_backoff);
+        let half = exp / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Counters and gauges of one sink, for metrics.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Events delivered.
+    pub delivered: AtomicU64,
+    /// Failed attempts (each retry counts).
+    pub failed_attempts: AtomicU64,
+    /// Events waiting for a retry now.
+    pub retrying: AtomicU64,
+    /// Events dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// The persisted cursor: the first seq not yet passed.
+    pub cursor: AtomicU64,
+}
+
+/// The router, shared so a reload can swap it under running dispatchers.
+pub type SharedRouter = Arc<RwLock<Arc<Router>>>;
+
+/// Delivers the journal to one sink.
+#[derive(Debug)]
+pub struct Dispatcher {
+    journal: Journal,
+    sink: Arc<dyn Sink>,
+    router: SharedRouter,
+    policy: RetryPolicy,
+    window: usize,
+    stats: Arc<SinkStats>,
+}
+
+enum Done {
+    Event(u64),
+    Requeued(u64),
+}
+
+struct Job {
+    seq: u64,
+    requeued: bool,
+    delivery: Delivery,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `sink`, routing with `router`.
+    pub fn new(
+        journal: Journal,
+        sink: Arc<dyn Sink>,
+        router: SharedRouter,
+        policy: RetryPolicy,
+    ) -> Self {
+        Dispatcher {
+            journal,
+            sink,
+            router,
+            policy,
+            window: 256,
+            stats: Arc::new(SinkStats::default()),
+        }
+    }
+
+    /// The most events in flight at once (default 256).
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// This sink's counters.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs until `shutdown` turns true. In-flight deliveries are abandoned then (they are
+    /// delivered again after a restart); the cursor of what completed is persisted.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), JournalError> {
+        let name = self.sink.name().to_owned();
+        self.journal.register_dispatcher(&name);
+        let result = self.run_inner(&mut shutdown).await;
+        self.journal.unregister_dispatcher(&name);
+        if let Err(e) = self.sink.flush().await {
+            tracing::warn!(sink = %name, error = %e, "flush on shutdown failed");
+        }
+        result
+    }
+
+    async fn run_inner(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), JournalError> {
+        let name = self.sink.name().to_owned();
+        let mut changed = self.journal.subscribe();
+        let mut start = blocking(&self.journal, {
+            let name = name.clone();
+            move |j| j.cursor(&name)
+        })
+        .await?;
+        'generation: loop {
+            self.stats.cursor.store(start, Ordering::Relaxed);
+            let lanes_n = self.sink.concurrency().clamp(1, 64);
+            let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+            let mut lanes = Vec::with_capacity(lanes_n);
+            let mut tasks = JoinSet::new();
+            for _ in 0..lanes_n {
+                let (tx, rx) = mpsc::channel::<Job>(self.window);
+                lanes.push(tx);
+                tasks.spawn(lane(
+                    rx,
+                    done_tx.clone(),
+                    Arc::clone(&self.sink),
+                    self.journal.clone(),
+                    self.policy,
+                    Arc::clone(&self.stats),
+                ));
+            }
+            let mut next = start;
+            let mut pending: BTreeSet<u64> = BTreeSet::new();
+            let mut requeued_in_flight: HashSet<u64> = HashSet::new();
+            let mut persisted = start;
+            let mut last_persist = Instant::now();
+            let mut idle_flushed = true;
+            let mut stop = false;
+            loop {
+                if stop || *shutdown.borrow() {
+                    tasks.abort_all();
+                    let cursor = pending.first().copied().unwrap_or(next);
+                    self.persist(&name, cursor).await?;
+                    return Ok(());
+                }
+                if let Some((seq, ack)) = self.journal.take_replay(&name) {
+                    tasks.abort_all();
+                    self.persist(&name, seq).await?;
+                    tracing::info!(sink = %name, from = seq, "replay");
+                    let _ = ack.send(());
+                    start = seq;
+                    continue 'generation;
+                }
+
+                // Fill the window from the journal.
+                while pending.len() + requeued_in_flight.len() < self.window {
+                    let want = (self.window - pending.len() - requeued_in_flight.len()).min(256);
+                    let events = blocking(&self.journal, move |j| j.read_from(next, want)).await?;
+                    if events.is_empty() {
+                        break;
+                    }
+                    for event in events {
+                        next = event.seq + 1;
+                        let Some(delivery) = self.routed(&event) else {
+                            continue;
+                        };
+                        idle_flushed = false;
+                        pending.insert(event.seq);
+                        let lane = lane_of(&delivery, lanes.len());
+                        let job = Job {
+                            seq: event.seq,
+                            requeued: false,
+                            delivery,
+                        };
+                        if lanes[lane].send(job).await.is_err() {
+                            return Err(JournalError::Closed);
+                        }
+                    }
+                }
+                // Requeued dead letters.
+                let letters = {
+                    let name = name.clone();
+                    blocking(&self.journal, move |j| j.requeued(&name, 64)).await?
+                };
+                for letter in letters {
+                    if requeued_in_flight.contains(&letter.seq) {
+                        continue;
+                    }
+                    match delivery_of_letter(&letter) {
+                        Some(delivery) => {
+                            requeued_in_flight.insert(letter.seq);
+                            let lane = lane_of(&delivery, lanes.len());
+                            let job = Job {
+                                seq: letter.seq,
+                                requeued: true,
+                                delivery,
+                            };
+                            if lanes[lane].send(job).await.is_err() {
+                                return Err(JournalError::Closed);
+                            }
+                        }
+                        None => {
+                            let (name, seq) = (name.clone(), letter.seq);
+                            blocking(&self.journal, move |j| j.finish_requeued(&name, seq)).await?;
+                        }
+                    }
+                }
+
+                // Persist the cursor now and then, and when idle.
+                let cursor = pending.first().copied().unwrap_or(next);
+                if cursor != persisted
+                    && (pending.is_empty() || last_persist.elapsed() > Duration::from_millis(200))
+                {
+                    self.persist(&name, cursor).await?;
+                    persisted = cursor;
+                    last_persist = Instant::now();
+                }
+                if pending.is_empty() && requeued_in_flight.is_empty() && !idle_flushed {
+                    idle_flushed = true;
+                    if let Err(e) = self.sink.flush().await {
+                        tracing::warn!(sink = %name, error = %e, "flush failed");
+                    }
+                }
+
+                tokio::select! {
+                    r = shutdown.changed() => stop = r.is_err(),
+                    _ = changed.changed() => {}
+                    Some(done) = done_rx.recv() => {
+                        let mut handle = |d: Done| match d {
+                            Done::Event(seq) => { pending.remove(&seq); }
+                            Done::Requeued(seq) => { requeued_in_flight.remove(&seq); }
+                        };
+                        handle(done);
+                        while let Ok(d) = done_rx.try_recv() {
+                            handle(d);
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(500)), if !pending.is_empty() => {}
+                }
+            }
+        }
+    }
+
+    async fn persist(&self, name: &str, cursor: u64) -> Result<(), JournalError> {
+        let name = name.to_owned();
+        blocking(&self.journal, move |j| j.set_cursor(&name, cursor)).await?;
+        self.stats.cursor.store(cursor, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The delivery for `event` if the router sends it to this sink.
+    fn routed(&self, event: &StoredEvent) -> Option<Delivery> {
+        let envelope = match event.envelope() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(sink = %self.sink.name(), seq = event.seq, error = %e, "skipping an unreadable journal record");
+                return None;
+            }
+        };
+        let type_name = payload_type(&envelope);
+        let input = RouteInput {
+            kinds: &envelope.kinds,
+            type_name: &type_name,
+            origin: envelope.origin,
+            id: envelope.resource.id,
+        };
+        let wanted = self
+            .router
+            .read()
+            .map(|r| r.wants(self.sink.name(), &input))
+            .unwrap_or(true);
+        if !wanted {
+            return None;
+        }
+        let body = event.body(&envelope);
+        Some(Delivery {
+            json: event.json_line(),
+            body,
+            envelope,
+            attempt: 1,
+        })
+    }
+}
+
+/// The webhook `type` of an envelope's payload (read without decoding the whole payload).
+pub fn payload_type(envelope: &streamhook_types::Envelope) -> String {
+    #[derive(serde::Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        type_name: Option<String>,
+    }
+    serde_json::from_str::<TypeOnly>(envelope.payload.get())
+        .ok()
+        .and_then(|t| t.type_name)
+        .unwrap_or_default()
+}
+
+fn delivery_of_letter(letter: &DeadLetter) -> Option<Delivery> {
+    let envelope = serde_json::from_str(&letter.envelope).ok()?;
+    Some(Delivery {
+        json: crate::journal::one_line(&letter.envelope),
+        body: letter.body.clone(),
+        envelope,
+        attempt: 1,
+    })
+}
+
+fn lane_of(delivery: &Delivery, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let mut h = DefaultHasher::new();
+    delivery.envelope.resource.hash(&mut h);
+    (h.finish() % lanes as u64) as usize
+}
+
+async fn blocking<T: Send + 'static>(
+    journal: &Journal,
+    f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, JournalError> {
+    let journal = journal.clone();
+    tokio::task::spawn_blocking(move || f(&journal))
+        .await
+        .map_err(|e| JournalError::Read(format!("journal task failed: {e}")))?
+}
+
+async fn lane(
+    mut rx: mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Done>,
+    sink: Arc<dyn Sink>,
+    journal: Journal,
+    policy: RetryPolicy,
+    stats: Arc<SinkStats>,
+) {
+    while let Some(mut job) = rx.recv().await {
+        deliver(&mut job, &*sink, &journal, &policy, &stats).await;
+        if job.requeued {
+            let (name, seq) = (sink.name().to_owned(), job.seq);
+            // If this fails the letter is delivered again later: at least once.
+            let _ = blocking(&journal, move |j| j.finish_requeued(&name, seq)).await;
+            let _ = done.send(Done::Requeued(job.seq));
+        } else {
+            let _ = done.send(Done::Event(job.seq));
+        }
+    }
+}
+
+async fn deliver(
+    job: &mut Job,
+    sink: &dyn Sink,
+    journal: &Journal,
+    policy: &RetryPolicy,
+    stats: &SinkStats,
+) {
+    let first = Instant::now();
+    let mut attempt = 1;
+    loop {
+        job.delivery.attempt = attempt;
+        let result = match tokio::time::timeout(policy.send_timeout, sink.send(&job.delivery)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::retryable(format!(
+                "timed out after {:?}",
+                policy.send_timeout
+            ))),
+        };
+        let error = match result {
+            Ok(()) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => e,
+        };
+        stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        let give_up = !error.is_retryable()
+            || attempt >= policy.max_attempts
+            || first.elapsed() >= policy.max_age;
+        if give_up {
+            tracing::warn!(sink = %sink.name(), seq = job.seq, id = %job.delivery.envelope.id, attempts = attempt, error = %error, "dead-lettered");
+            let letter = DeadLetter {
+                sink: sink.name().to_owned(),
+                seq: job.seq,
+                id: job.delivery.envelope.id.0.clone(),
+                error: error.to_string(),
+                attempts: attempt,
+                failed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                    .to_string(),
+                envelope: serde_json::to_string(&job.delivery.envelope).unwrap_or_default(),
+                body: job.delivery.body.clone(),
+            };
+            // The dead letter must be stored before the event counts as passed.
+            let mut wait = policy.initial_backoff;
+            loop {
+                let l = letter.clone();
+                match blocking(journal, move |j| j.dead_letter(&l)).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(sink = %sink.name(), seq = job.seq, error = %e, "cannot store a dead letter; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(policy.max_backoff);
+                    }
+                }
+            }
+            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let hint = match &error {
+            SinkError::Retryable { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let wait = policy.backoff(attempt, hint);
+        tracing::debug!(sink = %sink.name(), seq = job.seq, attempt, error = %error, retry_in = ?wait, "delivery failed; will retry");
+        {
+            let _retrying = Gauge::up(&stats.retrying);
+            tokio::time::sleep(wait).await;
+        }
+        attempt += 1;
+    }
+}
+
+/// Holds a gauge up while alive, so a cancelled wait cannot leave it counted.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

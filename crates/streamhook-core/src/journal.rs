@@ -1,0 +1,974 @@
+//! The durable journal: an append-only log of accepted events in a redb database, with each
+//! resource's history, each sink's cursor, dead letters and requeued events beside it.
+//!
+//! [`Journal::append`] returns only after the event and the history update it implies are
+//! committed with `Durability::Immediate` (fsync'd). Appends go through one writer thread that
+//! takes every request waiting in its queue and commits them in one transaction (group
+//! commit): one fsync per batch, so throughput does not collapse to one fsync per request.
+//! Classification happens in that transaction, so history and events never disagree, and
+//! concurrent payloads of one stream are classified in the order they are journaled.
+//!
+//! Tables (all in `journal.redb`):
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | `events` | seq (u64) | [record](encode_record): received-at, the body's outer whitespace, envelope JSON |
+//! | `history` | `"stream:12345"` | [`ResourceState`] JSON |
+//! | `meta` | `"next_seq"` | u64 |
+//! | `cursors` | sink name | next seq the sink has not passed |
+//! | `dead_letters` | (sink, seq) | [`DeadLetter`] JSON |
+//! | `requeued` | (sink, seq) | [`DeadLetter`] JSON |
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use streamhook_types::classify::classify_with;
+use streamhook_types::{Envelope, EventId, EventKind, ResourceState, Webhook};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::source::Verified;
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+const DEAD_LETTERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead_letters");
+const REQUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("requeued");
+
+const NEXT_SEQ: &str = "next_seq";
+
+/// The file inside the data directory.
+pub const JOURNAL_FILE: &str = "journal.redb";
+
+/// How the journal is opened.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The data directory; created if missing.
+    pub dir: PathBuf,
+    /// Appends waiting for the writer beyond which [`Journal::append`] answers
+    /// [`JournalError::Busy`] at once (load shedding).
+    pub queue: usize,
+    /// The most appends committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl JournalConfig {
+    /// Defaults for a data directory: a queue of 4096 appends, batches of up to 1024.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        JournalConfig {
+            dir: dir.into(),
+            queue: 4096,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// What can go wrong with the journal.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The journal could not be opened.
+    #[error("cannot open the journal at {path}: {message}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// Writing failed (a full disk, an I/O error); nothing of the batch was stored.
+    #[error("the journal cannot write: {0}")]
+    Write(String),
+    /// Reading failed.
+    #[error("the journal cannot read: {0}")]
+    Read(String),
+    /// Too many appends are waiting; try again shortly.
+    #[error("the journal is busy; try again shortly")]
+    Busy,
+    /// The journal was closed.
+    #[error("the journal is closed")]
+    Closed,
+    /// A stored record could not be read back.
+    #[error("corrupt record at seq {seq}: {message}")]
+    Corrupt {
+        /// Where.
+        seq: u64,
+        /// Why.
+        message: String,
+    },
+    /// A dead letter that does not exist.
+    #[error("no dead letter for sink {sink:?} at seq {seq}")]
+    NoSuchDeadLetter {
+        /// The sink.
+        sink: String,
+        /// The seq.
+        seq: u64,
+    },
+}
+
+fn write_err(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Write(e.to_string())
+}
+
+fn read_err(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Read(e.to_string())
+}
+
+/// What an append stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The event's stable id.
+    pub id: EventId,
+    /// Its journal position.
+    pub seq: u64,
+    /// What it means, given the resource's history.
+    pub kinds: Vec<EventKind>,
+}
+
+/// One journaled event as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its journal position.
+    pub seq: u64,
+    /// When it was accepted, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// The envelope as stored (its payload is the body without outer whitespace).
+    pub json: String,
+    /// Whitespace the request body had before its JSON.
+    pub body_prefix: String,
+    /// Whitespace the request body had after its JSON.
+    pub body_suffix: String,
+}
+
+impl StoredEvent {
+    /// The typed envelope.
+    pub fn envelope(&self) -> Result<Envelope, JournalError> {
+        serde_json::from_str(&self.json).map_err(|e| JournalError::Corrupt {
+            seq: self.seq,
+            message: e.to_string(),
+        })
+    }
+
+    /// The envelope on one line (NDJSON): raw newlines can only be whitespace between JSON
+    /// tokens (inside strings they are escaped), so they become spaces.
+    pub fn json_line(&self) -> String {
+        one_line(&self.json)
+    }
+
+    /// The request body exactly as Gcore sent it.
+    pub fn body(&self, envelope: &Envelope) -> String {
+        let mut body = String::with_capacity(
+            self.body_prefix.len() + envelope.payload.get().len() + self.body_suffix.len(),
+        );
+        body.push_str(&self.body_prefix);
+        body.push_str(envelope.payload.get());
+        body.push_str(&self.body_suffix);
+        body
+    }
+}
+
+/// JSON on one line: raw CR and LF become spaces (they can only be whitespace).
+pub fn one_line(json: &str) -> String {
+    if json.contains(['\n', '\r']) {
+        json.replace(['\n', '\r'], " ")
+    } else {
+        json.to_owned()
+    }
+}
+
+/// An event a sink gave up on, with the last error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The sink that failed.
+    pub sink: String,
+    /// The event's seq.
+    pub seq: u64,
+    /// The event's id.
+    pub id: String,
+    /// The last error.
+    pub error: String,
+    /// How many deliveries were tried.
+    pub attempts: u32,
+    /// When it was dead-lettered (RFC 3339).
+    pub failed_at: String,
+    /// The envelope, so the event can be requeued after the journal pruned it.
+    pub envelope: String,
+    /// The request body exactly as received.
+    pub body: String,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// From this seq on.
+    Seq(u64),
+    /// From the first event received at or after this time.
+    Time(SystemTime),
+}
+
+/// Counters the server's `/metrics` reads.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Events appended.
+    pub appended: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Failed commits.
+    pub write_errors: AtomicU64,
+    /// Appends refused because the queue was full.
+    pub busy: AtomicU64,
+    /// Commit latency histogram: counts per bucket of [`COMMIT_BUCKETS`], plus +Inf.
+    pub commit_latency: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+    /// Sum of commit latencies in microseconds.
+    pub commit_latency_sum_us: AtomicU64,
+}
+
+/// Upper bounds, in seconds, of the commit latency histogram's buckets.
+pub const COMMIT_BUCKETS: [f64; 10] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+
+impl JournalStats {
+    fn observe_commit(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = COMMIT_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(COMMIT_BUCKETS.len());
+        self.commit_latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.commit_latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct AppendRequest {
+    webhook: Webhook,
+    payload: Box<RawValue>,
+    prefix: String,
+    suffix: String,
+    source: IpAddr,
+    received_at: SystemTime,
+    reply: oneshot::Sender<Result<Appended, JournalError>>,
+}
+
+enum Msg {
+    Append(Box<AppendRequest>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The journal. Cheap to clone; all clones share one database and one writer.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// What the handles and the writer thread share. The writer holds no sender, so when the last
+/// [`Journal`] handle goes, its queue closes and it stops.
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    closed: std::sync::atomic::AtomicBool,
+    db: RwLock<Option<Arc<Database>>>,
+    /// The last committed seq; bumped on every commit, replay and requeue to wake dispatchers.
+    changed: watch::Sender<u64>,
+    stats: JournalStats,
+    /// Replays waiting for a running dispatcher to apply them, by sink.
+    replays: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+    /// Sinks with a running dispatcher.
+    dispatching: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `config.dir` and starts its writer thread.
+    pub fn open(config: JournalConfig) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(&config.dir).map_err(|e| JournalError::Open {
+            path: config.dir.clone(),
+            message: e.to_string(),
+        })?;
+        let path = config.dir.join(JOURNAL_FILE);
+        let db = open_db(&path)?;
+        let last = last_seq_in(&db)?;
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (changed, _) = watch::channel(last);
+        let shared = Arc::new(Shared {
+            path,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            db: RwLock::new(Some(Arc::new(db))),
+            changed,
+            stats: JournalStats::default(),
+            replays: Mutex::new(HashMap::new()),
+            dispatching: Mutex::new(Vec::new()),
+        });
+        let writer = Arc::clone(&shared);
+        let max_batch = config.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("streamhook-journal".into())
+            .spawn(move || writer_loop(&writer, rx, max_batch))
+            .map_err(|e| JournalError::Open {
+                path: config.dir.clone(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Journal {
+            inner: Arc::new(Inner { tx, shared }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &JournalStats {
+        &self.inner.stats
+    }
+
+    /// Appends one verified, decoded webhook and returns once it is on disk.
+    ///
+    /// `payload` must be the request body the webhook was decoded from; it is stored byte for
+    /// byte. Fails at once with [`JournalError::Busy`] when the queue is full.
+    pub async fn append(
+        &self,
+        source: Verified,
+        payload: &[u8],
+        webhook: Webhook,
+    ) -> Result<Appended, JournalError> {
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| JournalError::Write(format!("payload is not UTF-8: {e}")))?;
+        let is_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+        let json = text.trim_matches(is_ws);
+        let start = text.len() - text.trim_start_matches(is_ws).len();
+        let (prefix, suffix) = (&text[..start], &text[start + json.len()..]);
+        let payload = RawValue::from_string(json.to_owned())
+            .map_err(|e| JournalError::Write(format!("payload is not JSON: {e}")))?;
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            webhook,
+            payload,
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+            source: source.client(),
+            received_at: SystemTime::now(),
+            reply,
+        };
+        match self.inner.tx.try_send(Msg::Append(Box::new(request))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner.stats.busy.fetch_add(1, Ordering::Relaxed);
+                return Err(JournalError::Busy);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(JournalError::Closed),
+        }
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Stops the writer after the appends already queued, waits for it, and closes the
+    /// database file (so it can be opened again at once). Every handle fails afterwards.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.inner.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let shared = Arc::clone(&self.inner.shared);
+        let _ = tokio::task::spawn_blocking(move || shared.release()).await;
+    }
+
+    /// A receiver that changes on every commit, replay and requeue (value: last seq).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.inner.changed.send_modify(|_| {});
+    }
+
+    fn db(&self) -> Result<Arc<Database>, JournalError> {
+        self.inner.db()
+    }
+
+    /// Whether a write transaction can be committed now (for readiness checks). Writes nothing.
+    pub fn is_writable(&self) -> bool {
+        self.db()
+            .is_ok_and(|db| db.begin_write().map(|t| t.abort().is_ok()).unwrap_or(false))
+    }
+
+    /// The last committed seq (0 when empty).
+    pub fn last_seq(&self) -> Result<u64, JournalError> {
+        last_seq_in(&*self.db()?)
+    }
+
+    /// Up to `limit` events from `from` on, in seq order.
+    pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.range(from..).map_err(read_err)?.take(limit) {
+            let (k, v) = entry.map_err(read_err)?;
+            out.push(decode_event(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// One event by seq.
+    pub fn get(&self, seq: u64) -> Result<Option<StoredEvent>, JournalError> {
+        Ok(self.read_from(seq, 1)?.into_iter().find(|e| e.seq == seq))
+    }
+
+    /// The number of events held.
+    pub fn len(&self) -> Result<u64, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        match txn.open_table(EVENTS) {
+            Ok(t) => t.len().map_err(read_err),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(read_err(e)),
+        }
+    }
+
+    /// Whether the journal holds no events.
+    pub fn is_empty(&self) -> Result<bool, JournalError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The first seq received at or after `time` (or the next seq to be written).
+    pub fn seq_at(&self, time: SystemTime) -> Result<u64, JournalError> {
+        let want = ms_since_epoch(time);
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(1),
+            Err(e) => return Err(read_err(e)),
+        };
+        let first = table.first().map_err(read_err)?.map(|(k, _)| k.value());
+        let last = table.last().map_err(read_err)?.map(|(k, _)| k.value());
+        let (Some(mut lo), Some(last)) = (first, last) else {
+            return Ok(1);
+        };
+        let time_of = |seq: u64| -> Result<Option<u64>, JournalError> {
+            let next = table.range(seq..).map_err(read_err)?.next();
+            match next {
+                Some(entry) => {
+                    let (_, v) = entry.map_err(read_err)?;
+                    Ok(Some(header_ms(v.value())))
+                }
+                None => Ok(None),
+            }
+        };
+        // Received-at grows with seq (one writer stamps both), so binary search on seq.
+        let mut hi = last + 1;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match time_of(mid)? {
+                Some(t) if t < want => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The sink's cursor: the first seq it has not passed. A sink seen for the first time
+    /// starts after the events already journaled (use [`Journal::replay`] for history).
+    pub fn cursor(&self, sink: &str) -> Result<u64, JournalError> {
+        let db = self.db()?;
+        {
+            let txn = db.begin_read().map_err(read_err)?;
+            if let Ok(t) = txn.open_table(CURSORS)
+                && let Some(v) = t.get(sink).map_err(read_err)?
+            {
+                return Ok(v.value());
+            }
+        }
+        let start = last_seq_in(&db)? + 1;
+        self.set_cursor(sink, start)?;
+        Ok(start)
+    }
+
+    /// Moves a sink's cursor (durably). Used by the sink's dispatcher.
+    pub fn set_cursor(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(CURSORS)
+            .map_err(write_err)?
+            .insert(sink, seq)
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    }
+
+    /// Every sink's cursor.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(CURSORS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(read_err)? {
+            let (k, v) = entry.map_err(read_err)?;
+            out.push((k.value().to_owned(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Re-delivers to `sink` everything from `from` on. Returns the seq it restarts at.
+    ///
+    /// When the sink's dispatcher runs, it applies the replay (dropping what it had in flight)
+    /// before this returns; otherwise the cursor is moved directly.
+    pub async fn replay(&self, sink: &str, from: ReplayFrom) -> Result<u64, JournalError> {
+        let seq = match from {
+            ReplayFrom::Seq(s) => s.max(1),
+            ReplayFrom::Time(t) => self.seq_at(t)?,
+        };
+        let running = self
+            .inner
+            .dispatching
+            .lock()
+            .map(|d| d.iter().any(|s| s == sink))
+            .unwrap_or(false);
+        if !running {
+            self.set_cursor(sink, seq)?;
+            return Ok(seq);
+        }
+        let (done, wait) = oneshot::channel();
+        if let Ok(mut replays) = self.inner.replays.lock() {
+            replays.insert(sink.to_owned(), (seq, done));
+        }
+        self.notify();
+        let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
+        Ok(seq)
+    }
+
+    pub(crate) fn register_dispatcher(&self, sink: &str) {
+        if let Ok(mut d) = self.inner.dispatching.lock() {
+            d.push(sink.to_owned());
+        }
+    }
+
+    pub(crate) fn unregister_dispatcher(&self, sink: &str) {
+        if let Ok(mut d) = self.inner.dispatching.lock() {
+            d.retain(|s| s != sink);
+        }
+    }
+
+    pub(crate) fn take_replay(&self, sink: &str) -> Option<(u64, oneshot::Sender<()>)> {
+        self.inner.replays.lock().ok()?.remove(sink)
+    }
+
+    /// Records that `sink` gave up on `event`.
+    pub fn dead_letter(&self, letter: &DeadLetter) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(letter).map_err(write_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(DEAD_LETTERS)
+            .map_err(write_err)?
+            .insert((letter.sink.as_str(), letter.seq), bytes.as_slice())
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    }
+
+    /// Dead letters, of one sink or all, in (sink, seq) order.
+    pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(DEAD_LETTERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(read_err)? {
+            let (k, v) = entry.map_err(read_err)?;
+            if sink.is_some_and(|s| s != k.value().0) {
+                continue;
+            }
+            out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Moves a dead letter back to its sink's queue; it is delivered again (same id).
+    pub fn requeue(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        {
+            let mut dead = txn.open_table(DEAD_LETTERS).map_err(write_err)?;
+            let letter: DeadLetter = match dead.remove((sink, seq)).map_err(write_err)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(read_err)?,
+                None => {
+                    return Err(JournalError::NoSuchDeadLetter {
+                        sink: sink.to_owned(),
+                        seq,
+                    });
+                }
+            };
+            let bytes = serde_json::to_vec(&letter).map_err(write_err)?;
+            txn.open_table(REQUEUED)
+                .map_err(write_err)?
+                .insert((sink, seq), bytes.as_slice())
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)?;
+        self.notify();
+        Ok(())
+    }
+
+    /// Requeued events waiting for `sink`, oldest first.
+    pub fn requeued(&self, sink: &str, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(REQUEUED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table
+            .range((sink, 0)..=(sink, u64::MAX))
+            .map_err(read_err)?
+            .take(limit)
+        {
+            let (_, v) = entry.map_err(read_err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Removes a requeued event once handled (delivered or dead-lettered again).
+    pub fn finish_requeued(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(REQUEUED)
+            .map_err(write_err)?
+            .remove((sink, seq))
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    }
+
+    /// The history the classifier keeps for a resource (`"stream:12345"`).
+    pub fn history(&self, resource: &str) -> Result<Option<ResourceState>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(HISTORY) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(read_err(e)),
+        };
+        match table.get(resource).map_err(read_err)? {
+            Some(v) => Ok(serde_json::from_slice(v.value()).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes events every sink in `sinks` has passed, that are older than `max_age` or
+    /// beyond the newest `max_events`. Returns how many were deleted.
+    pub fn prune(
+        &self,
+        sinks: &[String],
+        max_age: Option<Duration>,
+        max_events: Option<u64>,
+    ) -> Result<u64, JournalError> {
+        if max_age.is_none() && max_events.is_none() {
+            return Ok(0);
+        }
+        let mut passed = u64::MAX;
+        for sink in sinks {
+            passed = passed.min(self.cursor(sink)?);
+        }
+        let last = self.last_seq()?;
+        let keep_from_count = max_events.map_or(0, |n| (last + 1).saturating_sub(n));
+        let cutoff_ms = max_age.map_or(0, |age| {
+            ms_since_epoch(SystemTime::now()).saturating_sub(age.as_millis() as u64)
+        });
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        let mut deleted = 0;
+        {
+            let mut table = txn.open_table(EVENTS).map_err(write_err)?;
+            let removed = table
+                .extract_from_if(..passed, |seq, value| {
+                    seq < keep_from_count || header_ms(value) < cutoff_ms
+                })
+                .map_err(write_err)?;
+            for entry in removed {
+                entry.map_err(write_err)?;
+                deleted += 1;
+            }
+        }
+        txn.commit().map_err(write_err)?;
+        Ok(deleted)
+    }
+}
+
+impl Shared {
+    fn db(&self) -> Result<Arc<Database>, JournalError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(JournalError::Closed);
+        }
+        self.db.read().ok().and_then(|g| g.clone()).ok_or_else(|| {
+            JournalError::Write("the journal is reopening after an I/O error".into())
+        })
+    }
+
+    /// Takes the database out and waits (a bounded time) for readers to let go of it.
+    fn release(&self) {
+        let Ok(mut slot) = self.db.write() else {
+            return;
+        };
+        if let Some(old) = slot.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// After an I/O error redb refuses further writes until reopened: drop every handle and
+    /// open the file again (recovering from the last committed transaction).
+    fn reopen(&self) -> Result<(), JournalError> {
+        self.release();
+        let db = open_db(&self.path)?;
+        match self.db.write() {
+            Ok(mut slot) => *slot = Some(Arc::new(db)),
+            Err(_) => return Err(JournalError::Write("journal lock poisoned".into())),
+        }
+        Ok(())
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, JournalError> {
+    let db = Database::create(path).map_err(|e| JournalError::Open {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    // Create the tables up front, so readers never race their creation.
+    let txn = db.begin_write().map_err(write_err)?;
+    {
+        txn.open_table(EVENTS).map_err(write_err)?;
+        txn.open_table(HISTORY).map_err(write_err)?;
+        txn.open_table(META).map_err(write_err)?;
+        txn.open_table(CURSORS).map_err(write_err)?;
+        txn.open_table(DEAD_LETTERS).map_err(write_err)?;
+        txn.open_table(REQUEUED).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)?;
+    Ok(db)
+}
+
+fn last_seq_in(db: &Database) -> Result<u64, JournalError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    match txn.open_table(META) {
+        Ok(t) => Ok(t.get(NEXT_SEQ).map_err(read_err)?.map_or(1, |v| v.value()) - 1),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(read_err(e)),
+    }
+}
+
+fn ms_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn header_ms(value: &[u8]) -> u64 {
+    value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// An event record: received-at in ms (u64), the lengths of the body's leading and trailing
+/// whitespace (u32 each), those bytes, then the envelope JSON. All integers big endian.
+fn encode_record(
+    out: &mut Vec<u8>,
+    received_at_ms: u64,
+    prefix: &str,
+    suffix: &str,
+    envelope: &Envelope,
+) -> Result<(), JournalError> {
+    out.clear();
+    out.extend_from_slice(&received_at_ms.to_be_bytes());
+    out.extend_from_slice(&(prefix.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(suffix.len() as u32).to_be_bytes());
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    serde_json::to_writer(out, envelope).map_err(write_err)
+}
+
+fn decode_event(seq: u64, value: &[u8]) -> Result<StoredEvent, JournalError> {
+    let corrupt = |message: &str| JournalError::Corrupt {
+        seq,
+        message: message.to_owned(),
+    };
+    let len_at = |at: usize| -> Result<usize, JournalError> {
+        let bytes: [u8; 4] = value
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt("record too short"))?;
+        Ok(u32::from_be_bytes(bytes) as usize)
+    };
+    let (pre, suf) = (len_at(8)?, len_at(12)?);
+    let text = |from: usize, to: usize| -> Result<String, JournalError> {
+        let bytes = value
+            .get(from..to)
+            .ok_or_else(|| corrupt("record too short"))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt("record is not UTF-8"))
+    };
+    let body_start = 16;
+    Ok(StoredEvent {
+        seq,
+        received_at_ms: header_ms(value),
+        body_prefix: text(body_start, body_start + pre)?,
+        body_suffix: text(body_start + pre, body_start + pre + suf)?,
+        json: text(body_start + pre + suf, value.len())?,
+    })
+}
+
+/// The key under which a resource's history is kept (`"stream:12345"`).
+pub fn history_key(webhook: &Webhook) -> Option<String> {
+    let resource = streamhook_types::classify::resource_of(&webhook.payload);
+    resource.id.map(|id| format!("{}:{id}", resource.kind))
+}
+
+fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut closing = None;
+    loop {
+        match rx.blocking_recv() {
+            Some(Msg::Append(r)) => batch.push(*r),
+            Some(Msg::Close(done)) => closing = Some(done),
+            None => return,
+        }
+        while closing.is_none() && batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Append(r)) => batch.push(*r),
+                Ok(Msg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let result = inner.db().and_then(|db| commit_batch(&db, &batch));
+            match result {
+                Ok(appended) => {
+                    inner.stats.observe_commit(started.elapsed());
+                    inner
+                        .stats
+                        .appended
+                        .fetch_add(appended.len() as u64, Ordering::Relaxed);
+                    let last = appended.last().map_or(0, |a| a.seq);
+                    for (request, done) in batch.drain(..).zip(appended) {
+                        let _ = request.reply.send(Ok(done));
+                    }
+                    inner.changed.send_replace(last);
+                }
+                Err(e) => {
+                    inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, events = batch.len(), "journal commit failed; nothing of the batch was stored");
+                    for request in batch.drain(..) {
+                        let _ = request.reply.send(Err(e.clone()));
+                    }
+                    if let Err(e) = inner.reopen() {
+                        tracing::error!(error = %e, "journal reopen failed; will retry on the next append");
+                    }
+                }
+            }
+        }
+        if let Some(done) = closing.take() {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Classifies and stores a batch in one transaction; all or nothing.
+fn commit_batch(db: &Database, batch: &[AppendRequest]) -> Result<Vec<Appended>, JournalError> {
+    let txn = db.begin_write().map_err(write_err)?;
+    let mut out = Vec::with_capacity(batch.len());
+    {
+        let mut events = txn.open_table(EVENTS).map_err(write_err)?;
+        let mut history = txn.open_table(HISTORY).map_err(write_err)?;
+        let mut meta = txn.open_table(META).map_err(write_err)?;
+        let mut next = meta
+            .get(NEXT_SEQ)
+            .map_err(write_err)?
+            .map_or(1, |v| v.value());
+        let mut record = Vec::new();
+        for request in batch {
+            let key = history_key(&request.webhook);
+            let prior: Option<ResourceState> = match &key {
+                Some(k) => history
+                    .get(k.as_str())
+                    .map_err(write_err)?
+                    .and_then(|v| serde_json::from_slice(v.value()).ok()),
+                None => None,
+            };
+            let (meaning, state) = classify_with(&request.webhook, prior.as_ref());
+            let envelope = Envelope {
+                id: EventId(uuid::Uuid::now_v7().to_string()),
+                seq: next,
+                received_at: humantime::format_rfc3339_millis(request.received_at).to_string(),
+                source_ip: request.source,
+                kinds: meaning.kinds,
+                origin: meaning.origin,
+                resource: meaning.resource,
+                payload: request.payload.clone(),
+            };
+            encode_record(
+                &mut record,
+                ms_since_epoch(request.received_at),
+                &request.prefix,
+                &request.suffix,
+                &envelope,
+            )?;
+            events.insert(next, record.as_slice()).map_err(write_err)?;
+            if let (Some(k), Some(state)) = (&key, state) {
+                let bytes = serde_json::to_vec(&state).map_err(write_err)?;
+                history
+                    .insert(k.as_str(), bytes.as_slice())
+                    .map_err(write_err)?;
+            }
+            out.push(Appended {
+                id: envelope.id,
+                seq: next,
+                kinds: envelope.kinds,
+            });
+            next += 1;
+        }
+        meta.insert(NEXT_SEQ, next).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)?;
+    Ok(out)
+}

@@ -1,0 +1,98 @@
+//! The `Sink` trait: one required method to deliver an event, an error that says whether to
+//! try again.
+//!
+//! Sinks are chosen at run time from config, so the trait is object-safe and held as
+//! `Arc<dyn Sink>`. The dispatcher calls [`Sink::send`] for each event routed to the sink, in
+//! journal order per resource, and retries on [`SinkError::Retryable`] with backoff (honouring
+//! `retry_after`); a [`SinkError::Permanent`] error dead-letters the event at once.
+//! Delivery is at least once: deduplicate on [`Delivery::envelope`]'s `id`.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use streamhook_types::Envelope;
+
+/// One event handed to a sink.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event.
+    pub envelope: Envelope,
+    /// The envelope as JSON on one line (what an NDJSON sink writes).
+    pub json: String,
+    /// The request body exactly as Gcore sent it, byte for byte.
+    pub body: String,
+    /// 1 for the first try, then 2, 3, ...
+    pub attempt: u32,
+}
+
+/// A destination for events.
+#[async_trait]
+pub trait Sink: Send + Sync + fmt::Debug + 'static {
+    /// The sink's name, as routes and metrics refer to it.
+    fn name(&self) -> &str;
+
+    /// Delivers one event. Return only when it is delivered (or failed).
+    async fn send(&self, delivery: &Delivery) -> Result<(), SinkError>;
+
+    /// How many events the dispatcher may hand this sink at once. Events of one resource are
+    /// never sent concurrently, so per-resource order holds whatever this is.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// Flushes buffered output; called when the dispatcher is idle and on shutdown.
+    async fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Why a delivery failed, and whether to try again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// Worth trying again: a timeout, a refused connection, a 5xx, a full disk.
+    #[error("{message}")]
+    Retryable {
+        /// What went wrong.
+        message: String,
+        /// The destination's own hint of when to try again.
+        retry_after: Option<Duration>,
+    },
+    /// Trying again will not help: the destination refused the event itself.
+    #[error("{message}")]
+    Permanent {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl SinkError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SinkError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure not worth retrying.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// Adds the destination's hint of when to retry (ignored on permanent errors).
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        if let SinkError::Retryable { retry_after, .. } = &mut self {
+            *retry_after = after;
+        }
+        self
+    }
+
+    /// Whether the dispatcher should try again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Retryable { .. })
+    }
+}
