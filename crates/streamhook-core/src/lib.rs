@@ -2,6 +2,7 @@
 //! classifier with history, router, durable journal and dispatcher.
 
 pub mod dispatch;
+pub mod duration;
 pub mod journal;
 pub mod router;
 pub mod sink;

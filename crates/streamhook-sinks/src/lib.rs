@@ -1,4 +1,132 @@
-//! Sinks: where accepted webhooks go (stdout, file, HTTP forwarding with signatures).
+//! Sinks: where accepted webhooks go.
 //!
-//! Each sink implements `streamhook_core::Sink` and sits behind a cargo feature. This crate is
-//! laid out by the foundation and filled in by the sinks work.
+//! # Brief overview
+//!
+//! Each sink implements [`streamhook_core::Sink`] and sits behind a cargo feature (all on by
+//! default):
+//!
+//! - [`stdout`]: one line per event, `pretty` for people (coloured on a terminal) or `json`
+//!   (NDJSON envelopes) for pipes.
+//! - [`file`]: NDJSON envelopes appended to a (templated) path, with rotation and an fsync
+//!   policy; a reader only ever sees whole lines.
+//! - [`http`]: forwards each event to a URL (Gcore's original body byte for byte, or the
+//!   envelope), signed with the Standard Webhooks scheme, with retries driven by the
+//!   dispatcher.
+//!
+//! Sinks are chosen at run time: each is one variant of [`SinkConfig`], read from config
+//! (`type = "stdout" | "file" | "http"`), and [`SinkConfig::build`] returns it ready to use.
+//!
+//! # Example
+//!
+//! ```
+//! use streamhook_sinks::SinkConfig;
+//!
+//! let config: SinkConfig = serde_json::from_str(
+//!     r#"{"type": "file", "name": "archive", "path": "events/{date}/{type}.jsonl"}"#,
+//! ).unwrap();
+//! assert_eq!(config.name(), "archive");
+//! let sink = config.build().unwrap();
+//! assert_eq!(sink.name(), "archive");
+//! ```
+//!
+//! ```toml
+//! [dependencies]
+//! streamhook-sinks = { version = "0.1", default-features = false, features = ["http"] }
+//! ```
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use streamhook_core::Sink;
+
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "stdout")]
+pub mod stdout;
+
+/// One sink's configuration; `type` picks the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum SinkConfig {
+    /// Lines on standard output.
+    #[cfg(feature = "stdout")]
+    Stdout(stdout::StdoutConfig),
+    /// NDJSON files.
+    #[cfg(feature = "file")]
+    File(file::FileConfig),
+    /// HTTP forwarding.
+    #[cfg(feature = "http")]
+    Http(http::HttpConfig),
+}
+
+/// A sink that cannot be built from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sink {sink:?}: {message}")]
+pub struct BuildError {
+    /// The sink's name.
+    pub sink: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SinkConfig {
+    /// The sink's name: the configured one, or its type.
+    pub fn name(&self) -> &str {
+        match self {
+            #[cfg(feature = "stdout")]
+            SinkConfig::Stdout(c) => c.name.as_deref().unwrap_or("stdout"),
+            #[cfg(feature = "file")]
+            SinkConfig::File(c) => c.name.as_deref().unwrap_or("file"),
+            #[cfg(feature = "http")]
+            SinkConfig::Http(c) => c.name.as_deref().unwrap_or("http"),
+        }
+    }
+
+    /// Builds the sink.
+    pub fn build(&self) -> Result<Arc<dyn Sink>, BuildError> {
+        let name = self.name().to_owned();
+        match self {
+            #[cfg(feature = "stdout")]
+            SinkConfig::Stdout(c) => Ok(Arc::new(stdout::StdoutSink::new(name, c))),
+            #[cfg(feature = "file")]
+            SinkConfig::File(c) => Ok(Arc::new(file::FileSink::new(name, c)?)),
+            #[cfg(feature = "http")]
+            SinkConfig::Http(c) => Ok(Arc::new(http::HttpSink::new(name, c)?)),
+        }
+    }
+
+    /// The same configuration with secrets replaced by `"<redacted>"`.
+    pub fn redacted(&self) -> SinkConfig {
+        match self {
+            #[cfg(feature = "http")]
+            SinkConfig::Http(c) => SinkConfig::Http(c.redacted()),
+            #[allow(unreachable_patterns)]
+            other => other.clone(),
+        }
+    }
+
+    /// One line for startup logs: `archive: file events/{date}.jsonl (fsync batch)`.
+    pub fn describe(&self) -> String {
+        let what = match self {
+            #[cfg(feature = "stdout")]
+            SinkConfig::Stdout(c) => format!("stdout ({})", c.format),
+            #[cfg(feature = "file")]
+            SinkConfig::File(c) => format!("file {} (fsync {})", c.path, c.fsync),
+            #[cfg(feature = "http")]
+            SinkConfig::Http(c) => format!(
+                "http {} ({} body{})",
+                c.url,
+                c.body,
+                if c.secrets.is_empty() {
+                    ", unsigned"
+                } else {
+                    ", signed"
+                }
+            ),
+        };
+        format!("{}: {what}", self.name())
+    }
+}

@@ -47,6 +47,7 @@ pub mod decode;
 pub mod envelope;
 pub mod model;
 pub mod schema;
+pub mod summary;
 
 pub use classify::{Classification, EventKind, Origin, Resource, ResourceState, StreamState};
 pub use decode::{DecodeError, Decoded, Warning};

@@ -1,0 +1,394 @@
+//! The file sink: envelopes appended as NDJSON, one event per line.
+//!
+//! - `path` may hold `{date}` (the UTC day the event was received, `2026-11-28`) and `{type}`
+//!   (the webhook type): `events/{date}/{type}.jsonl`. Folders are created as needed.
+//! - `max_bytes` rotates a file before it would grow past the size: `events.jsonl` is renamed
+//!   `events.jsonl.1` (then `.2`, ...: the highest number is the newest) and a new one starts.
+//! - `fsync`: `always` syncs each event before the dispatcher counts it delivered (nothing
+//!   acknowledged is lost, slowest); `batch` (default) syncs when the dispatcher goes idle and
+//!   at least once a second (a power loss may lose the last second of lines, which the
+//!   journal still holds and a replay restores); `never` leaves it to the OS.
+//! - A file moved away (logrotate) is noticed before the next write and a new one opened.
+//! - Lines are whole: each is written with one `write`, a failed write is cut back off, and
+//!   on opening a file whose last line was torn by a crash, the torn tail is cut off (the
+//!   event is delivered again, since its delivery was never acknowledged).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use streamhook_core::{Delivery, Sink, SinkError};
+
+use crate::BuildError;
+
+/// `type = "file"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The sink's name (default `file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where to write; may hold `{date}` and `{type}`.
+    pub path: String,
+    /// Rotate before a file grows past this many bytes; 0 never rotates. Default 100 MiB.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// `always`, `batch` (default) or `never`.
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+}
+
+fn default_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+impl FileConfig {
+    /// A config for `path` with the defaults.
+    pub fn new(path: impl Into<String>) -> Self {
+        FileConfig {
+            name: None,
+            path: path.into(),
+            max_bytes: default_max_bytes(),
+            fsync: FsyncPolicy::default(),
+        }
+    }
+}
+
+/// When written lines are forced to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// After every event, before it counts as delivered.
+    Always,
+    /// When the dispatcher is idle, and at least once a second.
+    #[default]
+    Batch,
+    /// Never; the OS writes back in its own time.
+    Never,
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Batch => "batch",
+            FsyncPolicy::Never => "never",
+        })
+    }
+}
+
+/// The most files held open at once (templated paths); the least recently used is closed.
+const MAX_OPEN: usize = 32;
+/// With `fsync = "batch"`, the longest a written line waits for its sync.
+const BATCH_SYNC: Duration = Duration::from_secs(1);
+
+/// Appends envelopes to NDJSON files.
+#[derive(Debug)]
+pub struct FileSink {
+    name: String,
+    template: String,
+    max_bytes: u64,
+    fsync: FsyncPolicy,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: HashMap<PathBuf, Open>,
+    last_sync: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Open {
+    file: File,
+    size: u64,
+    identity: Identity,
+    last_used: Instant,
+    dirty: bool,
+}
+
+/// What identifies a file on disk, to notice it was moved or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+fn identity(meta: &std::fs::Metadata) -> Identity {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Identity { dev: 0, ino: 0 }
+    }
+}
+
+impl FileSink {
+    /// A file sink; checks the template.
+    pub fn new(name: String, config: &FileConfig) -> Result<Self, BuildError> {
+        let err = |message: String| BuildError {
+            sink: name.clone(),
+            message,
+        };
+        if config.path.trim().is_empty() {
+            return Err(err("`path` is empty".into()));
+        }
+        let mut rest = config.path.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| err(format!("unclosed `{{` in path {:?}", config.path)))?;
+            let var = &rest[open + 1..open + close];
+            if var != "date" && var != "type" {
+                return Err(err(format!(
+                    "unknown placeholder `{{{var}}}` in path {:?}; use {{date}} or {{type}}",
+                    config.path
+                )));
+            }
+            rest = &rest[open + close + 1..];
+        }
+        Ok(FileSink {
+            name,
+            template: config.path.clone(),
+            max_bytes: config.max_bytes,
+            fsync: config.fsync,
+            state: Arc::new(Mutex::new(State::default())),
+        })
+    }
+
+    /// The file an event goes to.
+    pub fn path_for(&self, delivery: &Delivery) -> PathBuf {
+        let date = delivery
+            .envelope
+            .received_at
+            .get(..10)
+            .unwrap_or("unknown-date");
+        let type_name = streamhook_core::dispatch::payload_type(&delivery.envelope);
+        let type_name: String = type_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let type_name = if type_name.is_empty() {
+            "unknown".to_owned()
+        } else {
+            type_name
+        };
+        PathBuf::from(
+            self.template
+                .replace("{date}", date)
+                .replace("{type}", &type_name),
+        )
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, delivery: &Delivery) -> Result<(), SinkError> {
+        let path = self.path_for(delivery);
+        let mut line = delivery.json.clone().into_bytes();
+        line.push(b'\n');
+        let state = Arc::clone(&self.state);
+        let (max_bytes, fsync) = (self.max_bytes, self.fsync);
+        tokio::task::spawn_blocking(move || {
+            let mut state = state
+                .lock()
+                .map_err(|_| SinkError::retryable("file sink state poisoned"))?;
+            state.write(&path, &line, max_bytes, fsync)
+        })
+        .await
+        .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        let state = Arc::clone(&self.state);
+        tokio::task::spawn_blocking(move || {
+            let mut state = state
+                .lock()
+                .map_err(|_| SinkError::retryable("file sink state poisoned"))?;
+            state.sync_all()
+        })
+        .await
+        .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> SinkError {
+    SinkError::retryable(format!("cannot {what} {}: {e}", path.display()))
+}
+
+impl State {
+    fn write(
+        &mut self,
+        path: &Path,
+        line: &[u8],
+        max_bytes: u64,
+        fsync: FsyncPolicy,
+    ) -> Result<(), SinkError> {
+        // Moved or deleted since we opened it (logrotate): start a new file.
+        let moved = match (self.open.get(path), std::fs::metadata(path)) {
+            (Some(open), Ok(meta)) => identity(&meta) != open.identity,
+            (Some(_), Err(_)) => true,
+            (None, _) => false,
+        };
+        if moved && let Some(old) = self.open.remove(path) {
+            let _ = old.file.sync_data();
+        }
+        if !self.open.contains_key(path) {
+            self.evict_if_full();
+            let opened = open_repaired(path)?;
+            self.open.insert(path.to_owned(), opened);
+        }
+        let needs_rotation = self
+            .open
+            .get(path)
+            .is_some_and(|o| max_bytes > 0 && o.size > 0 && o.size + line.len() as u64 > max_bytes);
+        if needs_rotation {
+            if let Some(old) = self.open.remove(path) {
+                old.file.sync_all().map_err(|e| io_err("sync", path, e))?;
+            }
+            rotate(path)?;
+            let opened = open_repaired(path)?;
+            self.open.insert(path.to_owned(), opened);
+        }
+        let Some(open) = self.open.get_mut(path) else {
+            return Err(SinkError::retryable(format!(
+                "cannot open {}",
+                path.display()
+            )));
+        };
+        if let Err(e) = open.file.write_all(line) {
+            // Cut a partial line back off, so no reader sees half an event.
+            let _ = open.file.set_len(open.size);
+            self.open.remove(path);
+            return Err(io_err("write", path, e));
+        }
+        open.size += line.len() as u64;
+        open.last_used = Instant::now();
+        open.dirty = true;
+        match fsync {
+            FsyncPolicy::Always => {
+                open.file.sync_data().map_err(|e| io_err("sync", path, e))?;
+                open.dirty = false;
+            }
+            FsyncPolicy::Batch => {
+                if self.last_sync.is_none_or(|t| t.elapsed() >= BATCH_SYNC) {
+                    self.sync_all()?;
+                }
+            }
+            FsyncPolicy::Never => {}
+        }
+        Ok(())
+    }
+
+    fn sync_all(&mut self) -> Result<(), SinkError> {
+        for (path, open) in &mut self.open {
+            if open.dirty {
+                open.file.sync_data().map_err(|e| io_err("sync", path, e))?;
+                open.dirty = false;
+            }
+        }
+        self.last_sync = Some(Instant::now());
+        Ok(())
+    }
+
+    fn evict_if_full(&mut self) {
+        if self.open.len() < MAX_OPEN {
+            return;
+        }
+        let oldest = self
+            .open
+            .iter()
+            .min_by_key(|(_, o)| o.last_used)
+            .map(|(p, _)| p.clone());
+        if let Some(path) = oldest
+            && let Some(open) = self.open.remove(&path)
+        {
+            let _ = open.file.sync_data();
+        }
+    }
+}
+
+/// Opens for appending, creating folders, and cuts off a torn last line left by a crash.
+fn open_repaired(path: &Path) -> Result<Open, SinkError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io_err("create the folder", parent, e))?;
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| io_err("open", path, e))?;
+    let meta = file.metadata().map_err(|e| io_err("inspect", path, e))?;
+    let mut size = meta.len();
+    if size > 0 {
+        let whole = whole_lines_len(&mut file, size).map_err(|e| io_err("read", path, e))?;
+        if whole < size {
+            tracing::warn!(path = %path.display(), bytes = size - whole, "cutting off a torn last line (its event is delivered again)");
+            file.set_len(whole).map_err(|e| io_err("repair", path, e))?;
+            file.sync_all().map_err(|e| io_err("sync", path, e))?;
+            size = whole;
+        }
+    }
+    Ok(Open {
+        file,
+        size,
+        identity: identity(&meta),
+        last_used: Instant::now(),
+        dirty: false,
+    })
+}
+
+/// The length of the file up to and including its last newline.
+fn whole_lines_len(file: &mut File, size: u64) -> std::io::Result<u64> {
+    let mut end = size;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(pos) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + pos as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Renames `path` to `path.N`, N one more than the highest that exists.
+fn rotate(path: &Path) -> Result<(), SinkError> {
+    let mut n = 1;
+    loop {
+        let mut target = path.as_os_str().to_owned();
+        target.push(format!(".{n}"));
+        let target = PathBuf::from(target);
+        if !target.exists() {
+            return std::fs::rename(path, &target).map_err(|e| io_err("rotate", path, e));
+        }
+        n += 1;
+    }
+}
