@@ -1,0 +1,319 @@
+//! The admin API: sink status, dead letters, requeue, replay, an event tail and reload.
+//!
+//! Served on its own listener (loopback by default) and guarded by a bearer token
+//! (`Authorization: Bearer <token>`). `streamhook replay`, `dead-letters` and `tail` drive it.
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /admin/status` | each sink's cursor, lag, counters and dead letters |
+//! | `GET /admin/dead-letters[?sink=NAME]` | dead letters with their last error |
+//! | `POST /admin/dead-letters/requeue` | `{"sink", "seq"}` or `{"sink", "all": true}`: deliver again |
+//! | `POST /admin/replay` | `{"sink", "from_seq"}` or `{"sink", "since": "2026-11-28T09:00:00Z" or "2h"}` |
+//! | `GET /admin/events?from=SEQ&limit=N&wait=SECS` | envelopes from SEQ on, as NDJSON; waits up to SECS for new ones |
+//! | `POST /admin/reload` | re-reads the config (as SIGHUP does) |
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use streamhook_core::{Journal, JournalError, ReplayFrom};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::intake::Intake;
+
+/// A request to reload, answered with a summary or the reason it was refused.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
+#[derive(Clone)]
+struct Admin {
+    intake: Intake,
+    token: Arc<str>,
+    reload: Option<mpsc::Sender<ReloadRequest>>,
+}
+
+/// The admin router. `reload` reaches the running server (None: reload unsupported).
+pub fn admin_app(
+    intake: Intake,
+    token: String,
+    reloads: Option<mpsc::Sender<ReloadRequest>>,
+) -> axum::Router {
+    let state = Admin {
+        intake,
+        token: token.into(),
+        reload: reloads,
+    };
+    axum::Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/dead-letters", get(dead_letters))
+        .route("/admin/dead-letters/requeue", post(requeue))
+        .route("/admin/replay", post(replay))
+        .route("/admin/events", get(events))
+        .route("/admin/reload", post(reload))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn journal_error(e: JournalError) -> Response {
+    let status = match e {
+        JournalError::NoSuchDeadLetter { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    use subtle::ConstantTimeEq as _;
+    if !bool::from(given.as_bytes().ct_eq(admin.token.as_bytes())) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer <token>)",
+        );
+    }
+    next.run(request).await
+}
+
+async fn blocking<T: Send + 'static>(
+    journal: &Journal,
+    f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, Response> {
+    let journal = journal.clone();
+    match tokio::task::spawn_blocking(move || f(&journal)).await {
+        Ok(r) => r.map_err(journal_error),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("task failed: {e}"),
+        )),
+    }
+}
+
+async fn status(State(admin): State<Admin>) -> Response {
+    let journal = admin.intake.journal().clone();
+    let result = blocking(&journal, |j| {
+        Ok((j.last_seq()?, j.len()?, j.cursors()?, j.dead_letters(None)?))
+    })
+    .await;
+    let (last_seq, events, cursors, dead) = match result {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let sinks: Vec<serde_json::Value> = cursors
+        .iter()
+        .map(|(name, cursor)| {
+            json!({
+                "name": name,
+                "cursor": cursor,
+                "lag": (last_seq + 1).saturating_sub(*cursor),
+                "dead_letters": dead.iter().filter(|d| &d.sink == name).count(),
+            })
+        })
+        .collect();
+    Json(json!({ "last_seq": last_seq, "events": events, "sinks": sinks })).into_response()
+}
+
+#[derive(Deserialize)]
+struct SinkQuery {
+    sink: Option<String>,
+}
+
+async fn dead_letters(State(admin): State<Admin>, Query(q): Query<SinkQuery>) -> Response {
+    match blocking(admin.intake.journal(), move |j| {
+        j.dead_letters(q.sink.as_deref())
+    })
+    .await
+    {
+        Ok(letters) => {
+            let out: Vec<serde_json::Value> = letters
+                .into_iter()
+                .map(|l| {
+                    let envelope: serde_json::Value = serde_json::from_str(&l.envelope).unwrap_or_default();
+                    json!({
+                        "sink": l.sink, "seq": l.seq, "id": l.id, "error": l.error, "attempts": l.attempts,
+                        "failed_at": l.failed_at, "kinds": envelope["kinds"], "resource": envelope["resource"],
+                    })
+                })
+                .collect();
+            Json(out).into_response()
+        }
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequeueBody {
+    sink: String,
+    seq: Option<u64>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn requeue(State(admin): State<Admin>, Json(body): Json<RequeueBody>) -> Response {
+    if body.seq.is_none() && !body.all {
+        return error(StatusCode::BAD_REQUEST, "give `seq` or `\"all\": true`");
+    }
+    let result = blocking(admin.intake.journal(), move |j| {
+        let seqs: Vec<u64> = match body.seq {
+            Some(seq) => vec![seq],
+            None => j
+                .dead_letters(Some(&body.sink))?
+                .iter()
+                .map(|d| d.seq)
+                .collect(),
+        };
+        for seq in &seqs {
+            j.requeue(&body.sink, *seq)?;
+        }
+        Ok(seqs)
+    })
+    .await;
+    match result {
+        Ok(seqs) => Json(json!({ "requeued": seqs })).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    sink: String,
+    from_seq: Option<u64>,
+    since: Option<String>,
+}
+
+/// `since`: an RFC 3339 time, or a duration back from now (`"2h"`).
+fn parse_since(since: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(since) {
+        return Ok(t);
+    }
+    let ago = streamhook_core::duration::parse(since)
+        .map_err(|_| format!("{since:?} is neither an RFC 3339 time nor a duration like \"2h\""))?;
+    Ok(SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBody>) -> Response {
+    let from = match (body.from_seq, &body.since) {
+        (Some(seq), None) => ReplayFrom::Seq(seq),
+        (None, Some(since)) => match parse_since(since) {
+            Ok(t) => ReplayFrom::Time(t),
+            Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `from_seq` and `since`",
+            );
+        }
+    };
+    let journal = admin.intake.journal();
+    let known = journal
+        .cursors()
+        .map(|c| c.iter().any(|(n, _)| n == &body.sink))
+        .unwrap_or(false);
+    if !known {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no sink named {:?}", body.sink),
+        );
+    }
+    match journal.replay(&body.sink, from).await {
+        Ok(seq) => Json(json!({ "sink": body.sink, "from_seq": seq })).into_response(),
+        Err(e) => journal_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+    wait: Option<u64>,
+}
+
+async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Response {
+    let journal = admin.intake.journal().clone();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    let mut changed = journal.subscribe();
+    let from = match q.from {
+        Some(f) => f,
+        None => match blocking(&journal, |j| j.last_seq()).await {
+            Ok(last) => last + 1,
+            Err(resp) => return resp,
+        },
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let found = match blocking(&journal, move |j| j.read_from(from, limit)).await {
+            Ok(f) => f,
+            Err(resp) => return resp,
+        };
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+            let mut body = String::new();
+            for event in &found {
+                body.push_str(&event.json_line());
+                body.push('\n');
+            }
+            let next = found.last().map_or(from, |e| e.seq + 1);
+            return (
+                [
+                    (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+                    (
+                        header::HeaderName::from_static("x-next-from"),
+                        next.to_string(),
+                    ),
+                ],
+                body,
+            )
+                .into_response();
+        }
+        if tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+    }
+}
+
+async fn reload(State(admin): State<Admin>) -> Response {
+    let Some(tx) = admin.reload else {
+        return error(StatusCode::NOT_IMPLEMENTED, "this server cannot reload");
+    };
+    let (answer, wait) = oneshot::channel();
+    if tx.send(answer).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        );
+    }
+    match wait.await {
+        Ok(Ok(summary)) => Json(json!({ "reloaded": true, "summary": summary })).into_response(),
+        Ok(Err(reason)) => error(
+            StatusCode::BAD_REQUEST,
+            format!("reload refused, the old config stays: {reason}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ),
+    }
+}

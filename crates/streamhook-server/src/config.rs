@@ -1,0 +1,547 @@
+//! Configuration: a TOML file, `STREAMHOOK_*` variables and flags, in that order of precedence
+//! (flags win), over embedded defaults that run with nothing configured.
+//!
+//! `docs/streamhook.example.toml` lists every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use streamhook_core::source::gcore_ranges;
+use streamhook_core::{Cidr, RetryPolicy, RouteConfig, Router, SourceFilter};
+use streamhook_sinks::SinkConfig;
+use streamhook_sinks::file::FileConfig;
+use streamhook_sinks::http::HttpConfig;
+use streamhook_sinks::stdout::StdoutConfig;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Defaults: listen on 0.0.0.0:8080, allow Gcore's ranges, journal in ./streamhook-data,
+  # print each event to stdout.
+  streamhook-server
+
+  # Behind nginx on the same host, archiving to files and forwarding to the app, signed.
+  streamhook-server --trusted-proxy 127.0.0.1 --file 'events/{date}.jsonl' \\
+      --forward http://127.0.0.1:3000/gcore --forward-secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+
+  # Everything from a file; show what it amounts to, or check it and exit.
+  streamhook-server --config streamhook.toml --print-config
+  streamhook-server --config streamhook.toml --check-config
+
+Signals: SIGTERM or ctrl-c drain and exit 0; SIGHUP reloads the config file (sinks, routes,
+allowlist, trusted proxies, path token, retry), keeping the old one if the new one is bad.
+
+Every flag is also a STREAMHOOK_* variable (shown with each) and a key of the config file.";
+
+/// `streamhook-server`: a durable, source-checked inbox for Gcore Video Streaming webhooks.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "streamhook-server", version, about, after_long_help = EXAMPLES, after_help = "Run with --help for examples.")]
+pub struct Args {
+    /// TOML config file (see docs/streamhook.example.toml); flags and variables override it.
+    #[arg(long, env = "STREAMHOOK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for webhooks [default: 0.0.0.0:8080].
+    #[arg(long, env = "STREAMHOOK_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Allowed source range; repeat or comma-separate. Replaces the default (Gcore's
+    /// 92.223.112.0/24 and 92.223.123.0/24).
+    #[arg(
+        long = "allow",
+        env = "STREAMHOOK_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<Cidr>,
+    /// A proxy in front of streamhook whose Forwarded / X-Forwarded-For / X-Real-IP headers are
+    /// believed; repeat or comma-separate. Without it those headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "STREAMHOOK_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<Cidr>,
+    /// Folder of the journal [default: ./streamhook-data].
+    #[arg(long, env = "STREAMHOOK_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Adds a file sink writing NDJSON envelopes to PATH ({date} and {type} allowed); repeatable.
+    #[arg(long = "file", env = "STREAMHOOK_FILE", value_name = "PATH")]
+    pub file: Vec<String>,
+    /// Adds an http sink forwarding each webhook to URL, with retries; repeatable.
+    #[arg(long = "forward", env = "STREAMHOOK_FORWARD", value_name = "URL")]
+    pub forward: Vec<String>,
+    /// Signs what --forward sends (Standard Webhooks); repeat to sign with several (rotation).
+    #[arg(
+        long = "forward-secret",
+        env = "STREAMHOOK_FORWARD_SECRET",
+        value_name = "whsec_...",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub forward_secret: Vec<String>,
+    /// Require this secret in the path: POST /webhook/<TOKEN> (16-128 of A-Z a-z 0-9 - _).
+    #[arg(
+        long,
+        env = "STREAMHOOK_PATH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub path_token: Option<String>,
+    /// Without a config file's sinks, events go to stdout; this drops that default sink.
+    #[arg(long, env = "STREAMHOOK_NO_STDOUT")]
+    pub no_stdout: bool,
+    /// Log format on stderr [default: text].
+    #[arg(long, env = "STREAMHOOK_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Address of the admin API (replay, dead letters) [default: 127.0.0.1:8081].
+    #[arg(long, env = "STREAMHOOK_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the admin API [default: generated, in DATA_DIR/admin.token].
+    #[arg(
+        long,
+        env = "STREAMHOOK_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Terminate TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        env = "STREAMHOOK_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(
+        long,
+        env = "STREAMHOOK_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Check the configuration and exit: 0 if it is valid, 1 with the reason if not.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where webhooks are received.
+    pub listen: SocketAddr,
+    /// The webhook path.
+    pub path: String,
+    /// A secret required as the last path segment (`/webhook/<token>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_token: Option<String>,
+    /// The journal's folder.
+    pub data_dir: PathBuf,
+    /// Allowed source ranges.
+    pub allow: Vec<Cidr>,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Request limits.
+    pub limits: Limits,
+    /// Delivery retries.
+    pub retry: RetryConfig,
+    /// How long the journal keeps delivered events.
+    pub retention: Retention,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// TLS termination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Sinks unmatched events go to (empty with no routes: every sink).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub default_sinks: Vec<String>,
+    /// Routes, checked in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// Sinks.
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            path: "/webhook".into(),
+            path_token: None,
+            data_dir: PathBuf::from("./streamhook-data"),
+            allow: gcore_ranges(),
+            trusted_proxies: Vec::new(),
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            retry: RetryConfig::default(),
+            retention: Retention::default(),
+            admin: AdminConfig::default(),
+            tls: None,
+            default_sinks: Vec::new(),
+            routes: Vec::new(),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// Limits that protect intake from slow, large or too many requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest body accepted; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more get 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Open connections at once; further connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time to receive a request's headers (also bounds an idle keep-alive connection).
+    #[serde(with = "streamhook_core::duration")]
+    pub header_timeout: Duration,
+    /// Time to receive a request's body; slower gets 408.
+    #[serde(with = "streamhook_core::duration")]
+    pub body_timeout: Duration,
+    /// A connection is closed (gracefully) after this long, however busy.
+    #[serde(with = "streamhook_core::duration")]
+    pub max_connection_age: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[serde(with = "streamhook_core::duration")]
+    pub shutdown_timeout: Duration,
+    /// Appends waiting for the journal beyond which requests get 503.
+    pub journal_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_concurrent_requests: 512,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(10),
+            journal_queue: 4096,
+        }
+    }
+}
+
+/// When a sink gives up on an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// The first backoff.
+    #[serde(with = "streamhook_core::duration")]
+    pub initial_backoff: Duration,
+    /// The longest backoff (and the longest `Retry-After` honoured).
+    #[serde(with = "streamhook_core::duration")]
+    pub max_backoff: Duration,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// Time spent retrying one event before dead-lettering.
+    #[serde(with = "streamhook_core::duration")]
+    pub max_age: Duration,
+    /// Time one delivery may take.
+    #[serde(with = "streamhook_core::duration")]
+    pub send_timeout: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        RetryConfig {
+            initial_backoff: p.initial_backoff,
+            max_backoff: p.max_backoff,
+            max_attempts: p.max_attempts,
+            max_age: p.max_age,
+            send_timeout: p.send_timeout,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// As the dispatcher's policy.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+            max_attempts: self.max_attempts.max(1),
+            max_age: self.max_age,
+            send_timeout: self.send_timeout,
+        }
+    }
+}
+
+/// What the journal keeps once every sink has passed an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Delete passed events older than this (default 7 days).
+    #[serde(
+        with = "streamhook_core::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many passed events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<u64>,
+    /// How often to prune.
+    #[serde(with = "streamhook_core::duration")]
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_events: None,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The admin API: replay, dead letters, tail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve it at all.
+    pub enabled: bool,
+    /// Where (loopback by default: it is not for the internet).
+    pub listen: SocketAddr,
+    /// The bearer token; generated into `DATA_DIR/admin.token` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token: None,
+        }
+    }
+}
+
+/// TLS termination, for deployments without a proxy in front.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// The private key, PEM.
+    pub key: PathBuf,
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// The values do not work together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The file name of the generated admin token in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The effective configuration: the file (if any), then variables and flags, then the
+    /// default stdout sink when no sink is configured. Checked with [`Config::validate`].
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(args);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, args: &Args) {
+        if let Some(listen) = args.listen {
+            self.listen = listen;
+        }
+        if !args.allow.is_empty() {
+            self.allow = args.allow.clone();
+        }
+        if !args.trusted_proxy.is_empty() {
+            self.trusted_proxies = args.trusted_proxy.clone();
+        }
+        if let Some(dir) = &args.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(token) = &args.path_token {
+            self.path_token = Some(token.clone());
+        }
+        if let Some(format) = args.log_format {
+            self.log_format = format;
+        }
+        if let Some(listen) = args.admin_listen {
+            self.admin.listen = listen;
+        }
+        if let Some(token) = &args.admin_token {
+            self.admin.token = Some(token.clone());
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            self.tls = Some(TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        if self.sinks.is_empty() && !args.no_stdout {
+            self.sinks.push(SinkConfig::Stdout(StdoutConfig::default()));
+        }
+        for (i, path) in args.file.iter().enumerate() {
+            let mut file = FileConfig::new(path.clone());
+            file.name = Some(numbered("file", i));
+            self.sinks.push(SinkConfig::File(file));
+        }
+        for (i, url) in args.forward.iter().enumerate() {
+            let mut http = HttpConfig::new(url.clone());
+            http.name = Some(numbered("forward", i));
+            http.secrets = args.forward_secret.clone();
+            self.sinks.push(SinkConfig::Http(http));
+        }
+    }
+
+    /// Checks that the values work together: unique sink names, routes naming real sinks,
+    /// sinks that build, a usable allowlist and path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.path.starts_with('/') || self.path.len() < 2 || self.path.ends_with('/') {
+            return invalid(format!(
+                "path {:?} must start with / and not end with one, like \"/webhook\"",
+                self.path
+            ));
+        }
+        if self.allow.is_empty() {
+            return invalid("the allowlist is empty: no request could ever be accepted".into());
+        }
+        self.source_filter()?;
+        let names = self.sink_names();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return invalid(format!(
+                    "two sinks are named {name:?}; give each a unique `name`"
+                ));
+            }
+        }
+        self.router()?;
+        for sink in &self.sinks {
+            sink.build()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if let Some(tls) = &self.tls {
+            for (what, path) in [("certificate", &tls.cert), ("key", &tls.key)] {
+                if std::fs::metadata(path).is_err() {
+                    return invalid(format!("TLS {what} {} cannot be read", path.display()));
+                }
+            }
+        }
+        if self.limits.max_body_bytes == 0
+            || self.limits.max_concurrent_requests == 0
+            || self.limits.max_connections == 0
+        {
+            return invalid("limits.max_body_bytes, max_concurrent_requests and max_connections must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// The sinks' names, in order.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.iter().map(|s| s.name().to_owned()).collect()
+    }
+
+    /// The router of these routes and sinks.
+    pub fn router(&self) -> Result<Router, ConfigError> {
+        Router::new(&self.routes, &self.default_sinks, &self.sink_names())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The source filter of this allowlist, proxies and token.
+    pub fn source_filter(&self) -> Result<SourceFilter, ConfigError> {
+        SourceFilter::new(self.allow.clone(), self.trusted_proxies.clone())
+            .with_token(self.path_token.clone())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The same configuration with every secret replaced by `"<redacted>"`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let redact = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("<redacted>".into());
+            }
+        };
+        redact(&mut c.path_token);
+        redact(&mut c.admin.token);
+        c.sinks = c.sinks.iter().map(SinkConfig::redacted).collect();
+        c
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot show the config as TOML: {e}\n"))
+    }
+}
+
+fn numbered(base: &str, i: usize) -> String {
+    if i == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}-{}", i + 1)
+    }
+}

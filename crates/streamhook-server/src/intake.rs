@@ -1,0 +1,437 @@
+//! The webhook endpoint and its neighbours: `POST /webhook`, `GET /healthz`, `GET /readyz`,
+//! `GET /metrics`.
+//!
+//! The request path: load shedding -> source filter -> body limit and timeout -> decode ->
+//! journal append (durable: classified and fsync'd) -> `200 {"id", "kinds"}`. Every refusal
+//! is one status with a JSON body `{"error": "..."}` that says what was wrong; nothing is
+//! stored for it. Bodies are never logged above debug level.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+use streamhook_core::{
+    ForwardingHeaders, Journal, JournalError, SinkStats, SourceError, SourceFilter, Unverified,
+};
+use streamhook_types::decode::{self, DecodeError};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::config::Limits;
+use crate::metrics::{Metrics, Reason, SinkSnapshot};
+
+/// What the webhook endpoint needs: the journal, the source filter (swappable on reload),
+/// limits and metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    journal: Journal,
+    filter: RwLock<Arc<SourceFilter>>,
+    limits: Limits,
+    permits: Semaphore,
+    metrics: Metrics,
+    sinks: RwLock<Vec<(String, Arc<SinkStats>)>>,
+}
+
+impl Intake {
+    /// Intake over `journal`, checking sources with `filter`.
+    pub fn new(journal: Journal, filter: SourceFilter, limits: Limits) -> Self {
+        let permits = Semaphore::new(limits.max_concurrent_requests.max(1));
+        Intake {
+            inner: Arc::new(Inner {
+                journal,
+                filter: RwLock::new(Arc::new(filter)),
+                limits,
+                permits,
+                metrics: Metrics::default(),
+                sinks: RwLock::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The source filter in force.
+    pub fn filter(&self) -> Arc<SourceFilter> {
+        self.inner
+            .filter
+            .read()
+            .map(|f| Arc::clone(&f))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    /// Swaps the source filter (a reload); requests already past the check are not affected.
+    pub fn set_filter(&self, filter: SourceFilter) {
+        if let Ok(mut f) = self.inner.filter.write() {
+            *f = Arc::new(filter);
+        }
+    }
+
+    /// Tells readiness and metrics which sinks run, with their counters.
+    pub fn set_sinks(&self, sinks: Vec<(String, Arc<SinkStats>)>) {
+        if let Ok(mut s) = self.inner.sinks.write() {
+            *s = sinks;
+        }
+    }
+
+    /// The names of the running sinks.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks().into_iter().map(|(n, _)| n).collect()
+    }
+
+    fn sinks(&self) -> Vec<(String, Arc<SinkStats>)> {
+        self.inner
+            .sinks
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The webhook router: `POST {path}` (and `{path}/{token}`), `/healthz`, `/readyz`,
+/// `/metrics`. Mount it in any axum app served with
+/// `into_make_service_with_connect_info::<SocketAddr>()` (the source filter needs the peer).
+pub fn app(intake: Intake, path: &str) -> axum::Router {
+    axum::Router::new()
+        .route(path, any(webhook))
+        .route(&format!("{path}/{{token}}"), any(webhook_with_token))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(intake)
+}
+
+/// A refusal: one status, one JSON message.
+#[derive(Debug)]
+pub struct ApiError {
+    reason: Reason,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
+        ApiError {
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.reason == Reason::Method {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+async fn webhook(State(intake): State<Intake>, request: Request) -> Response {
+    handle(intake, None, request).await
+}
+
+async fn webhook_with_token(
+    State(intake): State<Intake>,
+    Path(token): Path<String>,
+    request: Request,
+) -> Response {
+    handle(intake, Some(token), request).await
+}
+
+async fn handle(intake: Intake, token: Option<String>, request: Request) -> Response {
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let span =
+        tracing::info_span!("webhook", request_id = %request_id, peer = ?peer.map(|p| p.ip()));
+    let metrics_intake = intake.clone();
+    let result = receive(intake, token, peer, request)
+        .instrument(span.clone())
+        .await;
+    let (reason, mut response) = match result {
+        Ok((kinds, response)) => {
+            metrics_intake.metrics().event(&kinds);
+            (Reason::Accepted, response)
+        }
+        Err(e) => {
+            span.in_scope(|| info!(status = e.reason.status(), reason = e.reason.label(), error = %e.message, "refused"));
+            (e.reason, e.into_response())
+        }
+    };
+    metrics_intake.metrics().request(reason);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn receive(
+    intake: Intake,
+    token: Option<String>,
+    peer: Option<SocketAddr>,
+    request: Request,
+) -> Result<(Vec<streamhook_types::EventKind>, Response), ApiError> {
+    if request.method() != Method::POST {
+        return Err(ApiError::new(
+            Reason::Method,
+            format!(
+                "method {} not allowed: webhooks are POSTed",
+                request.method()
+            ),
+        ));
+    }
+    // Load shedding before anything else costs work.
+    let _permit = intake.inner.permits.try_acquire().map_err(|_| {
+        ApiError::new(
+            Reason::Overloaded,
+            "too many requests at once; retry shortly",
+        )
+        .retry_after(1)
+    })?;
+    let metrics = intake.metrics();
+    metrics
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _in_flight = InFlight(&metrics.in_flight);
+
+    let Some(peer) = peer else {
+        warn!(
+            "no peer address: serve the router with into_make_service_with_connect_info::<SocketAddr>()"
+        );
+        return Err(ApiError::new(Reason::Forbidden, "source address unknown"));
+    };
+    let (parts, body) = request.into_parts();
+    let verified = {
+        let headers = forwarding_headers(&parts.headers);
+        let unverified = Unverified {
+            peer: peer.ip(),
+            headers,
+            token: token.as_deref(),
+        };
+        intake.filter().verify(&unverified).map_err(|e| {
+            let reason = match e {
+                SourceError::NotAllowed(_) => Reason::Forbidden,
+                SourceError::BadToken => Reason::BadToken,
+                _ => Reason::BadForwarding,
+            };
+            ApiError::new(reason, e.to_string())
+        })?
+    };
+
+    // The body: bounded in size and in time.
+    let limits = &intake.inner.limits;
+    let too_large = || {
+        ApiError::new(
+            Reason::TooLarge,
+            format!("body larger than {} bytes", limits.max_body_bytes),
+        )
+    };
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limits.max_body_bytes as u64
+    {
+        return Err(too_large());
+    }
+    let collected = tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(body, limits.max_body_bytes).collect(),
+    )
+    .await;
+    let bytes = match collected {
+        Err(_) => {
+            return Err(ApiError::new(
+                Reason::BodyTimeout,
+                format!(
+                    "the body did not arrive within {}",
+                    humantime::format_duration(limits.body_timeout)
+                ),
+            ));
+        }
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(too_large());
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                Reason::NotJson,
+                format!("cannot read the body: {e}"),
+            ));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    debug!(body = %String::from_utf8_lossy(&bytes), "received");
+
+    let decoded = decode::decode(&bytes).map_err(|e| match e {
+        DecodeError::Syntax(_) => ApiError::new(Reason::NotJson, e.to_string()),
+        _ => ApiError::new(Reason::NotWebhook, e.to_string()),
+    })?;
+    let appended = intake
+        .journal()
+        .append(verified, &bytes, decoded.webhook)
+        .await
+        .map_err(|e| match e {
+            JournalError::Busy => {
+                ApiError::new(Reason::JournalBusy, "the journal is busy; retry shortly")
+                    .retry_after(1)
+            }
+            e => {
+                warn!(error = %e, "journal append failed; the event was not stored");
+                ApiError::new(
+                    Reason::JournalError,
+                    "the journal cannot write; the event was not stored",
+                )
+                .retry_after(5)
+            }
+        })?;
+    let kinds: Vec<&str> = appended.kinds.iter().map(|k| k.as_str()).collect();
+    info!(id = %appended.id, seq = appended.seq, kinds = %kinds.join(","), source = %verified.client(), "accepted");
+    let response = (
+        StatusCode::OK,
+        Json(json!({ "id": appended.id, "kinds": appended.kinds })),
+    )
+        .into_response();
+    Ok((appended.kinds, response))
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn forwarding_headers(headers: &HeaderMap) -> ForwardingHeaders<'_> {
+    let all = |name: &str| headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+    ForwardingHeaders {
+        forwarded: all("forwarded"),
+        x_forwarded_for: all("x-forwarded-for"),
+        x_real_ip: all("x-real-ip"),
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(intake): State<Intake>) -> Response {
+    let journal = intake.journal().clone();
+    let (writable, last_seq) = tokio::task::spawn_blocking(move || {
+        (journal.is_writable(), journal.last_seq().unwrap_or(0))
+    })
+    .await
+    .unwrap_or((false, 0));
+    let sinks: serde_json::Map<String, serde_json::Value> = intake
+        .sinks()
+        .iter()
+        .map(|(name, stats)| {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let lag = (last_seq + 1).saturating_sub(load(&stats.cursor));
+            (name.clone(), json!({ "lag": lag, "retrying": load(&stats.retrying), "delivered": load(&stats.delivered) }))
+        })
+        .collect();
+    let status = if writable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if writable { "ready" } else { "not ready" },
+        "journal": if writable { "writable" } else { "cannot write" },
+        "last_seq": last_seq,
+        "sinks": sinks,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(intake): State<Intake>) -> Response {
+    let journal = intake.journal().clone();
+    let sinks = intake.sinks();
+    let names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
+    let (last_seq, dead) = tokio::task::spawn_blocking(move || {
+        let dead: Vec<usize> = names
+            .iter()
+            .map(|n| journal.dead_letters(Some(n)).map(|d| d.len()).unwrap_or(0))
+            .collect();
+        (journal.last_seq().unwrap_or(0), dead)
+    })
+    .await
+    .unwrap_or_default();
+    let snapshots: Vec<SinkSnapshot<'_>> = sinks
+        .iter()
+        .zip(dead.iter().copied().chain(std::iter::repeat(0)))
+        .map(|((name, stats), dead_letters)| SinkSnapshot {
+            name,
+            stats,
+            dead_letters,
+        })
+        .collect();
+    let text = intake
+        .metrics()
+        .render(intake.journal().stats(), last_seq, &snapshots);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(State(intake): State<Intake>, request: Request) -> Response {
+    intake.metrics().request(Reason::NotFound);
+    ApiError::new(
+        Reason::NotFound,
+        format!(
+            "no such endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into_response()
+}

@@ -1,0 +1,303 @@
+//! Metrics in the Prometheus text format, served at `GET /metrics`.
+//!
+//! Counters on the request path are fixed arrays of atomics (no locks, no allocation); the
+//! journal's and sinks' own counters live in `streamhook-core` and are read at scrape time.
+//! `docs/operations.md` says what each metric means.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use streamhook_core::SinkStats;
+use streamhook_core::journal::{COMMIT_BUCKETS, JournalStats};
+use streamhook_types::EventKind;
+
+/// Why a request got the answer it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Reason {
+    /// Stored; 200.
+    Accepted,
+    /// The source address is not allowed; 403.
+    Forbidden,
+    /// Missing or wrong path token; 403.
+    BadToken,
+    /// Forwarding headers from a trusted proxy unreadable or in conflict; 403.
+    BadForwarding,
+    /// The body is not JSON; 400.
+    NotJson,
+    /// JSON that is not a webhook; 422.
+    NotWebhook,
+    /// Larger than the limit; 413.
+    TooLarge,
+    /// The body arrived too slowly; 408.
+    BodyTimeout,
+    /// Too many requests at once; 503.
+    Overloaded,
+    /// The journal's queue is full; 503.
+    JournalBusy,
+    /// The journal cannot write (a full disk, an I/O error); 503.
+    JournalError,
+    /// Not a POST; 405.
+    Method,
+    /// No such path; 404.
+    NotFound,
+}
+
+const REASONS: [(Reason, &str, u16); 13] = [
+    (Reason::Accepted, "accepted", 200),
+    (Reason::Forbidden, "source_not_allowed", 403),
+    (Reason::BadToken, "bad_path_token", 403),
+    (Reason::BadForwarding, "bad_forwarding_headers", 403),
+    (Reason::NotJson, "not_json", 400),
+    (Reason::NotWebhook, "not_a_webhook", 422),
+    (Reason::TooLarge, "too_large", 413),
+    (Reason::BodyTimeout, "body_timeout", 408),
+    (Reason::Overloaded, "overloaded", 503),
+    (Reason::JournalBusy, "journal_busy", 503),
+    (Reason::JournalError, "journal_error", 503),
+    (Reason::Method, "method_not_allowed", 405),
+    (Reason::NotFound, "not_found", 404),
+];
+
+impl Reason {
+    /// The status a request refused for this reason gets.
+    pub fn status(self) -> u16 {
+        REASONS[self as usize].2
+    }
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        REASONS[self as usize].1
+    }
+}
+
+/// The server's own counters.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [AtomicU64; REASONS.len()],
+    events: Vec<AtomicU64>,
+    /// Requests being handled now.
+    pub in_flight: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Default::default(),
+            events: EventKind::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What a scrape shows of one sink.
+#[derive(Debug)]
+pub struct SinkSnapshot<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its counters.
+    pub stats: &'a SinkStats,
+    /// Dead letters held now.
+    pub dead_letters: usize,
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn request(&self, reason: Reason) {
+        self.requests[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the kinds of one stored event.
+    pub fn event(&self, kinds: &[EventKind]) {
+        for kind in kinds {
+            if let Some(i) = EventKind::ALL.iter().position(|k| k == kind) {
+                self.events[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Requests counted for `reason`.
+    pub fn requests(&self, reason: Reason) -> u64 {
+        self.requests[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The exposition text.
+    pub fn render(
+        &self,
+        journal: &JournalStats,
+        last_seq: u64,
+        sinks: &[SinkSnapshot<'_>],
+    ) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        header(
+            &mut out,
+            "streamhook_requests_total",
+            "counter",
+            "Webhook requests answered, by status and reason.",
+        );
+        for (reason, label, status) in REASONS {
+            let _ = writeln!(
+                out,
+                "streamhook_requests_total{{status=\"{status}\",reason=\"{label}\"}} {}",
+                self.requests(reason)
+            );
+        }
+        header(
+            &mut out,
+            "streamhook_requests_in_flight",
+            "gauge",
+            "Webhook requests being handled now.",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_requests_in_flight {}",
+            load(&self.in_flight)
+        );
+        header(
+            &mut out,
+            "streamhook_events_total",
+            "counter",
+            "Events stored, by kind (one event may have several kinds).",
+        );
+        for (kind, n) in EventKind::ALL.iter().zip(&self.events) {
+            let _ = writeln!(
+                out,
+                "streamhook_events_total{{kind=\"{kind}\"}} {}",
+                load(n)
+            );
+        }
+        header(
+            &mut out,
+            "streamhook_journal_appends_total",
+            "counter",
+            "Events appended to the journal.",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_journal_appends_total {}",
+            load(&journal.appended)
+        );
+        header(
+            &mut out,
+            "streamhook_journal_write_errors_total",
+            "counter",
+            "Journal commits that failed (nothing of them was stored).",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_journal_write_errors_total {}",
+            load(&journal.write_errors)
+        );
+        header(
+            &mut out,
+            "streamhook_journal_busy_total",
+            "counter",
+            "Appends refused because the journal queue was full.",
+        );
+        let _ = writeln!(out, "streamhook_journal_busy_total {}", load(&journal.busy));
+        header(
+            &mut out,
+            "streamhook_journal_last_seq",
+            "gauge",
+            "The last committed journal position.",
+        );
+        let _ = writeln!(out, "streamhook_journal_last_seq {last_seq}");
+        header(
+            &mut out,
+            "streamhook_journal_commit_seconds",
+            "histogram",
+            "Time of one group commit (write and fsync of a batch).",
+        );
+        let mut cumulative = 0;
+        for (bound, n) in COMMIT_BUCKETS.iter().zip(&journal.commit_latency) {
+            cumulative += load(n);
+            let _ = writeln!(
+                out,
+                "streamhook_journal_commit_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += load(&journal.commit_latency[COMMIT_BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "streamhook_journal_commit_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_journal_commit_seconds_sum {}",
+            load(&journal.commit_latency_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(out, "streamhook_journal_commit_seconds_count {cumulative}");
+
+        let sink_metrics: [SinkMetric; 6] = [
+            (
+                "streamhook_sink_delivered_total",
+                "counter",
+                "Events delivered, by sink.",
+                |s, _| s.stats.delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "streamhook_sink_failed_attempts_total",
+                "counter",
+                "Failed delivery attempts (each retry counts), by sink.",
+                |s, _| s.stats.failed_attempts.load(Ordering::Relaxed),
+            ),
+            (
+                "streamhook_sink_retrying",
+                "gauge",
+                "Events waiting for a retry now, by sink.",
+                |s, _| s.stats.retrying.load(Ordering::Relaxed),
+            ),
+            (
+                "streamhook_sink_dead_lettered_total",
+                "counter",
+                "Events dead-lettered since start, by sink.",
+                |s, _| s.stats.dead_lettered.load(Ordering::Relaxed),
+            ),
+            (
+                "streamhook_sink_dead_letters",
+                "gauge",
+                "Dead letters held now, by sink.",
+                |s, _| s.dead_letters as u64,
+            ),
+            (
+                "streamhook_sink_lag_events",
+                "gauge",
+                "Journal events the sink has not passed yet.",
+                |s, last| (last + 1).saturating_sub(s.stats.cursor.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, kind, help, value) in sink_metrics {
+            header(&mut out, name, kind, help);
+            for s in sinks {
+                let _ = writeln!(
+                    out,
+                    "{name}{{sink=\"{}\"}} {}",
+                    escape(s.name),
+                    value(s, last_seq)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A per-sink metric: name, type, help, and how to read it (given the last seq).
+type SinkMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SinkSnapshot<'_>, u64) -> u64,
+);
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,169 @@
+//! The accept loop: serves an axum router on a listener with the limits that keep slow or
+//! hostile clients from holding the server, and a bounded graceful shutdown.
+//!
+//! - Headers must arrive within `header_timeout` (hyper's header read timer), which also
+//!   closes keep-alive connections idle for that long; bodies within `body_timeout` (the
+//!   handler answers 408).
+//! - At most `max_connections` connections are open; further ones wait in the backlog.
+//! - A connection is closed gracefully after `max_connection_age`, however busy.
+//! - TLS (optional) must complete its handshake within `header_timeout`.
+//! - On shutdown: stop accepting, let in-flight requests finish (each connection is closed
+//!   after its current request), and give up after `shutdown_timeout`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
+use tracing::{debug, warn};
+
+use crate::config::Limits;
+
+/// A TLS acceptor, when the server terminates TLS itself.
+#[cfg(feature = "tls")]
+pub type Tls = tokio_rustls::TlsAcceptor;
+
+/// Without the `tls` feature there is no TLS acceptor.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub enum Tls {}
+
+/// Builds a TLS acceptor from PEM files (rustls with the ring provider).
+#[cfg(feature = "tls")]
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("the certificate and key do not work together: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    tls: Option<Tls>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let http = Arc::new(http);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&connections).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, http, limits, mut stop) = (
+            app.clone(),
+            Arc::clone(&http),
+            limits.clone(),
+            stop_rx.clone(),
+        );
+        #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            #[cfg(feature = "tls")]
+            if let Some(acceptor) = tls {
+                match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        connection(tls_stream, peer, app, &http, &limits, &mut stop).await
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+                drop(permit);
+                return;
+            }
+            connection(stream, peer, app, &http, &limits, &mut stop).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a permit until it is done.
+    let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_timeout, connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(timeout = %humantime::format_duration(limits.shutdown_timeout), "shutdown: connections still open after the timeout; closing them");
+    }
+}
+
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: axum::Router,
+    http: &hyper::server::conn::http1::Builder,
+    limits: &Limits,
+    stop: &mut watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(request.map(axum::body::Body::new))
+    });
+    let conn = http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let age = tokio::time::sleep(limits.max_connection_age);
+    tokio::pin!(age);
+    let stopping = async {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let finished = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = stopping => None,
+        _ = &mut age => None,
+    };
+    // Shutdown or old age: finish the request in progress, then close.
+    let result = match finished {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

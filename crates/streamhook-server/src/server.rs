@@ -1,0 +1,475 @@
+//! The whole server: journal, intake, dispatchers, pruning, admin API, reload and shutdown.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use streamhook_core::dispatch::SharedRouter;
+use streamhook_core::{Dispatcher, Journal, JournalConfig, Router, SinkStats};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::admin::{ReloadRequest, admin_app};
+use crate::config::{ADMIN_TOKEN_FILE, Config, ConfigError};
+use crate::intake::{Intake, app};
+use crate::serve::{Tls, serve};
+
+/// Where a reload reads the new configuration from.
+pub type ConfigSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// A failure to start or run the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The journal cannot be opened.
+    #[error(transparent)]
+    Journal(#[from] streamhook_core::JournalError),
+    /// TLS cannot be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The admin token cannot be read or written.
+    #[error("admin token: {0}")]
+    AdminToken(String),
+}
+
+/// A running sink: its dispatcher task and how to stop it.
+struct Running {
+    name: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    stats: Arc<SinkStats>,
+}
+
+/// The server, ready to run.
+pub struct Server {
+    config: Config,
+    journal: Journal,
+    intake: Intake,
+    router: SharedRouter,
+    source: Option<ConfigSource>,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+    reload_rx: mpsc::Receiver<ReloadRequest>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config.redacted())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Asks a running server to reload its configuration.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<ReloadRequest>,
+}
+
+impl ReloadHandle {
+    /// Reloads; returns a summary, or why the new config was refused (the old one stays).
+    pub async fn reload(&self) -> Result<String, String> {
+        let (answer, wait) = oneshot::channel();
+        self.tx
+            .send(answer)
+            .await
+            .map_err(|_| "the server is not running".to_owned())?;
+        wait.await.map_err(|_| "the server stopped".to_owned())?
+    }
+}
+
+impl Server {
+    /// Opens the journal and checks the configuration. Nothing listens yet.
+    pub fn new(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let mut journal_config = JournalConfig::new(&config.data_dir);
+        journal_config.queue = config.limits.journal_queue;
+        let journal = Journal::open(journal_config)?;
+        let intake = Intake::new(
+            journal.clone(),
+            config.source_filter()?,
+            config.limits.clone(),
+        );
+        let router: SharedRouter = Arc::new(RwLock::new(Arc::new(config.router()?)));
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        Ok(Server {
+            config,
+            journal,
+            intake,
+            router,
+            source: None,
+            reload_tx,
+            reload_rx,
+        })
+    }
+
+    /// Where SIGHUP and `POST /admin/reload` read the new configuration from.
+    pub fn with_config_source(mut self, source: ConfigSource) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The intake (journal, filter, metrics) behind the router.
+    pub fn intake(&self) -> &Intake {
+        &self.intake
+    }
+
+    /// The webhook router, to mount in another axum app.
+    pub fn app(&self) -> axum::Router {
+        app(self.intake.clone(), &self.config.path)
+    }
+
+    /// A handle to reload the running server.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            tx: self.reload_tx.clone(),
+        }
+    }
+
+    /// The admin token: configured, or read from (or generated into) `DATA_DIR/admin.token`.
+    pub fn admin_token(&self) -> Result<String, ServerError> {
+        if let Some(t) = &self.config.admin.token {
+            return Ok(t.clone());
+        }
+        let path = self.config.data_dir.join(ADMIN_TOKEN_FILE);
+        if let Ok(t) = std::fs::read_to_string(&path)
+            && !t.trim().is_empty()
+        {
+            return Ok(t.trim().to_owned());
+        }
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        write_private(&path, &token).map_err(|e| {
+            ServerError::AdminToken(format!("cannot write {}: {e}", path.display()))
+        })?;
+        Ok(token)
+    }
+
+    /// Runs on `listener` (and the admin listener of the config) until `shutdown` completes.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let admin = if self.config.admin.enabled {
+            match TcpListener::bind(self.config.admin.listen).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!(addr = %self.config.admin.listen, error = %e, "cannot listen for the admin API; running without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.run_with(listener, admin, shutdown).await
+    }
+
+    /// Runs on `listener`, with the admin API on `admin` if given, until `shutdown` completes:
+    /// then stops accepting, lets in-flight requests finish, stops the dispatchers (their
+    /// cursors persisted, sinks flushed) and closes the journal.
+    pub async fn run_with(
+        mut self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let tls = self.tls()?;
+        self.log_startup(&listener, admin.as_ref(), tls.is_some());
+        let mut running =
+            self.start_sinks(build_sinks(&self.config).map_err(ServerError::Config)?)?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let pruner = tokio::spawn(prune_loop(
+            self.intake.clone(),
+            self.config.retention.clone(),
+            stop_rx.clone(),
+        ));
+        let admin_task = match admin {
+            Some(listener) => {
+                let token = self.admin_token()?;
+                let app = admin_app(self.intake.clone(), token, Some(self.reload_tx.clone()));
+                let mut stop = stop_rx.clone();
+                let limits = self.config.limits.clone();
+                Some(tokio::spawn(async move {
+                    serve(listener, app, limits, None, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                }))
+            }
+            None => None,
+        };
+
+        let webhook = serve(
+            listener,
+            self.app(),
+            self.config.limits.clone(),
+            tls,
+            shutdown,
+        );
+        tokio::pin!(webhook);
+        loop {
+            tokio::select! {
+                _ = &mut webhook => break,
+                Some(answer) = self.reload_rx.recv() => {
+                    let result = self.reload(&mut running).await;
+                    match &result {
+                        Ok(summary) => info!("reloaded: {summary}"),
+                        Err(reason) => error!("reload refused, keeping the old config: {reason}"),
+                    }
+                    let _ = answer.send(result);
+                }
+            }
+        }
+        info!("shutting down: no more requests; stopping sinks and closing the journal");
+        let _ = stop_tx.send(true);
+        stop_sinks(running).await;
+        let _ = pruner.await;
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        self.journal.close().await;
+        info!("stopped");
+        Ok(())
+    }
+
+    fn tls(&self) -> Result<Option<Tls>, ServerError> {
+        match &self.config.tls {
+            #[cfg(feature = "tls")]
+            Some(t) => crate::serve::tls_acceptor(&t.cert, &t.key)
+                .map(Some)
+                .map_err(ServerError::Tls),
+            #[cfg(not(feature = "tls"))]
+            Some(_) => Err(ServerError::Tls(
+                "this build has no TLS support (the `tls` feature)".into(),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn log_startup(&self, listener: &TcpListener, admin: Option<&TcpListener>, tls: bool) {
+        let c = &self.config;
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| c.listen.to_string(), |a| a.to_string());
+        let scheme = if tls { "https" } else { "http" };
+        let path = if c.path_token.is_some() {
+            format!("{}/<token>", c.path)
+        } else {
+            c.path.clone()
+        };
+        info!(
+            "streamhook {}: listening on {scheme}://{addr}{path} (POST)",
+            env!("CARGO_PKG_VERSION")
+        );
+        let list = |l: &[streamhook_core::Cidr]| {
+            l.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        info!("allowing {}", list(&c.allow));
+        if c.trusted_proxies.is_empty() {
+            info!("no trusted proxy: forwarding headers are ignored; the TCP peer is the source");
+        } else {
+            info!(
+                "trusted proxies: {} (their Forwarded / X-Forwarded-For / X-Real-IP are read)",
+                list(&c.trusted_proxies)
+            );
+        }
+        let (events, last) = (
+            self.journal.len().unwrap_or(0),
+            self.journal.last_seq().unwrap_or(0),
+        );
+        info!(
+            "journal {}: {events} events held, last seq {last}",
+            self.journal.path().display()
+        );
+        for sink in &c.sinks {
+            info!("sink {}", sink.describe());
+        }
+        for line in Router::describe(&c.routes, &c.default_sinks) {
+            info!("{line}");
+        }
+        if let Some(admin) = admin {
+            let addr = admin
+                .local_addr()
+                .map_or_else(|_| c.admin.listen.to_string(), |a| a.to_string());
+            let token = if c.admin.token.is_some() {
+                "configured token".to_owned()
+            } else {
+                format!("token in {}", c.data_dir.join(ADMIN_TOKEN_FILE).display())
+            };
+            info!("admin API on http://{addr}/admin ({token})");
+        }
+    }
+
+    /// Creates each sink's cursor (a new sink starts after what is journaled now), then
+    /// starts its dispatcher. The cursors exist before any request is accepted, so no event
+    /// can slip in between "journaled" and "the sink's starting point".
+    fn start_sinks(
+        &self,
+        sinks: Vec<Arc<dyn streamhook_core::Sink>>,
+    ) -> Result<Vec<Running>, ServerError> {
+        for sink in &sinks {
+            self.journal.cursor(sink.name())?;
+        }
+        let running: Vec<Running> = sinks
+            .into_iter()
+            .map(|sink| {
+                let name = sink.name().to_owned();
+                let dispatcher = Dispatcher::new(
+                    self.journal.clone(),
+                    sink,
+                    Arc::clone(&self.router),
+                    self.config.retry.policy(),
+                );
+                let stats = dispatcher.stats();
+                let (stop, rx) = watch::channel(false);
+                let task_name = name.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = dispatcher.run(rx).await {
+                        error!(sink = %task_name, error = %e, "dispatcher stopped");
+                    }
+                });
+                Running {
+                    name,
+                    stop,
+                    task,
+                    stats,
+                }
+            })
+            .collect();
+        self.intake.set_sinks(
+            running
+                .iter()
+                .map(|r| (r.name.clone(), Arc::clone(&r.stats)))
+                .collect(),
+        );
+        Ok(running)
+    }
+
+    /// Applies a new configuration, or refuses it whole and keeps the old one.
+    async fn reload(&mut self, running: &mut Vec<Running>) -> Result<String, String> {
+        let Some(source) = &self.source else {
+            return Err("no config source to reload from".into());
+        };
+        let new = source().map_err(|e| e.to_string())?;
+        let filter = new.source_filter().map_err(|e| e.to_string())?;
+        let router = new.router().map_err(|e| e.to_string())?;
+        let sinks = build_sinks(&new).map_err(|e| e.to_string())?;
+        let old = &self.config;
+        for (what, changed) in [
+            ("listen", old.listen != new.listen),
+            ("path", old.path != new.path),
+            ("data_dir", old.data_dir != new.data_dir),
+            ("tls", old.tls != new.tls),
+            ("admin", old.admin != new.admin),
+            ("limits", old.limits != new.limits),
+        ] {
+            if changed {
+                warn!("reload: `{what}` changed; it takes effect on restart");
+            }
+        }
+        for sink in &sinks {
+            self.journal
+                .cursor(sink.name())
+                .map_err(|e| format!("cannot create the cursor of sink {:?}: {e}", sink.name()))?;
+        }
+        // Everything built: switch. Intake never pauses; sinks restart from their cursors.
+        self.intake.set_filter(filter);
+        stop_sinks(std::mem::take(running)).await;
+        if let Ok(mut r) = self.router.write() {
+            *r = Arc::new(router);
+        }
+        let mut config = new;
+        config.listen = self.config.listen;
+        config.path = self.config.path.clone();
+        config.data_dir = self.config.data_dir.clone();
+        config.tls = self.config.tls.clone();
+        config.admin = self.config.admin.clone();
+        config.limits = self.config.limits.clone();
+        self.config = config;
+        *running = self
+            .start_sinks(sinks)
+            .map_err(|e| format!("cannot start the sinks: {e}"))?;
+        let names = self.config.sink_names().join(", ");
+        Ok(format!(
+            "{} allowed ranges, {} routes, sinks: {names}",
+            self.config.allow.len(),
+            self.config.routes.len()
+        ))
+    }
+}
+
+fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn streamhook_core::Sink>>, ConfigError> {
+    config
+        .sinks
+        .iter()
+        .map(|s| s.build().map_err(|e| ConfigError::Invalid(e.to_string())))
+        .collect()
+}
+
+async fn stop_sinks(running: Vec<Running>) {
+    for r in &running {
+        let _ = r.stop.send(true);
+    }
+    for r in running {
+        if tokio::time::timeout(std::time::Duration::from_secs(10), r.task)
+            .await
+            .is_err()
+        {
+            warn!(sink = %r.name, "dispatcher did not stop within 10s");
+        }
+    }
+}
+
+/// Deletes events every running sink has passed, per the retention settings.
+async fn prune_loop(
+    intake: Intake,
+    retention: crate::config::Retention,
+    mut stop: watch::Receiver<bool>,
+) {
+    if retention.max_age.is_none() && retention.max_events.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(retention.interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let sinks = intake.sink_names();
+        let (j, s, r) = (intake.journal().clone(), sinks, retention.clone());
+        match tokio::task::spawn_blocking(move || j.prune(&s, r.max_age, r.max_events)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(deleted = n, "pruned delivered events"),
+            Ok(Err(e)) => warn!(error = %e, "pruning failed"),
+            Err(e) => warn!(error = %e, "pruning task failed"),
+        }
+    }
+}
+
+fn write_private(path: &PathBuf, content: &str) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = options.open(path)?;
+    file.write_all(content.as_bytes())?;
+    file.sync_all()
+}

@@ -1,0 +1,156 @@
+//! A server on loopback for tests: `run_with` on 127.0.0.1:0, a file sink in a temporary
+//! folder, the admin API, and clients bound to chosen loopback addresses.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use streamhook_server::{Config, Server};
+use streamhook_sinks::SinkConfig;
+use streamhook_sinks::file::{FileConfig, FsyncPolicy};
+use tokio::sync::oneshot;
+
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<Result<(), streamhook_server::ServerError>>>,
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join(name)).unwrap()
+}
+
+/// Every valid fixture (seed, upstream, lenient), sorted.
+pub fn valid_fixtures() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for dir in ["seed", "upstream", "lenient"] {
+        for entry in std::fs::read_dir(fixtures().join(dir)).unwrap() {
+            out.push(entry.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A config for tests: loopback allowed, a file sink, no stdout, quick retries.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config {
+        allow: vec!["127.0.0.1/32".parse().unwrap()],
+        data_dir: dir.join("data"),
+        sinks: vec![SinkConfig::File(FileConfig {
+            name: Some("archive".into()),
+            path: dir.join("events.jsonl").to_str().unwrap().to_owned(),
+            max_bytes: 0,
+            fsync: FsyncPolicy::Always,
+        })],
+        ..Config::default()
+    };
+    config.admin.token = Some("test-admin-token".into());
+    config.retry.initial_backoff = Duration::from_millis(20);
+    config.retry.max_backoff = Duration::from_millis(200);
+    config
+}
+
+impl TestServer {
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        Self::start_with(dir, config).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestServer {
+        let server = Server::new(config).unwrap();
+        let token = server.admin_token().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_with(listener, Some(admin), async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            admin: admin_addr,
+            token,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Stops gracefully and waits.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub fn archive(&self) -> Vec<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A client whose requests leave from `ip` (127.0.0.2 is local too).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ip: IpAddr = ip.parse().unwrap();
+    reqwest::Client::builder()
+        .local_address(ip)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    client_from("127.0.0.1")
+}
+
+pub async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let resp = client.post(url).body(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -1,0 +1,61 @@
+//! The documented example config parses, validates, and states the real defaults.
+
+use streamhook_server::Config;
+
+fn example() -> Config {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/streamhook.example.toml");
+    Config::from_file(&path).unwrap()
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    example().validate().unwrap();
+}
+
+#[test]
+fn the_example_states_the_defaults() {
+    let (example, default) = (example(), Config::default());
+    assert_eq!(example.listen, default.listen);
+    assert_eq!(example.path, default.path);
+    assert_eq!(example.data_dir, default.data_dir);
+    assert_eq!(example.allow, default.allow);
+    assert_eq!(example.trusted_proxies, default.trusted_proxies);
+    assert_eq!(example.log_format, default.log_format);
+    assert_eq!(example.limits, default.limits);
+    assert_eq!(example.retry, default.retry);
+    assert_eq!(example.retention, default.retention);
+    assert_eq!(example.admin, default.admin);
+}
+
+#[test]
+fn config_errors_name_the_problem() {
+    let check = |toml: &str| {
+        Config::from_toml(toml)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map_err(|e| e.to_string()))
+    };
+    assert_eq!(
+        check("allow = []").unwrap_err(),
+        "the allowlist is empty: no request could ever be accepted"
+    );
+    assert_eq!(
+        check("path = \"webhook\"").unwrap_err(),
+        "path \"webhook\" must start with / and not end with one, like \"/webhook\""
+    );
+    assert_eq!(
+        check("[[sinks]]\ntype = \"stdout\"\n[[sinks]]\ntype = \"stdout\"").unwrap_err(),
+        "two sinks are named \"stdout\"; give each a unique `name`"
+    );
+    let err = check("[[sinks]]\ntype = \"s3\"").unwrap_err();
+    assert!(
+        err.contains("unknown variant `s3`, expected one of `stdout`, `file`, `http`"),
+        "{err}"
+    );
+    let err = check("[retry]\nmax_age = \"soon\"").unwrap_err();
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    assert_eq!(
+        check("path_token = \"short\"").unwrap_err(),
+        "the path token must be 16 to 128 characters of A-Z, a-z, 0-9, '-' or '_'"
+    );
+}
