@@ -12,6 +12,6 @@ pub use dispatch::{Dispatcher, RetryPolicy, SinkStats};
 pub use journal::{
     Appended, DeadLetter, Journal, JournalConfig, JournalError, ReplayFrom, StoredEvent,
 };
-pub use router::{RouteConfig, RouteError, RouteInput, Router};
+pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
 pub use sink::{Delivery, Sink, SinkError};
 pub use source::{Cidr, ForwardingHeaders, SourceError, SourceFilter, Unverified, Verified};

@@ -63,7 +63,7 @@ pub struct Router {
 
 #[derive(Debug, Clone)]
 struct Route {
-    kinds: Vec<Glob>,
+    kinds: Vec<KindPattern>,
     types: Vec<String>,
     origin: Option<Origin>,
     ids: Vec<u64>,
@@ -123,7 +123,7 @@ impl Router {
             let kinds = r
                 .kinds
                 .iter()
-                .map(|k| Glob::new(k).map_err(&err))
+                .map(|k| KindPattern::new(k).map_err(&err))
                 .collect::<Result<Vec<_>, _>>()?;
             let sinks = r
                 .sinks
@@ -244,12 +244,13 @@ impl Route {
     }
 }
 
-/// A kind pattern where `*` matches any run of characters.
+/// An event kind pattern where `*` matches any run of characters: `stream.*`, `*.stopped`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Glob(String);
+pub struct KindPattern(String);
 
-impl Glob {
-    fn new(pattern: &str) -> Result<Glob, String> {
+impl KindPattern {
+    /// Checks the pattern: only lowercase letters, `.`, `_` and `*`, matching some kind.
+    pub fn new(pattern: &str) -> Result<KindPattern, String> {
         if pattern.is_empty()
             || !pattern
                 .bytes()
@@ -259,7 +260,7 @@ impl Glob {
                 "bad kind pattern {pattern:?}: use event kinds like \"stream.started\", with * as a wildcard"
             ));
         }
-        let glob = Glob(pattern.to_owned());
+        let glob = KindPattern(pattern.to_owned());
         if !EventKind::ALL.iter().any(|k| glob.matches(k.as_str())) {
             return Err(format!(
                 "kind pattern {pattern:?} matches no event kind; kinds are: {}",
@@ -273,7 +274,8 @@ impl Glob {
         Ok(glob)
     }
 
-    fn matches(&self, text: &str) -> bool {
+    /// Whether `text` (a kind's name) matches.
+    pub fn matches(&self, text: &str) -> bool {
         let parts: Vec<&str> = self.0.split('*').collect();
         let (first, rest) = parts.split_first().unwrap_or((&"", &[]));
         let Some(mut remaining) = text.strip_prefix(first) else {
@@ -336,7 +338,7 @@ mod tests {
             ("s*d", "stream.started_x", false),
         ] {
             assert_eq!(
-                Glob(pattern.to_owned()).matches(text),
+                KindPattern(pattern.to_owned()).matches(text),
                 expect,
                 "{pattern} ~ {text}"
             );

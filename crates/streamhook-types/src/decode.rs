@@ -37,6 +37,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             for w in &mut decoded.warnings {
                 w.location = locate(bytes, &w.path.0);
             }
+            decoded
+                .warnings
+                .sort_by_key(|w| w.location.map(|l| (l.line, l.column)));
             Ok(decoded)
         }
         Err(DecodeError::Shape(mut shape)) => {
@@ -270,8 +273,15 @@ pub enum WarningKind {
     },
 }
 
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Warning {
+    /// What was tolerated, without the location: `$.message.video.poster_url: unknown field, kept as sent`.
+    pub fn message(&self) -> String {
+        let mut s = String::new();
+        let _ = self.write_message(&mut s);
+        s
+    }
+
+    fn write_message(&self, f: &mut dyn fmt::Write) -> fmt::Result {
         write!(f, "{}: ", self.path)?;
         match &self.kind {
             WarningKind::UnknownField => f.write_str("unknown field, kept as sent")?,
@@ -296,6 +306,13 @@ impl fmt::Display for Warning {
                 write!(f, "null where {expected} was expected, read as absent")?
             }
         }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_message(f)?;
         if let Some(loc) = self.location {
             write!(f, " (line {}, column {})", loc.line, loc.column)?;
         }
@@ -759,6 +776,11 @@ pub fn locate(text: &[u8], path: &[Segment]) -> Option<Location> {
         }
     }
     Some(line_col(text, at))
+}
+
+/// The line and column (1-based, columns in characters) of a byte offset in `text`.
+pub fn locate_offset(text: &[u8], offset: usize) -> Location {
+    line_col(text, offset)
 }
 
 fn line_col(text: &[u8], offset: usize) -> Location {
