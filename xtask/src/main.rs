@@ -10,6 +10,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod demo;
+
 const HELP: &str = "\
 cargo xtask TASK
 
@@ -17,6 +19,9 @@ Tasks:
   ci        what CI runs: fmt check, clippy -D warnings, the tests (pending or
             unreferenced snapshots fail), and the architecture checks
   codegen   regenerate docs/schema/*.json from the types
+  demo      build, start the server on loopback with a file sink in a temporary
+            folder, send every fixture with `streamhook send`, show what each
+            sink received, stop the server
   help      this text
 ";
 
@@ -28,6 +33,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => ci(&rest),
         "codegen" => codegen(),
+        "demo" => demo::run(),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
@@ -36,7 +42,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn project_root() -> PathBuf {
+pub(crate) fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the root")
@@ -44,7 +50,7 @@ fn project_root() -> PathBuf {
 }
 
 /// Runs a cargo command, failing with the command line if it fails.
-fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let line = format!("cargo {}", args.join(" "));
     eprintln!("$ {line}");
@@ -128,7 +134,7 @@ fn test_with_snapshot_checks() -> Result<()> {
     Ok(())
 }
 
-fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
