@@ -65,6 +65,10 @@ pub struct HttpConfig {
     /// Requests in flight at once (default 4; 1 delivers strictly in journal order).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// A PEM file of CA certificates to trust besides the platform's (an internal CA, or a
+    /// self-signed receiver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 fn default_timeout() -> Duration {
@@ -97,6 +101,7 @@ impl HttpConfig {
             pool_idle_timeout: default_pool_idle(),
             pool_max_idle: default_pool_max_idle(),
             concurrency: default_concurrency(),
+            tls_ca: None,
         }
     }
 
@@ -262,7 +267,27 @@ impl HttpSink {
         }
         // rustls with the ring provider: no C toolchain or OpenSSL headers needed.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.tls_ca {
+            let pem = std::fs::read(path)
+                .map_err(|e| err(format!("cannot read tls_ca {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                err(format!(
+                    "tls_ca {} is not PEM certificates: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(err(format!(
+                    "tls_ca {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .user_agent(concat!("streamhook/", env!("CARGO_PKG_VERSION")))
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
