@@ -65,8 +65,11 @@ fn syntax_error(bytes: &[u8], e: &serde_json::Error) -> DecodeError {
     let (mut line, mut column) = (line, column);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         message = "empty input: expected a JSON object".to_owned();
-        column = column.max(1);
-        line = line.max(1);
+        (line, column) = (1, 1);
+    } else if message.contains("hex escape") || message.contains("surrogate") {
+        message = format!(
+            "{message}: a \\u escape of half a surrogate pair; JSON text must be valid Unicode"
+        );
     } else if let Some(what) = message.strip_prefix("EOF while parsing ") {
         message = format!("the input ends in the middle of {what}; is it truncated?");
     } else if message == "expected ident" || message == "expected value" {
