@@ -17,11 +17,27 @@ cargo xtask TASK
 
 Tasks:
   ci        what CI runs: fmt check, clippy -D warnings, the tests (pending or
-            unreferenced snapshots fail), and the architecture checks
+            unreferenced snapshots fail), the architecture checks, and the
+            short fault runs
   codegen   regenerate docs/schema/*.json from the types
   demo      build, start the server on loopback with a file sink in a temporary
             folder, send every fixture with `streamhook send`, show what each
             sink received, stop the server
+
+Fault runs against the real server binary (add --release to build optimised):
+  crash-test [--cycles N]           SIGKILL under load, N times (default 20);
+                                    nothing acknowledged may be lost
+  outage-test [--seconds N]         the http sink's receiver refuses, is down,
+                                    returns, under load (default 20 s)
+  disk-full-test                    the journal's disk fills up, then frees
+                                    (root: mounts a small tmpfs; else skipped)
+  slow-clients-test [--connections N]  N connections trickle headers or bodies
+                                    while a good client is measured (default 400)
+  faults                            all four, short (what CI runs)
+  fuzz [--seconds N] [TARGET...]    run the cargo-fuzz targets (decode, forwarded)
+                                    N seconds each (default 60), installing
+                                    cargo-fuzz if missing; the corpus found is kept
+                                    in fuzz/corpus and replayed by `cargo test`
   help      this text
 ";
 
@@ -34,6 +50,12 @@ fn main() -> Result<()> {
         "ci" => ci(&rest),
         "codegen" => codegen(),
         "demo" => demo::run(),
+        "crash-test" => harness(&["crash"], &rest),
+        "outage-test" => harness(&["outage"], &rest),
+        "disk-full-test" => harness(&["disk-full"], &rest),
+        "slow-clients-test" => harness(&["slow-clients"], &rest),
+        "faults" => faults_short(&rest),
+        "fuzz" => fuzz(&rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
@@ -85,6 +107,7 @@ fn ci(args: &[String]) -> Result<()> {
     }
     check_types_crate_is_pure()?;
     test_with_snapshot_checks()?;
+    faults_short(&[])?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
 }
@@ -184,6 +207,132 @@ fn check_types_crate_is_pure() -> Result<()> {
         }
     }
     eprintln!("streamhook-types: no I/O or async dependencies");
+    Ok(())
+}
+
+/// Builds the server and the harness, then runs one fault run; `--release` builds optimised.
+fn harness(run: &[&str], rest: &[String]) -> Result<()> {
+    let release = rest.iter().any(|a| a == "--release");
+    let mut build = vec![
+        "build",
+        "--quiet",
+        "-p",
+        "streamhook-server",
+        "-p",
+        "streamhook-harness",
+    ];
+    if release {
+        build.push("--release");
+    }
+    cargo(&build, &[])?;
+    let dir = project_root().join(if release {
+        "target/release"
+    } else {
+        "target/debug"
+    });
+    let server = dir.join("streamhook-server");
+    let args: Vec<&str> = rest
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--release")
+        .collect();
+    let line = format!("streamhook-harness {} {}", run.join(" "), args.join(" "));
+    eprintln!("$ {line}");
+    let status = Command::new(dir.join("streamhook-harness"))
+        .arg("--server-bin")
+        .arg(&server)
+        .args(run)
+        .args(&args)
+        .status()
+        .context("cannot run streamhook-harness")?;
+    if !status.success() {
+        bail!("`{line}` failed");
+    }
+    Ok(())
+}
+
+/// The short version of every fault run, for CI.
+fn faults_short(rest: &[String]) -> Result<()> {
+    let release: Vec<String> = rest.iter().filter(|a| *a == "--release").cloned().collect();
+    let with = |extra: &[&str]| -> Vec<String> {
+        extra
+            .iter()
+            .map(|s| s.to_string())
+            .chain(release.iter().cloned())
+            .collect()
+    };
+    harness(&["crash"], &with(&["--cycles", "3"]))?;
+    harness(&["outage"], &with(&["--seconds", "6"]))?;
+    harness(&["disk-full"], &with(&[]))?;
+    harness(&["slow-clients"], &with(&["--connections", "100"]))?;
+    Ok(())
+}
+
+/// Runs each fuzz target for a while, then minimises its corpus.
+fn fuzz(rest: &[String]) -> Result<()> {
+    let mut seconds = 60;
+    let mut targets = Vec::new();
+    let mut args = rest.iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .context("--seconds takes a number")?
+            }
+            t => targets.push(t.to_owned()),
+        }
+    }
+    if targets.is_empty() {
+        targets = vec!["decode".into(), "forwarded".into()];
+    }
+    let has = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
+    if !has(Command::new("cargo").args(["fuzz", "--version"])) {
+        eprintln!("installing cargo-fuzz");
+        cargo(&["install", "cargo-fuzz", "--locked"], &[])?;
+    }
+    // cargo-fuzz needs nightly flags: use a nightly toolchain when there is one, else let
+    // stable accept them.
+    let nightly = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("nightly"))
+        });
+    for target in &targets {
+        for sub in [
+            vec![
+                "run".to_owned(),
+                target.clone(),
+                "--".into(),
+                format!("-max_total_time={seconds}"),
+            ],
+            vec!["cmin".to_owned(), target.clone()],
+        ] {
+            let mut cmd = Command::new("cargo");
+            if nightly {
+                cmd.arg("+nightly");
+            } else {
+                cmd.env("RUSTC_BOOTSTRAP", "1");
+            }
+            cmd.arg("fuzz").args(&sub).current_dir(project_root());
+            eprintln!(
+                "$ cargo {}fuzz {}",
+                if nightly { "+nightly " } else { "" },
+                sub.join(" ")
+            );
+            let status = cmd.status().context("cannot run cargo fuzz")?;
+            if !status.success() {
+                bail!(
+                    "cargo fuzz {} failed: a crashing input is in fuzz/artifacts/{target}/ (cargo test replays it)",
+                    sub.join(" ")
+                );
+            }
+        }
+    }
     Ok(())
 }
 

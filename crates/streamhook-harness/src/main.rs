@@ -1,0 +1,70 @@
+//! `streamhook-harness`: fault runs against the real `streamhook-server` binary. Driven by
+//! `cargo xtask crash-test`, `outage-test`, `disk-full-test` and `slow-clients-test`.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a test harness reports on its terminal
+
+mod faults;
+mod load;
+mod receiver;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Fault runs: every figure printed is measured in this run.
+#[derive(Debug, Parser)]
+#[command(name = "streamhook-harness")]
+struct Cli {
+    /// The streamhook-server binary to run.
+    #[arg(long, default_value = "target/release/streamhook-server")]
+    server_bin: PathBuf,
+    #[command(subcommand)]
+    run: Run,
+}
+
+#[derive(Debug, Subcommand)]
+enum Run {
+    /// SIGKILL the server at random moments under load; nothing acknowledged may be lost.
+    Crash {
+        /// How many kills.
+        #[arg(long, default_value_t = 20)]
+        cycles: usize,
+    },
+    /// The http sink's receiver refuses, goes down, comes back, under load.
+    Outage {
+        /// Length of the run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// The journal's disk fills up, then space is freed (needs root; skipped otherwise).
+    DiskFull,
+    /// Many connections trickle headers or bodies while a good client is measured.
+    SlowClients {
+        /// How many trickling connections.
+        #[arg(long, default_value_t = 400)]
+        connections: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // reqwest is built without a default TLS provider (no C crypto): use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match cli.run {
+        Run::Crash { cycles } => faults::crash(&cli.server_bin, cycles).await,
+        Run::Outage { seconds } => faults::outage(&cli.server_bin, seconds).await,
+        Run::DiskFull => faults::disk_full(&cli.server_bin).await,
+        Run::SlowClients { connections } => {
+            faults::slow_clients(&cli.server_bin, connections).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streamhook-harness: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
