@@ -34,6 +34,12 @@ Fault runs against the real server binary (add --release to build optimised):
   slow-clients-test [--connections N]  N connections trickle headers or bodies
                                     while a good client is measured (default 400)
   faults                            all four, short (what CI runs)
+  bench [ARGS]                      build release binaries, run the criterion
+                                    benches, then measure intake (vs a bare axum
+                                    server), memory, drain, restart and validate
+                                    (vs jq); writes docs/performance.md. ARGS go
+                                    to `streamhook-harness bench` (--seconds N,
+                                    --connections N, --rate N, --restart-events N)
   fuzz [--seconds N] [TARGET...]    run the cargo-fuzz targets (decode, forwarded)
                                     N seconds each (default 60), installing
                                     cargo-fuzz if missing; the corpus found is kept
@@ -56,6 +62,7 @@ fn main() -> Result<()> {
         "slow-clients-test" => harness(&["slow-clients"], &rest),
         "faults" => faults_short(&rest),
         "fuzz" => fuzz(&rest),
+        "bench" => bench(&rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
@@ -265,6 +272,78 @@ fn faults_short(rest: &[String]) -> Result<()> {
     harness(&["outage"], &with(&["--seconds", "6"]))?;
     harness(&["disk-full"], &with(&[]))?;
     harness(&["slow-clients"], &with(&["--connections", "100"]))?;
+    Ok(())
+}
+
+/// The whole benchmark run.
+fn bench(rest: &[String]) -> Result<()> {
+    cargo(
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "streamhook-server",
+            "-p",
+            "streamhook-cli",
+            "-p",
+            "streamhook-harness",
+        ],
+        &[],
+    )?;
+    if !Command::new("jq")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("installing jq (for the validate comparison)");
+        let _ = Command::new("apt-get").arg("update").status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "jq"])
+            .status();
+    }
+    cargo(
+        &[
+            "bench",
+            "--quiet",
+            "-p",
+            "streamhook-types",
+            "--bench",
+            "decode",
+        ],
+        &[],
+    )?;
+    cargo(
+        &[
+            "bench",
+            "--quiet",
+            "-p",
+            "streamhook-core",
+            "--bench",
+            "journal",
+        ],
+        &[],
+    )?;
+    let release = project_root().join("target/release");
+    let mut command = "cargo xtask bench".to_owned();
+    for a in rest {
+        command.push(' ');
+        command.push_str(a);
+    }
+    let status = Command::new(release.join("streamhook-harness"))
+        .arg("--server-bin")
+        .arg(release.join("streamhook-server"))
+        .arg("bench")
+        .arg("--cli-bin")
+        .arg(release.join("streamhook"))
+        .args(["--command", &command])
+        .args(rest)
+        .current_dir(project_root())
+        .status()
+        .context("cannot run streamhook-harness")?;
+    if !status.success() {
+        bail!("the benchmark run failed");
+    }
     Ok(())
 }
 

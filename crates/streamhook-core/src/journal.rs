@@ -57,15 +57,20 @@ pub struct JournalConfig {
     pub queue: usize,
     /// The most appends committed in one transaction.
     pub max_batch: usize,
+    /// Memory redb may use to cache pages. Its own default (1 GiB) would let the process
+    /// grow with the data written; recent pages stay in the OS page cache anyway.
+    pub cache_bytes: usize,
 }
 
 impl JournalConfig {
-    /// Defaults for a data directory: a queue of 4096 appends, batches of up to 1024.
+    /// Defaults for a data directory: a queue of 4096 appends, batches of up to 1024, a
+    /// 16 MiB page cache.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         JournalConfig {
             dir: dir.into(),
             queue: 4096,
             max_batch: 1024,
+            cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -287,6 +292,7 @@ impl std::ops::Deref for Inner {
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
+    cache_bytes: usize,
     closed: std::sync::atomic::AtomicBool,
     db: RwLock<Option<Arc<Database>>>,
     /// The last committed seq; bumped on every commit, replay and requeue to wake dispatchers.
@@ -312,12 +318,13 @@ impl Journal {
             message: e.to_string(),
         })?;
         let path = config.dir.join(JOURNAL_FILE);
-        let db = open_db(&path)?;
+        let db = open_db(&path, config.cache_bytes)?;
         let last = last_seq_in(&db)?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (changed, _) = watch::channel(last);
         let shared = Arc::new(Shared {
             path,
+            cache_bytes: config.cache_bytes,
             closed: std::sync::atomic::AtomicBool::new(false),
             db: RwLock::new(Some(Arc::new(db))),
             changed,
@@ -760,7 +767,7 @@ impl Shared {
     /// open the file again (recovering from the last committed transaction).
     fn reopen(&self) -> Result<(), JournalError> {
         self.release();
-        let db = open_db(&self.path)?;
+        let db = open_db(&self.path, self.cache_bytes)?;
         match self.db.write() {
             Ok(mut slot) => *slot = Some(Arc::new(db)),
             Err(_) => return Err(JournalError::Write("journal lock poisoned".into())),
@@ -769,11 +776,14 @@ impl Shared {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, JournalError> {
-    let db = Database::create(path).map_err(|e| JournalError::Open {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| JournalError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     // Create the tables up front, so readers never race their creation.
     let txn = db.begin_write().map_err(write_err)?;
     {
@@ -854,6 +864,19 @@ fn decode_event(seq: u64, value: &[u8]) -> Result<StoredEvent, JournalError> {
         body_suffix: text(body_start + pre, body_start + pre + suf)?,
         json: text(body_start + pre + suf, value.len())?,
     })
+}
+
+/// A UUIDv7: the receive time in ms, then 74 random bits. fastrand (seeded from the OS) is
+/// enough for uniqueness and costs no system call, unlike the uuid crate's default generator.
+fn event_id(received_at: SystemTime) -> EventId {
+    let random = fastrand::u128(..).to_le_bytes();
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random[..10]);
+    EventId(
+        uuid::Builder::from_unix_timestamp_millis(ms_since_epoch(received_at), &bytes)
+            .into_uuid()
+            .to_string(),
+    )
 }
 
 /// The key under which a resource's history is kept (`"stream:12345"`).
@@ -937,7 +960,7 @@ fn commit_batch(db: &Database, batch: &[AppendRequest]) -> Result<Vec<Appended>,
             };
             let (meaning, state) = classify_with(&request.webhook, prior.as_ref());
             let envelope = Envelope {
-                id: EventId(uuid::Uuid::now_v7().to_string()),
+                id: event_id(request.received_at),
                 seq: next,
                 received_at: humantime::format_rfc3339_millis(request.received_at).to_string(),
                 source_ip: request.source,

@@ -53,7 +53,7 @@ fn accepted_ids(receiver: &Receiver) -> HashMap<String, usize> {
     ids
 }
 
-fn temp_dir(name: &str) -> Result<PathBuf> {
+pub(crate) fn temp_dir(name: &str) -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .subsec_nanos();

@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a test harness reports on its terminal
 
+mod bench;
 mod faults;
 mod load;
 mod receiver;
@@ -45,6 +46,60 @@ enum Run {
         #[arg(long, default_value_t = 400)]
         connections: usize,
     },
+    /// Measure streamhook against a bare axum server and its targets; write a report.
+    Bench {
+        /// The streamhook CLI binary (for validate vs jq).
+        #[arg(long, default_value = "target/release/streamhook")]
+        cli_bin: PathBuf,
+        /// Seconds per load phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections of the closed-loop phase.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Offered rate of the fixed-rate phase.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Journaled events to drain.
+        #[arg(long, default_value_t = 100_000)]
+        drain_events: u64,
+        /// Journaled events at restart.
+        #[arg(long, default_value_t = 1_000_000)]
+        restart_events: u64,
+        /// MB of NDJSON for validate vs jq.
+        #[arg(long, default_value_t = 100)]
+        validate_mb: usize,
+        /// Criterion's output folder.
+        #[arg(long, default_value = "target/criterion")]
+        criterion_dir: PathBuf,
+        /// The report to write.
+        #[arg(long, default_value = "docs/performance.md")]
+        out: PathBuf,
+        /// The command line to record in the report.
+        #[arg(long, default_value = "cargo xtask bench")]
+        command: String,
+    },
+    /// Load a URL and report requests/s and latency (closed loop, or a fixed --rate).
+    Load {
+        /// Where to POST the seed video payload.
+        #[arg(long)]
+        url: String,
+        /// Connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Offered requests/s instead of a closed loop.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// The bench's ceiling: an axum server that reads the body and answers 200.
+    Bare {
+        /// The port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 #[tokio::main]
@@ -58,6 +113,51 @@ async fn main() -> std::process::ExitCode {
         Run::DiskFull => faults::disk_full(&cli.server_bin).await,
         Run::SlowClients { connections } => {
             faults::slow_clients(&cli.server_bin, connections).await
+        }
+        Run::Bench {
+            cli_bin,
+            seconds,
+            connections,
+            rate,
+            drain_events,
+            restart_events,
+            validate_mb,
+            criterion_dir,
+            out,
+            command,
+        } => {
+            let options = bench::BenchOptions {
+                server_bin: cli.server_bin,
+                cli_bin,
+                seconds,
+                connections,
+                rate,
+                drain_events,
+                restart_events,
+                validate_mb,
+                criterion_dir,
+                out,
+                command,
+            };
+            bench::run(&options).await
+        }
+        Run::Bare { port } => bench::bare_server(port).await,
+        Run::Load {
+            url,
+            connections,
+            seconds,
+            rate,
+        } => {
+            let phase = match rate {
+                Some(r) => bench::fixed_rate(&url, r, seconds).await,
+                None => bench::closed_loop(&url, connections, seconds).await,
+            };
+            phase.map(|p| {
+                println!(
+                    "{:.0} requests/s, p50 {} us, p99 {} us, max {} us, {} errors",
+                    p.rps, p.p50, p.p99, p.max, p.errors
+                )
+            })
         }
     };
     match result {

@@ -227,6 +227,8 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
     /// Appends waiting for the journal beyond which requests get 503.
     pub journal_queue: usize,
+    /// Memory the journal may use to cache its pages, in MiB.
+    pub journal_cache_mb: usize,
 }
 
 impl Default for Limits {
@@ -240,6 +242,7 @@ impl Default for Limits {
             max_connection_age: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(10),
             journal_queue: 4096,
+            journal_cache_mb: 16,
         }
     }
 }

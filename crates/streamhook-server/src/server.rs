@@ -88,6 +88,7 @@ impl Server {
         config.validate()?;
         let mut journal_config = JournalConfig::new(&config.data_dir);
         journal_config.queue = config.limits.journal_queue;
+        journal_config.cache_bytes = config.limits.journal_cache_mb.max(1) * 1024 * 1024;
         let journal = Journal::open(journal_config)?;
         let intake = Intake::new(
             journal.clone(),
