@@ -672,7 +672,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     let _ = writeln!(report, "## Restart\n");
     let _ = writeln!(
         report,
-        "{} events journaled ({size_mb:.0} MB, filled through the real append path in {:.1} s); from process start to `/readyz` 200, three clean restarts: **{}** ms (best {} ms).\n",
+        "{} events journaled ({size_mb:.0} MB, filled through the real append path in {:.1} s); from process start to `/readyz` 200, three clean restarts: **{}** ms (best {:.0} ms).\n",
         o.restart_events,
         fill.as_secs_f64(),
         ready
@@ -680,7 +680,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
             .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
             .collect::<Vec<_>>()
             .join(", "),
-        ready.first().map_or(0.0, |d| d.as_secs_f64() * 1000.0) as u64
+        ready.first().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     let _ = writeln!(report, "## `streamhook validate` against `jq -c .`\n");
     let _ = writeln!(
