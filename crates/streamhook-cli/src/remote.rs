@@ -98,7 +98,7 @@ pub async fn send(
                     "{}  {} {}",
                     style.dim(position),
                     style.error("failed:"),
-                    error_chain(&e)
+                    streamhook_core::error_chain(&e)
                 )?;
             }
         }
@@ -115,20 +115,6 @@ pub async fn send(
     } else {
         OK
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// How to reach a server's admin API.
@@ -167,10 +153,12 @@ impl Admin {
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the admin API at {url}: {}", error_chain(&e)))?;
+        let response = request.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the admin API at {url}: {}",
+                streamhook_core::error_chain(&e)
+            )
+        })?;
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();

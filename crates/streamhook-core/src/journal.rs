@@ -435,11 +435,7 @@ impl Journal {
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
-        let table = match txn.open_table(EVENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(read_err(e)),
-        };
+        let table = txn.open_table(EVENTS).map_err(read_err)?;
         let mut out = Vec::new();
         for entry in table.range(from..).map_err(read_err)?.take(limit) {
             let (k, v) = entry.map_err(read_err)?;
@@ -457,11 +453,10 @@ impl Journal {
     pub fn len(&self) -> Result<u64, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
-        match txn.open_table(EVENTS) {
-            Ok(t) => t.len().map_err(read_err),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(read_err(e)),
-        }
+        txn.open_table(EVENTS)
+            .map_err(read_err)?
+            .len()
+            .map_err(read_err)
     }
 
     /// Whether the journal holds no events.
@@ -474,11 +469,7 @@ impl Journal {
         let want = ms_since_epoch(time);
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
-        let table = match txn.open_table(EVENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(1),
-            Err(e) => return Err(read_err(e)),
-        };
+        let table = txn.open_table(EVENTS).map_err(read_err)?;
         let first = table.first().map_err(read_err)?.map(|(k, _)| k.value());
         let last = table.last().map_err(read_err)?.map(|(k, _)| k.value());
         let (Some(mut lo), Some(last)) = (first, last) else {
@@ -512,9 +503,8 @@ impl Journal {
         let db = self.db()?;
         {
             let txn = db.begin_read().map_err(read_err)?;
-            if let Ok(t) = txn.open_table(CURSORS)
-                && let Some(v) = t.get(sink).map_err(read_err)?
-            {
+            let cursors = txn.open_table(CURSORS).map_err(read_err)?;
+            if let Some(v) = cursors.get(sink).map_err(read_err)? {
                 return Ok(v.value());
             }
         }
@@ -538,11 +528,7 @@ impl Journal {
     pub fn cursors(&self) -> Result<Vec<(String, u64)>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
-        let table = match txn.open_table(CURSORS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(read_err(e)),
-        };
+        let table = txn.open_table(CURSORS).map_err(read_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(read_err)? {
             let (k, v) = entry.map_err(read_err)?;
@@ -611,11 +597,7 @@ impl Journal {
     pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
-        let table = match txn.open_table(DEAD_LETTERS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(read_err(e)),
-        };
+        let table = txn.open_table(DEAD_LETTERS).map_err(read_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(read_err)? {
             let (k, v) = entry.map_err(read_err)?;
@@ -657,11 +639,7 @@ impl Journal {
     pub fn requeued(&self, sink: &str, limit: usize) -> Result<Vec<DeadLetter>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
-        let table = match txn.open_table(REQUEUED) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(read_err(e)),
-        };
+        let table = txn.open_table(REQUEUED).map_err(read_err)?;
         let mut out = Vec::new();
         for entry in table
             .range((sink, 0)..=(sink, u64::MAX))
@@ -689,11 +667,7 @@ impl Journal {
     pub fn history(&self, resource: &str) -> Result<Option<ResourceState>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
-        let table = match txn.open_table(HISTORY) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(read_err(e)),
-        };
+        let table = txn.open_table(HISTORY).map_err(read_err)?;
         match table.get(resource).map_err(read_err)? {
             Some(v) => Ok(serde_json::from_slice(v.value()).ok()),
             None => Ok(None),
@@ -800,11 +774,13 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
 
 fn last_seq_in(db: &Database) -> Result<u64, JournalError> {
     let txn = db.begin_read().map_err(read_err)?;
-    match txn.open_table(META) {
-        Ok(t) => Ok(t.get(NEXT_SEQ).map_err(read_err)?.map_or(1, |v| v.value()) - 1),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(read_err(e)),
-    }
+    let next = txn
+        .open_table(META)
+        .map_err(read_err)?
+        .get(NEXT_SEQ)
+        .map_err(read_err)?
+        .map_or(1, |v| v.value());
+    Ok(next - 1)
 }
 
 fn ms_since_epoch(t: SystemTime) -> u64 {

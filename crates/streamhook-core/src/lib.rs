@@ -15,3 +15,19 @@ pub use journal::{
 pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
 pub use sink::{Delivery, Sink, SinkError};
 pub use source::{Cidr, ForwardingHeaders, SourceError, SourceFilter, Unverified, Verified};
+
+/// An error and its sources on one line, without repeating a source its parent already
+/// quoted: `cannot connect: error trying to connect: tcp connect error: Connection refused`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

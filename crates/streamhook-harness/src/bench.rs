@@ -23,29 +23,40 @@ use streamhook_core::{Journal, JournalConfig, Verified};
 use crate::server::free_port;
 
 /// Options of a bench run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// The release server binary.
+    /// The release server binary (set from the harness's --server-bin).
+    #[arg(skip)]
     pub server_bin: PathBuf,
-    /// The release CLI binary.
+    /// The streamhook CLI binary (for validate vs jq).
+    #[arg(long, default_value = "target/release/streamhook")]
     pub cli_bin: PathBuf,
     /// Seconds per load phase.
+    #[arg(long, default_value_t = 10)]
     pub seconds: u64,
     /// Connections of the closed-loop phase.
+    #[arg(long, default_value_t = 64)]
     pub connections: usize,
     /// Offered rate of the fixed-rate phase.
+    #[arg(long, default_value_t = 2000)]
     pub rate: u64,
-    /// Events for the drain measurement.
+    /// Journaled events to drain.
+    #[arg(long, default_value_t = 100_000)]
     pub drain_events: u64,
-    /// Events for the restart measurement.
+    /// Journaled events at restart.
+    #[arg(long, default_value_t = 1_000_000)]
     pub restart_events: u64,
-    /// Megabytes of NDJSON for the validate measurement.
+    /// MB of NDJSON for validate vs jq.
+    #[arg(long, default_value_t = 100)]
     pub validate_mb: usize,
-    /// Where criterion left its estimates.
+    /// Criterion's output folder.
+    #[arg(long, default_value = "target/criterion")]
     pub criterion_dir: PathBuf,
-    /// The markdown file to write.
+    /// The report to write.
+    #[arg(long, default_value = "docs/performance.md")]
     pub out: PathBuf,
-    /// The command line to record.
+    /// The command line to record in the report.
+    #[arg(long, default_value = "cargo xtask bench")]
     pub command: String,
 }
 

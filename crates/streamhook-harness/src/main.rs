@@ -47,38 +47,7 @@ enum Run {
         connections: usize,
     },
     /// Measure streamhook against a bare axum server and its targets; write a report.
-    Bench {
-        /// The streamhook CLI binary (for validate vs jq).
-        #[arg(long, default_value = "target/release/streamhook")]
-        cli_bin: PathBuf,
-        /// Seconds per load phase.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Connections of the closed-loop phase.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Offered rate of the fixed-rate phase.
-        #[arg(long, default_value_t = 2000)]
-        rate: u64,
-        /// Journaled events to drain.
-        #[arg(long, default_value_t = 100_000)]
-        drain_events: u64,
-        /// Journaled events at restart.
-        #[arg(long, default_value_t = 1_000_000)]
-        restart_events: u64,
-        /// MB of NDJSON for validate vs jq.
-        #[arg(long, default_value_t = 100)]
-        validate_mb: usize,
-        /// Criterion's output folder.
-        #[arg(long, default_value = "target/criterion")]
-        criterion_dir: PathBuf,
-        /// The report to write.
-        #[arg(long, default_value = "docs/performance.md")]
-        out: PathBuf,
-        /// The command line to record in the report.
-        #[arg(long, default_value = "cargo xtask bench")]
-        command: String,
-    },
+    Bench(bench::BenchOptions),
     /// Load a URL and report requests/s and latency (closed loop, or a fixed --rate).
     Load {
         /// Where to POST the seed video payload.
@@ -114,31 +83,8 @@ async fn main() -> std::process::ExitCode {
         Run::SlowClients { connections } => {
             faults::slow_clients(&cli.server_bin, connections).await
         }
-        Run::Bench {
-            cli_bin,
-            seconds,
-            connections,
-            rate,
-            drain_events,
-            restart_events,
-            validate_mb,
-            criterion_dir,
-            out,
-            command,
-        } => {
-            let options = bench::BenchOptions {
-                server_bin: cli.server_bin,
-                cli_bin,
-                seconds,
-                connections,
-                rate,
-                drain_events,
-                restart_events,
-                validate_mb,
-                criterion_dir,
-                out,
-                command,
-            };
+        Run::Bench(mut options) => {
+            options.server_bin = cli.server_bin;
             bench::run(&options).await
         }
         Run::Bare { port } => bench::bare_server(port).await,

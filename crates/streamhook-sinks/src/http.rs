@@ -351,7 +351,7 @@ impl Sink for HttpSink {
             } else {
                 "request failed"
             };
-            SinkError::retryable(format!("{what}: {}", error_chain(&e)))
+            SinkError::retryable(format!("{what}: {}", streamhook_core::error_chain(&e)))
         })?;
         let status = response.status();
         if status.is_success() {
@@ -399,18 +399,4 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         at.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
