@@ -35,7 +35,7 @@ allowlist, trusted proxies, path token, retry), keeping the old one if the new o
 
 Every flag is also a STREAMHOOK_* variable (shown with each) and a key of the config file.";
 
-/// `streamhook-server`: a durable, source-checked inbox for Gcore Video Streaming webhooks.
+/// A durable, source-checked inbox for Gcore Video Streaming webhooks.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "streamhook-server", version, about, after_long_help = EXAMPLES, after_help = "Run with --help for examples.")]
 pub struct Args {
