@@ -314,7 +314,24 @@ async fn too_many_requests_at_once_are_shed_with_503() {
         .write_all(b"POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 200\r\n\r\n{")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the holder really holds the slot.
+    let mut held = false;
+    for _ in 0..500 {
+        let text = client()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == "streamhook_requests_in_flight 1") {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(held, "the slow request never started");
     let resp = client()
         .post(server.url("/webhook"))
         .body(fixture("seed/01-stream-started.json"))
