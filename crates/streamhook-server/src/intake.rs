@@ -305,10 +305,18 @@ async fn receive(
     };
     debug!(body = %String::from_utf8_lossy(&bytes), "received");
 
-    let decoded = decode::decode(&bytes).map_err(|e| match e {
-        DecodeError::Syntax(_) => ApiError::new(Reason::NotJson, e.to_string()),
-        _ => ApiError::new(Reason::NotWebhook, e.to_string()),
-    })?;
+    // Decode without locating what was tolerated (the server does not report warnings); only
+    // a refusal needs a line and column, so only a refusal decodes again to find them.
+    let decoded = decode::parse_json(&bytes)
+        .and_then(|value| decode::decode_value(&value))
+        .map_err(|_| {
+            let e = decode::decode(&bytes).err();
+            match e {
+                Some(e @ DecodeError::Syntax(_)) => ApiError::new(Reason::NotJson, e.to_string()),
+                Some(e) => ApiError::new(Reason::NotWebhook, e.to_string()),
+                None => ApiError::new(Reason::NotWebhook, "not a webhook"),
+            }
+        })?;
     let appended = intake
         .journal()
         .append(verified, &bytes, decoded.webhook)
