@@ -186,14 +186,7 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
     let (status, _) = raw(server.addr, "127.0.0.1", &hook(VALID.as_bytes())).await;
     assert_eq!(status, 200);
     accepted += 1;
-    let ready: serde_json::Value = client()
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = server.readyz().await;
     assert_eq!(
         ready["last_seq"], accepted,
         "only the valid events were stored"

@@ -115,18 +115,11 @@ async fn the_allowlist_is_enforced_by_source_address() {
         server.archive().len() == 1
     })
     .await;
-    let journal_len = {
-        let text = client()
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap();
-        text["last_seq"].clone()
-    };
-    assert_eq!(journal_len, 1, "refused requests store nothing");
+    assert_eq!(
+        server.readyz().await["last_seq"],
+        1,
+        "refused requests store nothing"
+    );
     server.shutdown().await;
 }
 
@@ -243,14 +236,7 @@ async fn each_refusal_has_its_status_and_a_json_error() {
         .send()
         .await;
     assert!(resp.is_err() || resp.unwrap().status() == 413);
-    let ready: serde_json::Value = c
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = server.readyz().await;
     assert_eq!(ready["last_seq"], 0, "refused requests store nothing");
     server.shutdown().await;
 }
@@ -470,14 +456,7 @@ async fn health_readiness_and_metrics() {
     )
     .await;
     eventually("delivered", || server.archive().len() == 1).await;
-    let ready: serde_json::Value = c
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = server.readyz().await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["journal"], "writable");
     assert_eq!(ready["last_seq"], 1);

@@ -111,6 +111,18 @@ impl TestServer {
         }
     }
 
+    /// `GET /readyz`, parsed: readiness, and `last_seq` (what the journal stored).
+    pub async fn readyz(&self) -> serde_json::Value {
+        client()
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn archive(&self) -> Vec<serde_json::Value> {
         let text =
             std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
