@@ -93,6 +93,9 @@ event_kinds! {
     BroadcastFinished = "broadcast.finished",
     /// Any other type or status: kept whole, routable, never dropped.
     Unknown = "unknown",
+    /// JSON from a verified source that does not fit the model (a field of another type, a
+    /// missing id, ...): kept byte for byte with its problems, routed, never refused.
+    Invalid = "invalid",
 }
 
 /// A string that names no [`EventKind`].
@@ -347,6 +350,39 @@ pub fn resource_of(payload: &Payload) -> Resource {
         kind: kind.to_owned(),
         id,
     }
+}
+
+/// The resource of a document that does not fit the model, as far as it can be read: the
+/// `type` when it is a string, and the id at `message.<key>.id` when it is a non-negative
+/// integer (or a string of one). An unreadable `type` gives the resource type `invalid`.
+///
+/// Used for `invalid` events, so that per-resource order and timelines still include them.
+pub fn salvage_resource(value: &serde_json::Value) -> Resource {
+    let Some(type_name) = value.get("type").and_then(|t| t.as_str()) else {
+        return Resource {
+            kind: "invalid".to_owned(),
+            id: None,
+        };
+    };
+    let known = crate::model::KNOWN_TYPES
+        .iter()
+        .find(|(t, _)| *t == type_name)
+        .map(|&(_, key)| key);
+    let key = known.unwrap_or(type_name);
+    let id = value
+        .get("message")
+        .and_then(|m| m.get(key))
+        .and_then(|inner| inner.get("id"))
+        .and_then(|id| match id {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+    let kind = match known {
+        Some(key) => key.to_owned(),
+        None => type_name.to_owned(),
+    };
+    Resource { kind, id }
 }
 
 /// How one flag moved between two payloads.

@@ -32,9 +32,50 @@ pub struct Envelope {
     pub origin: Option<Origin>,
     /// What the event is about.
     pub resource: Resource,
+    /// For `invalid` events: what in the payload does not fit the model (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
     /// Gcore's JSON, unchanged.
     #[schemars(with = "crate::Webhook")]
     pub payload: Box<RawValue>,
+}
+
+/// Something in a payload that does not fit the model, as an `invalid` event carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Problem {
+    /// The JSON path of the value, such as `$.message.stream.live`.
+    pub path: String,
+    /// Its line in the request body, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// Its column in the request body, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    /// What is wrong, in plain words (with the path, without the location).
+    pub message: String,
+}
+
+impl Problem {
+    /// The problem a decoding error describes.
+    pub fn from_error(error: &crate::DecodeError) -> Problem {
+        let location = error.location();
+        Problem {
+            path: error.path(),
+            line: location.map(|l| l.line),
+            column: location.map(|l| l.column),
+            message: error.message(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
 }
 
 /// An event's stable id.
