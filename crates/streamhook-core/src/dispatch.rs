@@ -11,6 +11,12 @@
 //!   resumes where delivery stood; anything in flight is delivered again (at least once).
 //! - Memory is bounded by the in-flight window whatever the backlog: the backlog stays on disk.
 //! - One slow sink slows only itself: intake and other sinks never wait for it.
+//! - A dispatcher never stops on its own: a journal error (a full disk, a read during the
+//!   journal's reopen) pauses delivery, counts in [`SinkStats::journal_errors`], and is retried
+//!   with backoff from the persisted cursor; a record that cannot be read becomes a dead letter
+//!   with the reason, never a silent skip.
+//! - A sink that knows what it already holds ([`Sink::delivered_through`]) resumes after it, so
+//!   a crash does not deliver twice what it wrote.
 
 use std::collections::{BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -85,6 +91,10 @@ pub struct SinkStats {
     pub dead_lettered: AtomicU64,
     /// The persisted cursor: the first seq not yet passed.
     pub cursor: AtomicU64,
+    /// Journal errors that paused delivery (each is retried with backoff).
+    pub journal_errors: AtomicU64,
+    /// 1 while delivery is paused by a journal error, else 0.
+    pub paused: AtomicU64,
 }
 
 /// The router, shared so a reload can swap it under running dispatchers.
@@ -141,20 +151,53 @@ impl Dispatcher {
         Arc::clone(&self.stats)
     }
 
-    /// Runs until `shutdown` turns true. In-flight deliveries are abandoned then (they are
-    /// delivered again after a restart); the cursor of what completed is persisted.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), JournalError> {
+    /// Runs until `shutdown` turns true (or its sender is dropped). In-flight deliveries are
+    /// abandoned then (they are delivered again after a restart); the cursor of what completed
+    /// is persisted. A journal error never ends it: delivery pauses and resumes from the
+    /// persisted cursor after a backoff (100 ms doubling to 30 s).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
-        self.journal.register_dispatcher(&name);
-        let result = self.run_inner(&mut shutdown).await;
-        self.journal.unregister_dispatcher(&name);
+        let registration = self.journal.register_dispatcher(&name);
+        let mut resume = if self.sink.concurrency() <= 1 {
+            self.sink.delivered_through().await
+        } else {
+            None
+        };
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match self.run_inner(&mut shutdown, resume.take()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(60) {
+                        wait = Duration::from_millis(100);
+                    }
+                    self.stats.journal_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.paused.store(1, Ordering::Relaxed);
+                    tracing::error!(sink = %name, error = %e, retry_in = ?wait, "delivery paused: the journal failed; retrying from the persisted cursor");
+                    let stopped = tokio::select! {
+                        _ = tokio::time::sleep(wait) => false,
+                        _ = shutdown.wait_for(|s| *s) => true,
+                    };
+                    self.stats.paused.store(0, Ordering::Relaxed);
+                    if stopped || shutdown.has_changed().is_err() {
+                        break;
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        self.journal.unregister_dispatcher(registration);
         if let Err(e) = self.sink.flush().await {
             tracing::warn!(sink = %name, error = %e, "flush on shutdown failed");
         }
-        result
     }
 
-    async fn run_inner(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), JournalError> {
+    async fn run_inner(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        resume_after: Option<u64>,
+    ) -> Result<(), JournalError> {
         let name = self.sink.name().to_owned();
         let mut changed = self.journal.subscribe();
         let mut start = blocking(&self.journal, {
@@ -162,6 +205,18 @@ impl Dispatcher {
             move |j| j.cursor(&name)
         })
         .await?;
+        if let Some(held) = resume_after
+            && held >= start
+        {
+            let last = self.journal.last_committed();
+            if held <= last {
+                tracing::info!(sink = %name, cursor = start, resume = held + 1, "the sink already holds what the cursor would deliver again; resuming after it");
+                start = held + 1;
+                self.persist(&name, start).await?;
+            } else {
+                tracing::warn!(sink = %name, held, last, "the sink reports events newer than the journal holds (another data directory?); ignoring");
+            }
+        }
         'generation: loop {
             self.stats.cursor.store(start, Ordering::Relaxed);
             let lanes_n = self.sink.concurrency().clamp(1, 64);
@@ -204,16 +259,33 @@ impl Dispatcher {
                 }
 
                 // Fill the window from the journal.
-                while pending.len() + requeued_in_flight.len() < self.window {
+                'fill: while pending.len() + requeued_in_flight.len() < self.window {
                     let want = (self.window - pending.len() - requeued_in_flight.len()).min(256);
-                    let events = blocking(&self.journal, move |j| j.read_from(next, want)).await?;
-                    if events.is_empty() {
+                    let records =
+                        blocking(&self.journal, move |j| j.read_records(next, want)).await?;
+                    if records.is_empty() {
                         break;
                     }
-                    for event in events {
+                    for record in records {
+                        let event = match record {
+                            Ok(event) => event,
+                            Err(JournalError::Corrupt { seq, message }) => {
+                                next = seq + 1;
+                                self.dead_letter_unreadable(seq, &message, String::new())
+                                    .await?;
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
                         next = event.seq + 1;
-                        let Some(delivery) = self.routed(&event) else {
-                            continue;
+                        let delivery = match self.routed(&event) {
+                            Routed::Skip => continue,
+                            Routed::Deliver(delivery) => *delivery,
+                            Routed::Unreadable(message) => {
+                                self.dead_letter_unreadable(event.seq, &message, event.json)
+                                    .await?;
+                                continue;
+                            }
                         };
                         idle_flushed = false;
                         pending.insert(event.seq);
@@ -223,8 +295,9 @@ impl Dispatcher {
                             requeued: false,
                             delivery,
                         };
-                        if lanes[lane].send(job).await.is_err() {
-                            return Err(JournalError::Closed);
+                        if !hand_over(&lanes[lane], job, shutdown).await? {
+                            stop = true;
+                            break 'fill;
                         }
                     }
                 }
@@ -246,8 +319,9 @@ impl Dispatcher {
                                 requeued: true,
                                 delivery,
                             };
-                            if lanes[lane].send(job).await.is_err() {
-                                return Err(JournalError::Closed);
+                            if !hand_over(&lanes[lane], job, shutdown).await? {
+                                stop = true;
+                                break;
                             }
                         }
                         None => {
@@ -273,6 +347,9 @@ impl Dispatcher {
                     }
                 }
 
+                if stop {
+                    continue;
+                }
                 tokio::select! {
                     r = shutdown.changed() => stop = r.is_err(),
                     _ = changed.changed() => {}
@@ -299,14 +376,35 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Stores a dead letter for a journal record that cannot be read (retrying until it is
+    /// stored), so the sink's operator sees it instead of a silent gap.
+    async fn dead_letter_unreadable(
+        &self,
+        seq: u64,
+        message: &str,
+        envelope: String,
+    ) -> Result<(), JournalError> {
+        tracing::error!(sink = %self.sink.name(), seq, error = %message, "unreadable journal record: dead-lettered");
+        let letter = DeadLetter {
+            sink: self.sink.name().to_owned(),
+            seq,
+            id: String::new(),
+            error: format!("unreadable journal record: {message}"),
+            attempts: 0,
+            failed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            envelope,
+            body: String::new(),
+        };
+        blocking(&self.journal, move |j| j.dead_letter(&letter)).await?;
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The delivery for `event` if the router sends it to this sink.
-    fn routed(&self, event: &StoredEvent) -> Option<Delivery> {
+    fn routed(&self, event: &StoredEvent) -> Routed {
         let envelope = match event.envelope() {
             Ok(e) => e,
-            Err(e) => {
-                tracing::error!(sink = %self.sink.name(), seq = event.seq, error = %e, "skipping an unreadable journal record");
-                return None;
-            }
+            Err(e) => return Routed::Unreadable(e.to_string()),
         };
         let type_name = payload_type(&envelope);
         let input = RouteInput {
@@ -321,15 +419,37 @@ impl Dispatcher {
             .map(|r| r.wants(self.sink.name(), &input))
             .unwrap_or(true);
         if !wanted {
-            return None;
+            return Routed::Skip;
         }
         let body = event.body(&envelope);
-        Some(Delivery {
+        Routed::Deliver(Box::new(Delivery {
             json: event.json_line(),
             body,
             envelope,
             attempt: 1,
-        })
+        }))
+    }
+}
+
+/// What the router makes of one journal record for this sink.
+enum Routed {
+    /// Not for this sink.
+    Skip,
+    Deliver(Box<Delivery>),
+    /// The record's envelope cannot be read.
+    Unreadable(String),
+}
+
+/// Hands a job to its lane, unless shutdown comes first (a lane stuck on a slow delivery
+/// must not hold a stopping dispatcher). `Ok(false)`: stopping.
+async fn hand_over(
+    lane: &mpsc::Sender<Job>,
+    job: Job,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, JournalError> {
+    tokio::select! {
+        sent = lane.send(job) => sent.map(|()| true).map_err(|_| JournalError::Closed),
+        _ = shutdown.wait_for(|s| *s) => Ok(false),
     }
 }
 

@@ -13,16 +13,22 @@
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `events` | seq (u64) | [record](encode_record): received-at, the body's outer whitespace, envelope JSON |
-//! | `history` | `"stream:12345"` | [`ResourceState`] JSON |
-//! | `meta` | `"next_seq"` | u64 |
+//! | `history` | `"stream:12345"` | updated-at in ms (u64), then [`ResourceState`] JSON |
+//! | `meta` | `"next_seq"`, `"probe"` | u64 |
 //! | `cursors` | sink name | next seq the sink has not passed |
 //! | `dead_letters` | (sink, seq) | [`DeadLetter`] JSON |
 //! | `requeued` | (sink, seq) | [`DeadLetter`] JSON |
+//!
+//! Health: every write commit records whether it succeeded, and the writer thread records
+//! that it runs; [`Journal::health`] reads both without touching the database, so a readiness
+//! check is cheap and sees a full disk or a dead writer at once. While unhealthy, a check asks
+//! the writer to [probe](Journal::probe) with a one-key commit, so health returns as soon as
+//! a commit can succeed again, even with no traffic.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +36,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use streamhook_types::classify::classify_with;
-use streamhook_types::{Envelope, EventId, EventKind, ResourceState, Webhook};
+use streamhook_types::{Envelope, EventId, EventKind, Problem, Resource, ResourceState, Webhook};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::source::Verified;
@@ -43,6 +49,7 @@ const DEAD_LETTERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("
 const REQUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("requeued");
 
 const NEXT_SEQ: &str = "next_seq";
+const PROBE: &str = "probe";
 
 /// The file inside the data directory.
 pub const JOURNAL_FILE: &str = "journal.redb";
@@ -107,6 +114,14 @@ pub enum JournalError {
         /// Why.
         message: String,
     },
+    /// A replay asked to start after the newest event.
+    #[error("cannot replay from seq {from}: the newest event is seq {last}")]
+    ReplayPastEnd {
+        /// The seq asked for.
+        from: u64,
+        /// The newest seq held.
+        last: u64,
+    },
     /// A dead letter that does not exist.
     #[error("no dead letter for sink {sink:?} at seq {seq}")]
     NoSuchDeadLetter {
@@ -123,6 +138,28 @@ fn write_err(e: impl std::fmt::Display) -> JournalError {
 
 fn read_err(e: impl std::fmt::Display) -> JournalError {
     JournalError::Read(e.to_string())
+}
+
+/// What intake hands the journal: a webhook the model understood, or JSON that does not fit
+/// it (kept with the kind `invalid`, its resource as far as it can be read, and its
+/// problems). An invalid event never changes a resource's history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    /// A webhook the typed model reads.
+    Webhook(Webhook),
+    /// JSON that the typed model does not read.
+    Invalid {
+        /// The resource, when its type and id are readable.
+        resource: Resource,
+        /// What does not fit, first problem first.
+        problems: Vec<Problem>,
+    },
+}
+
+impl From<Webhook> for Parsed {
+    fn from(webhook: Webhook) -> Self {
+        Parsed::Webhook(webhook)
+    }
 }
 
 /// What an append stored.
@@ -220,6 +257,10 @@ pub enum ReplayFrom {
 /// Counters the server's `/metrics` reads.
 #[derive(Debug, Default)]
 pub struct JournalStats {
+    /// History records that could not be read (the resource was classified as new).
+    pub history_corrupt: AtomicU64,
+    /// Resource histories dropped after `history_max_age` idle.
+    pub history_pruned: AtomicU64,
     /// Events appended.
     pub appended: AtomicU64,
     /// Transactions committed.
@@ -253,18 +294,90 @@ impl JournalStats {
 }
 
 struct AppendRequest {
-    webhook: Webhook,
+    parsed: Parsed,
     payload: Box<RawValue>,
     prefix: String,
     suffix: String,
     source: IpAddr,
-    received_at: SystemTime,
     reply: oneshot::Sender<Result<Appended, JournalError>>,
 }
 
 enum Msg {
     Append(Box<AppendRequest>),
+    /// A one-key commit, to learn whether the journal can write again.
+    Probe,
+    /// Test only: the writer panics, as a bug would make it.
+    Panic,
     Close(oneshot::Sender<()>),
+}
+
+/// Whether the journal can take events now, as [`Journal::health`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The writer runs and the last commit succeeded.
+    Writable,
+    /// The last commit failed (a full disk, an I/O error), with its error.
+    CannotWrite(String),
+    /// The writer thread is gone (it panicked): nothing can be journaled until a restart.
+    WriterDead,
+    /// The journal was closed.
+    Closed,
+}
+
+impl Health {
+    /// Whether events can be journaled.
+    pub fn is_writable(&self) -> bool {
+        matches!(self, Health::Writable)
+    }
+}
+
+/// What the writer and every committer record for [`Journal::health`].
+#[derive(Debug)]
+struct HealthState {
+    writer_alive: AtomicBool,
+    commit_failed: AtomicBool,
+    last_error: Mutex<String>,
+    /// Test only: the next N commits fail as an I/O error would.
+    inject_failures: AtomicU64,
+}
+
+impl HealthState {
+    /// Records a commit's outcome (and fails it first when a failure is injected).
+    fn commit(&self, txn: redb::WriteTransaction) -> Result<(), JournalError> {
+        let injected = self
+            .inject_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let result = if injected {
+            let _ = txn.abort();
+            Err(JournalError::Write("injected I/O error (test)".into()))
+        } else {
+            txn.commit().map_err(write_err)
+        };
+        self.record(&result);
+        result
+    }
+
+    fn record<T>(&self, result: &Result<T, JournalError>) {
+        match result {
+            Ok(_) => self.commit_failed.store(false, Ordering::SeqCst),
+            Err(e) => {
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = e.to_string();
+                }
+                self.commit_failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Marks the writer dead when its thread ends, however it ends (a panic included).
+struct WriterAlive<'a>(&'a AtomicBool);
+
+impl Drop for WriterAlive<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// The journal. Cheap to clone; all clones share one database and one writer.
@@ -293,15 +406,17 @@ impl std::ops::Deref for Inner {
 struct Shared {
     path: PathBuf,
     cache_bytes: usize,
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     db: RwLock<Option<Arc<Database>>>,
     /// The last committed seq; bumped on every commit, replay and requeue to wake dispatchers.
     changed: watch::Sender<u64>,
     stats: JournalStats,
+    health: HealthState,
     /// Replays waiting for a running dispatcher to apply them, by sink.
     replays: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
-    /// Sinks with a running dispatcher.
-    dispatching: Mutex<Vec<String>>,
+    /// Sinks with a running dispatcher, with the registration's id.
+    dispatching: Mutex<Vec<(String, u64)>>,
+    next_registration: AtomicU64,
 }
 
 impl std::fmt::Debug for Msg {
@@ -320,23 +435,34 @@ impl Journal {
         let path = config.dir.join(JOURNAL_FILE);
         let db = open_db(&path, config.cache_bytes)?;
         let last = last_seq_in(&db)?;
+        let last_ms = last_received_ms(&db)?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (changed, _) = watch::channel(last);
         let shared = Arc::new(Shared {
             path,
             cache_bytes: config.cache_bytes,
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             db: RwLock::new(Some(Arc::new(db))),
             changed,
             stats: JournalStats::default(),
+            health: HealthState {
+                writer_alive: AtomicBool::new(true),
+                commit_failed: AtomicBool::new(false),
+                last_error: Mutex::new(String::new()),
+                inject_failures: AtomicU64::new(0),
+            },
             replays: Mutex::new(HashMap::new()),
             dispatching: Mutex::new(Vec::new()),
+            next_registration: AtomicU64::new(1),
         });
         let writer = Arc::clone(&shared);
         let max_batch = config.max_batch.max(1);
         std::thread::Builder::new()
             .name("streamhook-journal".into())
-            .spawn(move || writer_loop(&writer, rx, max_batch))
+            .spawn(move || {
+                let _alive = WriterAlive(&writer.health.writer_alive);
+                writer_loop(&writer, rx, max_batch, last_ms);
+            })
             .map_err(|e| JournalError::Open {
                 path: config.dir.clone(),
                 message: format!("cannot start the writer thread: {e}"),
@@ -356,15 +482,18 @@ impl Journal {
         &self.inner.stats
     }
 
-    /// Appends one verified, decoded webhook and returns once it is on disk.
+    /// Appends one verified webhook (or [invalid](Parsed::Invalid) JSON) and returns once it
+    /// is on disk.
     ///
     /// `payload` must be the request body the webhook was decoded from; it is stored byte for
-    /// byte. Fails at once with [`JournalError::Busy`] when the queue is full.
+    /// byte. The receive time is stamped by the writer, never earlier than the previous
+    /// event's, so `received_at` grows with `seq` even when the wall clock steps back. Fails at
+    /// once with [`JournalError::Busy`] when the queue is full.
     pub async fn append(
         &self,
         source: Verified,
         payload: &[u8],
-        webhook: Webhook,
+        parsed: impl Into<Parsed>,
     ) -> Result<Appended, JournalError> {
         let text = std::str::from_utf8(payload)
             .map_err(|e| JournalError::Write(format!("payload is not UTF-8: {e}")))?;
@@ -376,12 +505,11 @@ impl Journal {
             .map_err(|e| JournalError::Write(format!("payload is not JSON: {e}")))?;
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
-            webhook,
+            parsed: parsed.into(),
             payload,
             prefix: prefix.to_owned(),
             suffix: suffix.to_owned(),
             source: source.client(),
-            received_at: SystemTime::now(),
             reply,
         };
         match self.inner.tx.try_send(Msg::Append(Box::new(request))) {
@@ -420,10 +548,37 @@ impl Journal {
         self.inner.db()
     }
 
-    /// Whether a write transaction can be committed now (for readiness checks). Writes nothing.
-    pub fn is_writable(&self) -> bool {
-        self.db()
-            .is_ok_and(|db| db.begin_write().map(|t| t.abort().is_ok()).unwrap_or(false))
+    /// Whether the journal can take events, from what the last commit and the writer thread
+    /// recorded: no database access, no lock held, so readiness checks may call it often.
+    pub fn health(&self) -> Health {
+        let h = &self.inner.health;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Health::Closed
+        } else if !h.writer_alive.load(Ordering::SeqCst) {
+            Health::WriterDead
+        } else if h.commit_failed.load(Ordering::SeqCst) {
+            Health::CannotWrite(h.last_error.lock().map(|e| e.clone()).unwrap_or_default())
+        } else {
+            Health::Writable
+        }
+    }
+
+    /// Asks the writer for a one-key commit, so that [`Journal::health`] learns whether the
+    /// journal can write again. Returns at once; does nothing when the queue is full.
+    pub fn probe(&self) {
+        let _ = self.inner.tx.try_send(Msg::Probe);
+    }
+
+    /// Test only: the next `n` commits fail as an I/O error would.
+    #[doc(hidden)]
+    pub fn inject_commit_failures(&self, n: u64) {
+        self.inner.health.inject_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Test only: the writer thread panics, as a bug in it would make it.
+    #[doc(hidden)]
+    pub fn inject_writer_panic(&self) {
+        let _ = self.inner.tx.try_send(Msg::Panic);
     }
 
     /// The last committed seq (0 when empty).
@@ -431,15 +586,32 @@ impl Journal {
         last_seq_in(&*self.db()?)
     }
 
-    /// Up to `limit` events from `from` on, in seq order.
+    /// The last seq the writer committed, from memory (0 when empty): no database access.
+    pub fn last_committed(&self) -> u64 {
+        *self.inner.changed.borrow()
+    }
+
+    /// Up to `limit` events from `from` on, in seq order. A record that cannot be read fails
+    /// the call with [`JournalError::Corrupt`]; [`Journal::read_records`] reads past it.
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<StoredEvent>, JournalError> {
+        self.read_records(from, limit)?.into_iter().collect()
+    }
+
+    /// Up to `limit` records from `from` on, in seq order, each read on its own: an
+    /// unreadable record is an `Err` ([`JournalError::Corrupt`], with its seq) among the
+    /// others, so a reader can deal with it and go on.
+    pub fn read_records(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Result<StoredEvent, JournalError>>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
         let table = txn.open_table(EVENTS).map_err(read_err)?;
         let mut out = Vec::new();
         for entry in table.range(from..).map_err(read_err)?.take(limit) {
             let (k, v) = entry.map_err(read_err)?;
-            out.push(decode_event(k.value(), v.value())?);
+            out.push(decode_event(k.value(), v.value()));
         }
         Ok(out)
     }
@@ -447,6 +619,18 @@ impl Journal {
     /// One event by seq.
     pub fn get(&self, seq: u64) -> Result<Option<StoredEvent>, JournalError> {
         Ok(self.read_from(seq, 1)?.into_iter().find(|e| e.seq == seq))
+    }
+
+    /// Test only: stores raw bytes as the record of `seq`, as a corrupted file would hold.
+    #[doc(hidden)]
+    pub fn overwrite_record(&self, seq: u64, bytes: &[u8]) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(EVENTS)
+            .map_err(write_err)?
+            .insert(seq, bytes)
+            .map_err(write_err)?;
+        self.inner.health.commit(txn)
     }
 
     /// The number of events held.
@@ -521,7 +705,7 @@ impl Journal {
             .map_err(write_err)?
             .insert(sink, seq)
             .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        self.inner.health.commit(txn)
     }
 
     /// Every sink's cursor.
@@ -539,21 +723,34 @@ impl Journal {
 
     /// Re-delivers to `sink` everything from `from` on. Returns the seq it restarts at.
     ///
-    /// When the sink's dispatcher runs, it applies the replay (dropping what it had in flight)
-    /// before this returns; otherwise the cursor is moved directly.
+    /// A seq past the newest event is refused ([`JournalError::ReplayPastEnd`]): it would
+    /// silently skip everything up to it. The cursor is moved durably first (so pruning never
+    /// deletes what the replay is about to deliver); when the sink's dispatcher runs, it then
+    /// applies the replay (dropping what it had in flight) before this returns.
     pub async fn replay(&self, sink: &str, from: ReplayFrom) -> Result<u64, JournalError> {
-        let seq = match from {
-            ReplayFrom::Seq(s) => s.max(1),
-            ReplayFrom::Time(t) => self.seq_at(t)?,
-        };
+        let journal = self.clone();
+        let name = sink.to_owned();
+        let seq = tokio::task::spawn_blocking(move || -> Result<u64, JournalError> {
+            let last = journal.last_seq()?;
+            let seq = match from {
+                ReplayFrom::Seq(s) if s > last + 1 => {
+                    return Err(JournalError::ReplayPastEnd { from: s, last });
+                }
+                ReplayFrom::Seq(s) => s.max(1),
+                ReplayFrom::Time(t) => journal.seq_at(t)?,
+            };
+            journal.set_cursor(&name, seq)?;
+            Ok(seq)
+        })
+        .await
+        .map_err(|e| JournalError::Write(format!("replay task failed: {e}")))??;
         let running = self
             .inner
             .dispatching
             .lock()
-            .map(|d| d.iter().any(|s| s == sink))
+            .map(|d| d.iter().any(|(s, _)| s == sink))
             .unwrap_or(false);
         if !running {
-            self.set_cursor(sink, seq)?;
             return Ok(seq);
         }
         let (done, wait) = oneshot::channel();
@@ -565,15 +762,19 @@ impl Journal {
         Ok(seq)
     }
 
-    pub(crate) fn register_dispatcher(&self, sink: &str) {
+    /// Registers a running dispatcher of `sink`; returns the id to unregister it with.
+    pub(crate) fn register_dispatcher(&self, sink: &str) -> u64 {
+        let id = self.inner.next_registration.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut d) = self.inner.dispatching.lock() {
-            d.push(sink.to_owned());
+            d.push((sink.to_owned(), id));
         }
+        id
     }
 
-    pub(crate) fn unregister_dispatcher(&self, sink: &str) {
+    /// Unregisters one dispatcher (not a newer one of the same sink started meanwhile).
+    pub(crate) fn unregister_dispatcher(&self, id: u64) {
         if let Ok(mut d) = self.inner.dispatching.lock() {
-            d.retain(|s| s != sink);
+            d.retain(|(_, i)| *i != id);
         }
     }
 
@@ -590,7 +791,23 @@ impl Journal {
             .map_err(write_err)?
             .insert((letter.sink.as_str(), letter.seq), bytes.as_slice())
             .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        self.inner.health.commit(txn)
+    }
+
+    /// How many dead letters `sink` holds: counts keys, decodes nothing.
+    pub fn dead_letter_count(&self, sink: &str) -> Result<u64, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(DEAD_LETTERS).map_err(read_err)?;
+        let mut n = 0;
+        for entry in table
+            .range((sink, 0)..=(sink, u64::MAX))
+            .map_err(read_err)?
+        {
+            entry.map_err(read_err)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Dead letters, of one sink or all, in (sink, seq) order.
@@ -630,7 +847,7 @@ impl Journal {
                 .insert((sink, seq), bytes.as_slice())
                 .map_err(write_err)?;
         }
-        txn.commit().map_err(write_err)?;
+        self.inner.health.commit(txn)?;
         self.notify();
         Ok(())
     }
@@ -660,58 +877,165 @@ impl Journal {
             .map_err(write_err)?
             .remove((sink, seq))
             .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        self.inner.health.commit(txn)
     }
 
-    /// The history the classifier keeps for a resource (`"stream:12345"`).
+    /// The history the classifier keeps for a resource (`"stream:12345"`). A record that
+    /// cannot be read is `None` (and counted in [`JournalStats::history_corrupt`]).
     pub fn history(&self, resource: &str) -> Result<Option<ResourceState>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
         let table = txn.open_table(HISTORY).map_err(read_err)?;
         match table.get(resource).map_err(read_err)? {
-            Some(v) => Ok(serde_json::from_slice(v.value()).ok()),
+            Some(v) => Ok(read_history(&self.inner.stats, resource, v.value())),
             None => Ok(None),
         }
     }
 
-    /// Deletes events every sink in `sinks` has passed, that are older than `max_age` or
-    /// beyond the newest `max_events`. Returns how many were deleted.
+    /// Test only: stores raw bytes as a resource's history, as a corrupted file would hold.
+    #[doc(hidden)]
+    pub fn overwrite_history(&self, resource: &str, bytes: &[u8]) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(HISTORY)
+            .map_err(write_err)?
+            .insert(resource, bytes)
+            .map_err(write_err)?;
+        self.inner.health.commit(txn)
+    }
+
+    /// Deletes what retention allows, in one write transaction:
+    /// - events every sink in `sinks` has passed (cursors read inside the transaction, and
+    ///   replays waiting to be applied count as cursors), that are older than `max_age` or
+    ///   beyond the newest `max_events`;
+    /// - the history of every resource not updated for `history_max_age`.
+    ///
+    /// Returns how many events and histories were deleted.
     pub fn prune(
         &self,
         sinks: &[String],
         max_age: Option<Duration>,
         max_events: Option<u64>,
-    ) -> Result<u64, JournalError> {
-        if max_age.is_none() && max_events.is_none() {
-            return Ok(0);
-        }
-        let mut passed = u64::MAX;
-        for sink in sinks {
-            passed = passed.min(self.cursor(sink)?);
-        }
-        let last = self.last_seq()?;
-        let keep_from_count = max_events.map_or(0, |n| (last + 1).saturating_sub(n));
-        let cutoff_ms = max_age.map_or(0, |age| {
-            ms_since_epoch(SystemTime::now()).saturating_sub(age.as_millis() as u64)
-        });
+        history_max_age: Option<Duration>,
+    ) -> Result<Pruned, JournalError> {
+        let now_ms = ms_since_epoch(SystemTime::now());
+        let cutoff = |age: Duration| now_ms.saturating_sub(age.as_millis() as u64);
+        let pending_replay = self
+            .inner
+            .replays
+            .lock()
+            .ok()
+            .and_then(|r| r.values().map(|(seq, _)| *seq).min())
+            .unwrap_or(u64::MAX);
         let db = self.db()?;
         let txn = db.begin_write().map_err(write_err)?;
-        let mut deleted = 0;
+        let mut pruned = Pruned::default();
         {
-            let mut table = txn.open_table(EVENTS).map_err(write_err)?;
-            let removed = table
-                .extract_from_if(..passed, |seq, value| {
-                    seq < keep_from_count || header_ms(value) < cutoff_ms
-                })
-                .map_err(write_err)?;
-            for entry in removed {
-                entry.map_err(write_err)?;
-                deleted += 1;
+            if max_age.is_some() || max_events.is_some() {
+                let cursors = txn.open_table(CURSORS).map_err(write_err)?;
+                let mut passed = pending_replay;
+                for sink in sinks {
+                    // A sink without a cursor has passed nothing yet.
+                    let cursor = cursors.get(sink.as_str()).map_err(write_err)?;
+                    passed = passed.min(cursor.map_or(0, |c| c.value()));
+                }
+                let next = txn
+                    .open_table(META)
+                    .map_err(write_err)?
+                    .get(NEXT_SEQ)
+                    .map_err(write_err)?
+                    .map_or(1, |v| v.value());
+                let keep_from_count = max_events.map_or(0, |n| next.saturating_sub(n));
+                let cutoff_ms = max_age.map_or(0, cutoff);
+                let mut table = txn.open_table(EVENTS).map_err(write_err)?;
+                let removed = table
+                    .extract_from_if(..passed, |seq, value| {
+                        seq < keep_from_count || header_ms(value) < cutoff_ms
+                    })
+                    .map_err(write_err)?;
+                for entry in removed {
+                    entry.map_err(write_err)?;
+                    pruned.events += 1;
+                }
+            }
+            if let Some(age) = history_max_age {
+                let cutoff_ms = cutoff(age);
+                let mut history = txn.open_table(HISTORY).map_err(write_err)?;
+                // Records written before histories carried a time are stamped now, so they
+                // age from today instead of being dropped at once.
+                let mut unstamped = Vec::new();
+                for entry in history.iter().map_err(write_err)? {
+                    let (k, v) = entry.map_err(write_err)?;
+                    if history_time(v.value()).is_none() {
+                        unstamped.push((k.value().to_owned(), v.value().to_vec()));
+                    }
+                }
+                for (key, json) in unstamped {
+                    let mut value = now_ms.to_be_bytes().to_vec();
+                    value.extend_from_slice(&json);
+                    history
+                        .insert(key.as_str(), value.as_slice())
+                        .map_err(write_err)?;
+                }
+                let removed = history
+                    .extract_if(|_, value| history_time(value).is_some_and(|t| t < cutoff_ms))
+                    .map_err(write_err)?;
+                for entry in removed {
+                    entry.map_err(write_err)?;
+                    pruned.histories += 1;
+                }
             }
         }
-        txn.commit().map_err(write_err)?;
-        Ok(deleted)
+        self.inner.health.commit(txn)?;
+        self.inner
+            .stats
+            .history_pruned
+            .fetch_add(pruned.histories, Ordering::Relaxed);
+        Ok(pruned)
     }
+}
+
+/// What [`Journal::prune`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events.
+    pub events: u64,
+    /// Resource histories.
+    pub histories: u64,
+}
+
+/// A history record: the time it was written (ms, big endian), then the state's JSON.
+/// Records from before that format are bare JSON (they start with `{`; a time never does).
+fn history_time(value: &[u8]) -> Option<u64> {
+    if value.first() == Some(&b'{') {
+        return None;
+    }
+    value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+fn read_history(stats: &JournalStats, key: &str, value: &[u8]) -> Option<ResourceState> {
+    let json = if history_time(value).is_some() {
+        &value[8..]
+    } else {
+        value
+    };
+    match serde_json::from_slice(json) {
+        Ok(state) => Some(state),
+        Err(e) => {
+            stats.history_corrupt.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(resource = %key, error = %e, "unreadable classifier history; classifying the resource as new");
+            None
+        }
+    }
+}
+
+fn encode_history(at_ms: u64, state: &ResourceState) -> Result<Vec<u8>, JournalError> {
+    let mut out = at_ms.to_be_bytes().to_vec();
+    serde_json::to_writer(&mut out, state).map_err(write_err)?;
+    Ok(out)
 }
 
 impl Shared {
@@ -724,12 +1048,14 @@ impl Shared {
         })
     }
 
-    /// Takes the database out and waits (a bounded time) for readers to let go of it.
+    /// Takes the database out, then (without holding the lock, so readers fail fast instead
+    /// of waiting) waits a bounded time for readers to let go of it.
     fn release(&self) {
-        let Ok(mut slot) = self.db.write() else {
-            return;
+        let old = match self.db.write() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => return,
         };
-        if let Some(old) = slot.take() {
+        if let Some(old) = old {
             let deadline = Instant::now() + Duration::from_secs(5);
             while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
@@ -781,6 +1107,16 @@ fn last_seq_in(db: &Database) -> Result<u64, JournalError> {
         .map_err(read_err)?
         .map_or(1, |v| v.value());
     Ok(next - 1)
+}
+
+/// The receive time of the newest event (0 when empty).
+fn last_received_ms(db: &Database) -> Result<u64, JournalError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(EVENTS).map_err(read_err)?;
+    Ok(table
+        .last()
+        .map_err(read_err)?
+        .map_or(0, |(_, v)| header_ms(v.value())))
 }
 
 fn ms_since_epoch(t: SystemTime) -> u64 {
@@ -844,12 +1180,12 @@ fn decode_event(seq: u64, value: &[u8]) -> Result<StoredEvent, JournalError> {
 
 /// A UUIDv7: the receive time in ms, then 74 random bits. fastrand (seeded from the OS) is
 /// enough for uniqueness and costs no system call, unlike the uuid crate's default generator.
-fn event_id(received_at: SystemTime) -> EventId {
+fn event_id(received_at_ms: u64) -> EventId {
     let random = fastrand::u128(..).to_le_bytes();
     let mut bytes = [0u8; 10];
     bytes.copy_from_slice(&random[..10]);
     EventId(
-        uuid::Builder::from_unix_timestamp_millis(ms_since_epoch(received_at), &bytes)
+        uuid::Builder::from_unix_timestamp_millis(received_at_ms, &bytes)
             .into_uuid()
             .to_string(),
     )
@@ -861,25 +1197,55 @@ pub fn history_key(webhook: &Webhook) -> Option<String> {
     resource.id.map(|id| format!("{}:{id}", resource.kind))
 }
 
-fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
+fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mut last_ms: u64) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut closing = None;
+    let mut probe = false;
     loop {
         match rx.blocking_recv() {
             Some(Msg::Append(r)) => batch.push(*r),
+            Some(Msg::Probe) => probe = true,
+            Some(Msg::Panic) => panic!("journal writer: panic injected by a test"),
             Some(Msg::Close(done)) => closing = Some(done),
             None => return,
         }
         while closing.is_none() && batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Append(r)) => batch.push(*r),
+                Ok(Msg::Probe) => probe = true,
+                Ok(Msg::Panic) => panic!("journal writer: panic injected by a test"),
                 Ok(Msg::Close(done)) => closing = Some(done),
                 Err(_) => break,
             }
         }
+        if probe && batch.is_empty() {
+            probe = false;
+            let result = inner.db().and_then(|db| {
+                let txn = db.begin_write().map_err(write_err)?;
+                txn.open_table(META)
+                    .map_err(write_err)?
+                    .insert(PROBE, ms_since_epoch(SystemTime::now()))
+                    .map_err(write_err)?;
+                inner.health.commit(txn)
+            });
+            inner.health.record(&result);
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "journal probe: still cannot write");
+                if let Err(e) = inner.reopen() {
+                    tracing::error!(error = %e, "journal reopen failed; will retry");
+                }
+            }
+        }
         if !batch.is_empty() {
+            probe = false;
             let started = Instant::now();
-            let result = inner.db().and_then(|db| commit_batch(&db, &batch));
+            // Stamped here, in journal order, never earlier than the previous event: a wall
+            // clock that steps back cannot make `replay --since` miss an event.
+            last_ms = last_ms.max(ms_since_epoch(SystemTime::now()));
+            let result = inner
+                .db()
+                .and_then(|db| commit_batch(inner, &db, &batch, last_ms));
+            inner.health.record(&result);
             match result {
                 Ok(appended) => {
                     inner.stats.observe_commit(started.elapsed());
@@ -913,7 +1279,15 @@ fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize) {
 }
 
 /// Classifies and stores a batch in one transaction; all or nothing.
-fn commit_batch(db: &Database, batch: &[AppendRequest]) -> Result<Vec<Appended>, JournalError> {
+fn commit_batch(
+    inner: &Shared,
+    db: &Database,
+    batch: &[AppendRequest],
+    received_at_ms: u64,
+) -> Result<Vec<Appended>, JournalError> {
+    let received_at =
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(received_at_ms))
+            .to_string();
     let txn = db.begin_write().map_err(write_err)?;
     let mut out = Vec::with_capacity(batch.len());
     {
@@ -926,35 +1300,56 @@ fn commit_batch(db: &Database, batch: &[AppendRequest]) -> Result<Vec<Appended>,
             .map_or(1, |v| v.value());
         let mut record = Vec::new();
         for request in batch {
-            let key = history_key(&request.webhook);
-            let prior: Option<ResourceState> = match &key {
-                Some(k) => history
-                    .get(k.as_str())
-                    .map_err(write_err)?
-                    .and_then(|v| serde_json::from_slice(v.value()).ok()),
-                None => None,
-            };
-            let (meaning, state) = classify_with(&request.webhook, prior.as_ref());
-            let envelope = Envelope {
-                id: event_id(request.received_at),
-                seq: next,
-                received_at: humantime::format_rfc3339_millis(request.received_at).to_string(),
-                source_ip: request.source,
-                kinds: meaning.kinds,
-                origin: meaning.origin,
-                resource: meaning.resource,
-                payload: request.payload.clone(),
+            let (envelope, key, state) = match &request.parsed {
+                Parsed::Webhook(webhook) => {
+                    let key = history_key(webhook);
+                    let prior: Option<ResourceState> = match &key {
+                        Some(k) => history
+                            .get(k.as_str())
+                            .map_err(write_err)?
+                            .and_then(|v| read_history(&inner.stats, k, v.value())),
+                        None => None,
+                    };
+                    let (meaning, state) = classify_with(webhook, prior.as_ref());
+                    let envelope = Envelope {
+                        id: event_id(received_at_ms),
+                        seq: next,
+                        received_at: received_at.clone(),
+                        source_ip: request.source,
+                        kinds: meaning.kinds,
+                        origin: meaning.origin,
+                        resource: meaning.resource,
+                        problems: Vec::new(),
+                        payload: request.payload.clone(),
+                    };
+                    (envelope, key, state)
+                }
+                // Kept as sent, flagged, and never part of a resource's history.
+                Parsed::Invalid { resource, problems } => {
+                    let envelope = Envelope {
+                        id: event_id(received_at_ms),
+                        seq: next,
+                        received_at: received_at.clone(),
+                        source_ip: request.source,
+                        kinds: vec![EventKind::Invalid],
+                        origin: None,
+                        resource: resource.clone(),
+                        problems: problems.clone(),
+                        payload: request.payload.clone(),
+                    };
+                    (envelope, None, None)
+                }
             };
             encode_record(
                 &mut record,
-                ms_since_epoch(request.received_at),
+                received_at_ms,
                 &request.prefix,
                 &request.suffix,
                 &envelope,
             )?;
             events.insert(next, record.as_slice()).map_err(write_err)?;
             if let (Some(k), Some(state)) = (&key, state) {
-                let bytes = serde_json::to_vec(&state).map_err(write_err)?;
+                let bytes = encode_history(received_at_ms, &state)?;
                 history
                     .insert(k.as_str(), bytes.as_slice())
                     .map_err(write_err)?;
@@ -968,6 +1363,6 @@ fn commit_batch(db: &Database, batch: &[AppendRequest]) -> Result<Vec<Appended>,
         }
         meta.insert(NEXT_SEQ, next).map_err(write_err)?;
     }
-    txn.commit().map_err(write_err)?;
+    inner.health.commit(txn)?;
     Ok(out)
 }

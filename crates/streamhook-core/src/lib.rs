@@ -10,7 +10,8 @@ pub mod source;
 
 pub use dispatch::{Dispatcher, RetryPolicy, SinkStats};
 pub use journal::{
-    Appended, DeadLetter, Journal, JournalConfig, JournalError, ReplayFrom, StoredEvent,
+    Appended, DeadLetter, Health, Journal, JournalConfig, JournalError, Parsed, Pruned, ReplayFrom,
+    StoredEvent,
 };
 pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
 pub use sink::{Delivery, Sink, SinkError};

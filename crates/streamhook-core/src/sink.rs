@@ -45,6 +45,15 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     async fn flush(&self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// The newest seq this sink is known to hold already, read from its own storage when
+    /// the dispatcher starts (`None`: it cannot tell). The dispatcher then resumes after it
+    /// instead of at its persisted cursor, so a sink that records what it wrote (the file
+    /// sink) receives nothing twice after a crash. Only for sinks that deliver in journal
+    /// order (a [`Sink::concurrency`] of 1): everything before that seq was delivered too.
+    async fn delivered_through(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why a delivery failed, and whether to try again.

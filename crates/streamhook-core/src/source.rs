@@ -3,11 +3,15 @@
 //! Gcore signs nothing, so the source address is the only proof of origin. A request starts as
 //! [`Unverified`]; [`SourceFilter::verify`] turns it into [`Verified`] only when
 //!
-//! 1. the path token matches (when one is configured), compared in constant time, and
-//! 2. the client address is in the allowlist. The client is the TCP peer, unless the peer is a
+//! 1. the client address is in the allowlist. The client is the TCP peer, unless the peer is a
 //!    trusted proxy: then `Forwarded` (RFC 7239), `X-Forwarded-For` and `X-Real-IP` are read
 //!    right to left, skipping trusted hops. When several of them are present they must agree,
-//!    so a header the proxy passes through untouched cannot override the one it sets.
+//!    so a header the proxy passes through untouched cannot override the one it sets; and
+//! 2. the path token matches (when one is configured), compared in constant time. It is checked
+//!    second, so a stranger learns nothing about it.
+//!
+//! [`SourceFilter::may_connect`] tells the accept loop which TCP peers can never pass, so they
+//! are closed before a byte is read.
 //!
 //! Forwarding headers from a peer that is not a trusted proxy are ignored. Malformed headers
 //! never panic and never grant access. IPv4-mapped IPv6 addresses are read as IPv4.
@@ -227,15 +231,28 @@ impl SourceFilter {
         self.token.is_some()
     }
 
-    /// Checks a request: token, then client address.
+    /// Checks a request: client address, then token.
     pub fn verify(&self, request: &Unverified<'_>) -> Result<Verified, SourceError> {
-        self.check_token(request.token)?;
+        // The source first: a stranger learns nothing about the token.
         let client = self.client_ip(request.peer, &request.headers)?;
-        if self.allow.iter().any(|c| c.contains(client)) {
-            Ok(Verified { client })
-        } else {
-            Err(SourceError::NotAllowed(client))
+        if !self.allow.iter().any(|c| c.contains(client)) {
+            return Err(SourceError::NotAllowed(client));
         }
+        self.check_token(request.token)?;
+        Ok(Verified { client })
+    }
+
+    /// Whether a TCP peer could ever pass [`SourceFilter::verify`]: it is allowed itself, or
+    /// it is a trusted proxy (whose clients are checked per request). A peer that is neither
+    /// can be refused at accept, before it costs a byte of reading.
+    pub fn may_connect(&self, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.is_trusted(peer) || self.allow.iter().any(|c| c.contains(peer))
+    }
+
+    /// Whether `peer` is a trusted proxy.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.is_trusted(canonical(peer))
     }
 
     fn check_token(&self, got: Option<&str>) -> Result<(), SourceError> {

@@ -17,7 +17,7 @@ fn start(
 ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (stop, rx) = watch::channel(false);
     let d = Dispatcher::new(journal.clone(), sink, router, fast_policy());
-    let handle = tokio::spawn(async move { d.run(rx).await.unwrap() });
+    let handle = tokio::spawn(async move { d.run(rx).await });
     (stop, handle)
 }
 
