@@ -93,12 +93,18 @@ pub async fn send(
             }
             Err(e) => {
                 refused += 1;
+                let mut why = streamhook_core::error_chain(&e);
+                if e.is_request() && !e.is_connect() && !e.is_timeout() {
+                    // streamhook closes a peer it can never allow at accept, without an answer.
+                    why.push_str(
+                        " (closed without an answer: is this source address allowed? try --bind)",
+                    );
+                }
                 writeln!(
                     out,
-                    "{}  {} {}",
+                    "{}  {} {why}",
                     style.dim(position),
                     style.error("failed:"),
-                    streamhook_core::error_chain(&e)
                 )?;
             }
         }

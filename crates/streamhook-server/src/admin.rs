@@ -2,6 +2,8 @@
 //!
 //! Served on its own listener (loopback by default) and guarded by a bearer token
 //! (`Authorization: Bearer <token>`). `streamhook replay`, `dead-letters` and `tail` drive it.
+//! The same listener serves the operator's `GET /readyz` and `GET /metrics` without a token
+//! (they reveal counts, not events), for probes and scrapers.
 //!
 //! | method and path | what |
 //! | --- | --- |
@@ -49,16 +51,19 @@ pub fn admin_app(
         token: token.into(),
         reload: reloads,
     };
-    axum::Router::new()
+    let operator = crate::intake::operator_app(state.intake.clone());
+    let admin = axum::Router::new()
         .route("/admin/status", get(status))
         .route("/admin/dead-letters", get(dead_letters))
         .route("/admin/dead-letters/requeue", post(requeue))
         .route("/admin/replay", post(replay))
         .route("/admin/events", get(events))
         .route("/admin/reload", post(reload))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .with_state(state)
+        .with_state(state);
+    operator
+        .merge(admin)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -68,6 +73,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 fn journal_error(e: JournalError) -> Response {
     let status = match e {
         JournalError::NoSuchDeadLetter { .. } => StatusCode::NOT_FOUND,
+        JournalError::ReplayPastEnd { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
@@ -225,10 +231,10 @@ async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBody>) -> Res
         }
     };
     let journal = admin.intake.journal();
-    let known = journal
-        .cursors()
-        .map(|c| c.iter().any(|(n, _)| n == &body.sink))
-        .unwrap_or(false);
+    let known = match blocking(journal, |j| j.cursors()).await {
+        Ok(c) => c.iter().any(|(n, _)| n == &body.sink),
+        Err(resp) => return resp,
+    };
     if !known {
         return error(
             StatusCode::NOT_FOUND,

@@ -89,6 +89,10 @@ pub struct Args {
         hide_env_values = true
     )]
     pub path_token: Option<String>,
+    /// Refuse JSON that does not fit the model with 422, instead of keeping it as an `invalid`
+    /// event (the default: Gcore never resends, so a refusal loses the event for good).
+    #[arg(long, env = "STREAMHOOK_STRICT")]
+    pub strict: bool,
     /// Without a config file's sinks, events go to stdout; this drops that default sink.
     #[arg(long, env = "STREAMHOOK_NO_STDOUT")]
     pub no_stdout: bool,
@@ -98,7 +102,8 @@ pub struct Args {
     /// Address of the admin API (replay, dead letters) [default: 127.0.0.1:8081].
     #[arg(long, env = "STREAMHOOK_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
-    /// Bearer token of the admin API [default: generated, in DATA_DIR/admin.token].
+    /// Bearer token of the admin API, at least 32 characters [default: generated, in
+    /// DATA_DIR/admin.token].
     #[arg(
         long,
         env = "STREAMHOOK_ADMIN_TOKEN",
@@ -156,6 +161,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Allowed source ranges.
     pub allow: Vec<Cidr>,
+    /// Refuse (422) JSON that does not fit the model instead of keeping it as `invalid`.
+    pub strict: bool,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<Cidr>,
     /// Log format.
@@ -189,6 +196,7 @@ impl Default for Config {
             path_token: None,
             data_dir: PathBuf::from("./streamhook-data"),
             allow: gcore_ranges(),
+            strict: false,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Text,
             limits: Limits::default(),
@@ -213,6 +221,9 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// Open connections at once; further connections wait in the listen backlog.
     pub max_connections: usize,
+    /// Open connections one peer address may hold (0: no cap); more are closed at accept.
+    /// Behind a proxy, the proxy is one peer: raise it to the proxy's upstream connections.
+    pub max_connections_per_peer: usize,
     /// Time to receive a request's headers (also bounds an idle keep-alive connection).
     #[serde(with = "streamhook_core::duration")]
     pub header_timeout: Duration,
@@ -237,6 +248,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_concurrent_requests: 512,
             max_connections: 1024,
+            max_connections_per_peer: 256,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(300),
@@ -306,6 +318,13 @@ pub struct Retention {
     /// Keep at most this many passed events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_events: Option<u64>,
+    /// Drop a resource's classifier history once no event came for it this long (default 30
+    /// days); its next event is then classified as if it were new.
+    #[serde(
+        with = "streamhook_core::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_max_age: Option<Duration>,
     /// How often to prune.
     #[serde(with = "streamhook_core::duration")]
     pub interval: Duration,
@@ -316,6 +335,7 @@ impl Default for Retention {
         Retention {
             max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             max_events: None,
+            history_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
             interval: Duration::from_secs(60),
         }
     }
@@ -329,7 +349,8 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where (loopback by default: it is not for the internet).
     pub listen: SocketAddr,
-    /// The bearer token; generated into `DATA_DIR/admin.token` when unset.
+    /// The bearer token, at least 32 characters; generated into `DATA_DIR/admin.token` when
+    /// unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
@@ -379,6 +400,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
 /// The file name of the generated admin token in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
@@ -427,6 +451,9 @@ impl Config {
         }
         if let Some(token) = &args.path_token {
             self.path_token = Some(token.clone());
+        }
+        if args.strict {
+            self.strict = true;
         }
         if let Some(format) = args.log_format {
             self.log_format = format;
@@ -491,6 +518,22 @@ impl Config {
                 if std::fs::metadata(path).is_err() {
                     return invalid(format!("TLS {what} {} cannot be read", path.display()));
                 }
+            }
+        }
+        if let Some(token) = &self.admin.token {
+            if token.trim().is_empty() {
+                return invalid(
+                    "admin.token (--admin-token, STREAMHOOK_ADMIN_TOKEN) is empty, which would leave the admin API open; \
+                     set at least 32 characters, or remove it to have one generated into DATA_DIR/admin.token"
+                        .into(),
+                );
+            }
+            if token.chars().count() < MIN_ADMIN_TOKEN {
+                return invalid(format!(
+                    "admin.token (--admin-token, STREAMHOOK_ADMIN_TOKEN) has {} characters; use at least {MIN_ADMIN_TOKEN} \
+                     (for example: openssl rand -hex 32), or remove it to have one generated",
+                    token.chars().count()
+                ));
             }
         }
         if self.limits.max_body_bytes == 0

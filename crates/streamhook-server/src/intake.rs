@@ -1,10 +1,15 @@
-//! The webhook endpoint and its neighbours: `POST /webhook`, `GET /healthz`, `GET /readyz`,
-//! `GET /metrics`.
+//! The webhook endpoint (`POST /webhook`, public with `GET /healthz`) and the operator's
+//! endpoints (`GET /readyz`, `GET /metrics`, served on the admin listener).
 //!
 //! The request path: load shedding -> source filter -> body limit and timeout -> decode ->
 //! journal append (durable: classified and fsync'd) -> `200 {"id", "kinds"}`. Every refusal
 //! is one status with a JSON body `{"error": "..."}` that says what was wrong; nothing is
 //! stored for it. Bodies are never logged above debug level.
+//!
+//! Keep, then judge: JSON from a verified source that does not fit the typed model is stored
+//! with the kind `invalid` and its problems, and answered 200 with them (Gcore never resends,
+//! so a refusal would lose the event). Strict mode answers 422 instead; a body that is not JSON
+//! is 400 in both modes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -17,9 +22,12 @@ use axum::routing::{any, get};
 use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 use streamhook_core::{
-    ForwardingHeaders, Journal, JournalError, SinkStats, SourceError, SourceFilter, Unverified,
+    ForwardingHeaders, Health, Journal, JournalError, Parsed, SinkStats, SourceError, SourceFilter,
+    Unverified,
 };
-use streamhook_types::decode::{self, DecodeError};
+use streamhook_types::Problem;
+use streamhook_types::classify::salvage_resource;
+use streamhook_types::decode;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, warn};
 
@@ -38,6 +46,7 @@ struct Inner {
     journal: Journal,
     filter: RwLock<Arc<SourceFilter>>,
     limits: Limits,
+    strict: std::sync::atomic::AtomicBool,
     permits: Semaphore,
     metrics: Metrics,
     sinks: RwLock<Vec<(String, Arc<SinkStats>)>>,
@@ -52,6 +61,7 @@ impl Intake {
                 journal,
                 filter: RwLock::new(Arc::new(filter)),
                 limits,
+                strict: std::sync::atomic::AtomicBool::new(false),
                 permits,
                 metrics: Metrics::default(),
                 sinks: RwLock::new(Vec::new()),
@@ -85,6 +95,19 @@ impl Intake {
         }
     }
 
+    /// Strict mode: JSON that does not fit the model is refused with 422 instead of being kept
+    /// as an `invalid` event. Takes effect for the next request (a reload may switch it).
+    pub fn set_strict(&self, strict: bool) {
+        self.inner
+            .strict
+            .store(strict, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     /// Tells readiness and metrics which sinks run, with their counters.
     pub fn set_sinks(&self, sinks: Vec<(String, Arc<SinkStats>)>) {
         if let Ok(mut s) = self.inner.sinks.write() {
@@ -106,17 +129,25 @@ impl Intake {
     }
 }
 
-/// The webhook router: `POST {path}` (and `{path}/{token}`), `/healthz`, `/readyz`,
-/// `/metrics`. Mount it in any axum app served with
+/// The webhook router: `POST {path}` (and `{path}/{token}`) and `GET /healthz`, for the
+/// public listener. Mount it in any axum app served with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (the source filter needs the peer).
+/// `/readyz` and `/metrics` are in [`operator_app`], for a listener only operators reach.
 pub fn app(intake: Intake, path: &str) -> axum::Router {
     axum::Router::new()
         .route(path, any(webhook))
         .route(&format!("{path}/{{token}}"), any(webhook_with_token))
         .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(intake)
+}
+
+/// `GET /readyz` and `GET /metrics`: cheap (no journal lock, no decoding), for the admin
+/// listener or any listener only operators reach.
+pub fn operator_app(intake: Intake) -> axum::Router {
+    axum::Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
         .with_state(intake)
 }
 
@@ -187,9 +218,15 @@ async fn handle(intake: Intake, token: Option<String>, request: Request) -> Resp
     let metrics_intake = intake.clone();
     let result = receive(intake, token, peer, request).instrument(span).await;
     let (reason, mut response) = match result {
-        Ok((kinds, response)) => {
-            metrics_intake.metrics().event(&kinds);
-            (Reason::Accepted, response)
+        Ok((appended, problems, response)) => {
+            metrics_intake.metrics().event(&appended.kinds);
+            match problems.first() {
+                Some(first) => {
+                    metrics_intake.metrics().invalid(&first.path);
+                    (Reason::AcceptedInvalid, response)
+                }
+                None => (Reason::Accepted, response),
+            }
         }
         Err(e) => {
             let peer = peer.map(|p| p.ip().to_string()).unwrap_or_default();
@@ -209,7 +246,7 @@ async fn receive(
     token: Option<String>,
     peer: Option<SocketAddr>,
     request: Request,
-) -> Result<(Vec<streamhook_types::EventKind>, Response), ApiError> {
+) -> Result<(streamhook_core::Appended, Vec<Problem>, Response), ApiError> {
     if request.method() != Method::POST {
         return Err(ApiError::new(
             Reason::Method,
@@ -306,20 +343,41 @@ async fn receive(
     debug!(body = %String::from_utf8_lossy(&bytes), "received");
 
     // Decode without locating what was tolerated (the server does not report warnings); only
-    // a refusal needs a line and column, so only a refusal decodes again to find them.
-    let decoded = decode::parse_json(&bytes)
-        .and_then(|value| decode::decode_value(&value))
-        .map_err(|_| {
-            let e = decode::decode(&bytes).err();
-            match e {
-                Some(e @ DecodeError::Syntax(_)) => ApiError::new(Reason::NotJson, e.to_string()),
-                Some(e) => ApiError::new(Reason::NotWebhook, e.to_string()),
-                None => ApiError::new(Reason::NotWebhook, "not a webhook"),
+    // a problem needs a line and column, so only a problem decodes again to find them.
+    let value =
+        decode::parse_json(&bytes).map_err(|e| ApiError::new(Reason::NotJson, e.to_string()))?;
+    let parsed = match decode::decode_value(&value) {
+        Ok(decoded) => Parsed::Webhook(decoded.webhook),
+        Err(_) => {
+            let problem = match decode::decode(&bytes) {
+                Err(e) => Problem::from_error(&e),
+                Ok(_) => Problem {
+                    path: "$".into(),
+                    line: None,
+                    column: None,
+                    message: "not a webhook".into(),
+                },
+            };
+            if intake
+                .inner
+                .strict
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err(ApiError::new(Reason::NotWebhook, problem.to_string()));
             }
-        })?;
+            Parsed::Invalid {
+                resource: salvage_resource(&value),
+                problems: vec![problem],
+            }
+        }
+    };
+    let problems = match &parsed {
+        Parsed::Invalid { problems, .. } => problems.clone(),
+        Parsed::Webhook(_) => Vec::new(),
+    };
     let appended = intake
         .journal()
-        .append(verified, &bytes, decoded.webhook)
+        .append(verified, &bytes, parsed)
         .await
         .map_err(|e| match e {
             JournalError::Busy => {
@@ -337,12 +395,25 @@ async fn receive(
         })?;
     let kinds: Vec<&str> = appended.kinds.iter().map(|k| k.as_str()).collect();
     debug!(id = %appended.id, seq = appended.seq, kinds = %kinds.join(","), source = %verified.client(), "accepted");
-    let response = (
-        StatusCode::OK,
-        Json(json!({ "id": appended.id, "kinds": appended.kinds })),
-    )
-        .into_response();
-    Ok((appended.kinds, response))
+    if let Some(first) = problems.first() {
+        info!(id = %appended.id, seq = appended.seq, problem = %first, "kept a payload that does not fit the model as an invalid event");
+    }
+    let body = AcceptedBody {
+        id: &appended.id,
+        kinds: &appended.kinds,
+        problems: &problems,
+    };
+    let response = (StatusCode::OK, Json(body)).into_response();
+    Ok((appended, problems, response))
+}
+
+/// The answer to a stored event: `{"id", "kinds"}`, and `"problems"` for an `invalid` one.
+#[derive(serde::Serialize)]
+struct AcceptedBody<'a> {
+    id: &'a streamhook_types::EventId,
+    kinds: &'a [streamhook_types::EventKind],
+    #[serde(skip_serializing_if = "<[Problem]>::is_empty")]
+    problems: &'a [Problem],
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -367,30 +438,50 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when the journal can write: read from what the last commit and the writer thread
+/// recorded (no database access, no lock), so it turns 503 at the first failed commit or a
+/// dead writer. While not ready it asks the journal for a probe commit, so it turns 200 again
+/// as soon as a commit can succeed, with or without traffic.
 async fn readyz(State(intake): State<Intake>) -> Response {
-    let journal = intake.journal().clone();
-    let (writable, last_seq) = tokio::task::spawn_blocking(move || {
-        (journal.is_writable(), journal.last_seq().unwrap_or(0))
-    })
-    .await
-    .unwrap_or((false, 0));
+    let journal = intake.journal();
+    let health = journal.health();
+    if !health.is_writable() {
+        journal.probe();
+    }
+    let last_seq = journal.last_committed();
     let sinks: serde_json::Map<String, serde_json::Value> = intake
         .sinks()
         .iter()
         .map(|(name, stats)| {
-            let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
             let lag = (last_seq + 1).saturating_sub(load(&stats.cursor));
-            (name.clone(), json!({ "lag": lag, "retrying": load(&stats.retrying), "delivered": load(&stats.delivered) }))
+            (
+                name.clone(),
+                json!({
+                    "lag": lag,
+                    "retrying": load(&stats.retrying),
+                    "delivered": load(&stats.delivered),
+                    "paused_by_journal_error": load(&stats.paused) == 1,
+                }),
+            )
         })
         .collect();
-    let status = if writable {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (status, journal_state) = match &health {
+        Health::Writable => (StatusCode::OK, "writable".to_owned()),
+        Health::CannotWrite(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot write: {e}"),
+        ),
+        Health::WriterDead => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal writer stopped (a bug): restart the server".to_owned(),
+        ),
+        Health::Closed => (StatusCode::SERVICE_UNAVAILABLE, "closed".to_owned()),
     };
     let body = json!({
-        "status": if writable { "ready" } else { "not ready" },
-        "journal": if writable { "writable" } else { "cannot write" },
+        "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+        "journal": journal_state,
         "last_seq": last_seq,
         "sinks": sinks,
     });
@@ -401,12 +492,13 @@ async fn metrics(State(intake): State<Intake>) -> Response {
     let journal = intake.journal().clone();
     let sinks = intake.sinks();
     let names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
-    let (last_seq, dead) = tokio::task::spawn_blocking(move || {
-        let dead: Vec<usize> = names
+    let last_seq = journal.last_committed();
+    // Counting dead letters walks keys only; off the async workers all the same.
+    let dead = tokio::task::spawn_blocking(move || -> Vec<usize> {
+        names
             .iter()
-            .map(|n| journal.dead_letters(Some(n)).map(|d| d.len()).unwrap_or(0))
-            .collect();
-        (journal.last_seq().unwrap_or(0), dead)
+            .map(|n| journal.dead_letter_count(n).unwrap_or(0) as usize)
+            .collect()
     })
     .await
     .unwrap_or_default();
@@ -419,9 +511,10 @@ async fn metrics(State(intake): State<Intake>) -> Response {
             dead_letters,
         })
         .collect();
+    let writable = intake.journal().health().is_writable();
     let text = intake
         .metrics()
-        .render(intake.journal().stats(), last_seq, &snapshots);
+        .render(intake.journal().stats(), last_seq, writable, &snapshots);
     (
         [(
             header::CONTENT_TYPE,

@@ -4,7 +4,9 @@
 //! journal's and sinks' own counters live in `streamhook-core` and are read at scrape time.
 //! `docs/operations.md` says what each metric means.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use streamhook_core::SinkStats;
@@ -17,6 +19,8 @@ use streamhook_types::EventKind;
 pub enum Reason {
     /// Stored; 200.
     Accepted,
+    /// JSON that does not fit the model, stored as an `invalid` event; 200.
+    AcceptedInvalid,
     /// The source address is not allowed; 403.
     Forbidden,
     /// Missing or wrong path token; 403.
@@ -43,8 +47,9 @@ pub enum Reason {
     NotFound,
 }
 
-const REASONS: [(Reason, &str, u16); 13] = [
+const REASONS: [(Reason, &str, u16); 14] = [
     (Reason::Accepted, "accepted", 200),
+    (Reason::AcceptedInvalid, "accepted_invalid", 200),
     (Reason::Forbidden, "source_not_allowed", 403),
     (Reason::BadToken, "bad_path_token", 403),
     (Reason::BadForwarding, "bad_forwarding_headers", 403),
@@ -71,6 +76,10 @@ impl Reason {
     }
 }
 
+/// The most distinct problem paths counted in `streamhook_invalid_events_total`; further
+/// paths count under `path="other"`, so a sender cannot grow the metrics without bound.
+pub const MAX_INVALID_PATHS: usize = 64;
+
 /// The server's own counters.
 #[derive(Debug)]
 pub struct Metrics {
@@ -78,6 +87,12 @@ pub struct Metrics {
     events: Vec<AtomicU64>,
     /// Requests being handled now.
     pub in_flight: AtomicU64,
+    /// `invalid` events by their first problem's path (array indices folded to `[]`).
+    invalid: Mutex<BTreeMap<String, u64>>,
+    /// Connections closed at accept because the peer can never be allowed.
+    pub refused_source: AtomicU64,
+    /// Connections closed at accept because their peer holds too many already.
+    pub refused_peer_limit: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -86,8 +101,39 @@ impl Default for Metrics {
             requests: Default::default(),
             events: EventKind::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             in_flight: AtomicU64::new(0),
+            invalid: Mutex::new(BTreeMap::new()),
+            refused_source: AtomicU64::new(0),
+            refused_peer_limit: AtomicU64::new(0),
         }
     }
+}
+
+/// A problem path with array indices folded (`$.a[3].b` -> `$.a[].b`): one series per place
+/// in the schema, not per element.
+fn fold_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' if in_index => {
+                in_index = false;
+                out.push(']');
+            }
+            c if in_index && c.is_ascii_digit() => {}
+            c => {
+                if in_index {
+                    // A quoted key such as `["a b"]`, not an index: keep it.
+                    in_index = false;
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// What a scrape shows of one sink.
@@ -116,6 +162,18 @@ impl Metrics {
         }
     }
 
+    /// Counts one `invalid` event by its first problem's path.
+    pub fn invalid(&self, path: &str) {
+        let path = fold_indices(path);
+        if let Ok(mut map) = self.invalid.lock() {
+            if map.len() >= MAX_INVALID_PATHS && !map.contains_key(&path) {
+                *map.entry("other".to_owned()).or_default() += 1;
+            } else {
+                *map.entry(path).or_default() += 1;
+            }
+        }
+    }
+
     /// Requests counted for `reason`.
     pub fn requests(&self, reason: Reason) -> u64 {
         self.requests[reason as usize].load(Ordering::Relaxed)
@@ -126,6 +184,7 @@ impl Metrics {
         &self,
         journal: &JournalStats,
         last_seq: u64,
+        writable: bool,
         sinks: &[SinkSnapshot<'_>],
     ) -> String {
         let mut out = String::with_capacity(4096);
@@ -167,6 +226,66 @@ impl Metrics {
                 load(n)
             );
         }
+        header(
+            &mut out,
+            "streamhook_invalid_events_total",
+            "counter",
+            "Payloads kept as `invalid` events (they do not fit the model), by the JSON path of their first problem.",
+        );
+        if let Ok(map) = self.invalid.lock() {
+            for (path, n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "streamhook_invalid_events_total{{path=\"{}\"}} {n}",
+                    escape(path)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "streamhook_connections_refused_total",
+            "counter",
+            "Connections closed at accept, before reading: the peer can never be allowed, or it holds too many connections already.",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_connections_refused_total{{reason=\"source_not_allowed\"}} {}",
+            load(&self.refused_source)
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_connections_refused_total{{reason=\"peer_limit\"}} {}",
+            load(&self.refused_peer_limit)
+        );
+        header(
+            &mut out,
+            "streamhook_journal_writable",
+            "gauge",
+            "1 when the last journal commit succeeded and its writer runs, else 0 (as /readyz).",
+        );
+        let _ = writeln!(out, "streamhook_journal_writable {}", u8::from(writable));
+        header(
+            &mut out,
+            "streamhook_journal_history_corrupt_total",
+            "counter",
+            "Classifier history records that could not be read (the resource was classified as new).",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_journal_history_corrupt_total {}",
+            load(&journal.history_corrupt)
+        );
+        header(
+            &mut out,
+            "streamhook_journal_histories_pruned_total",
+            "counter",
+            "Resource histories dropped after retention.history_max_age without an event.",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_journal_histories_pruned_total {}",
+            load(&journal.history_pruned)
+        );
         header(
             &mut out,
             "streamhook_journal_appends_total",
@@ -229,7 +348,19 @@ impl Metrics {
         );
         let _ = writeln!(out, "streamhook_journal_commit_seconds_count {cumulative}");
 
-        let sink_metrics: [SinkMetric; 6] = [
+        let sink_metrics: [SinkMetric; 8] = [
+            (
+                "streamhook_sink_journal_errors_total",
+                "counter",
+                "Journal errors that paused delivery (retried with backoff), by sink.",
+                |s, _| s.stats.journal_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "streamhook_sink_paused",
+                "gauge",
+                "1 while delivery waits to retry after a journal error, by sink.",
+                |s, _| s.stats.paused.load(Ordering::Relaxed),
+            ),
             (
                 "streamhook_sink_delivered_total",
                 "counter",

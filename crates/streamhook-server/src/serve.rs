@@ -5,14 +5,20 @@
 //!   closes keep-alive connections idle for that long; bodies within `body_timeout` (the
 //!   handler answers 408).
 //! - At most `max_connections` connections are open; further ones wait in the backlog.
+//! - With a [`Gate`] (the webhook listener), a peer that can never be allowed (neither in the
+//!   allowlist nor a trusted proxy) is closed at accept, before a byte is read, and no peer
+//!   may hold more than `max_connections_per_peer`: strangers cannot fill the connection slots
+//!   that Gcore's requests need. Both are counted in metrics.
 //! - A connection is closed gracefully after `max_connection_age`, however busy.
 //! - TLS (optional) must complete its handshake within `header_timeout`.
 //! - On shutdown: stop accepting, let in-flight requests finish (each connection is closed
 //!   after its current request), and give up after `shutdown_timeout`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -24,6 +30,70 @@ use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use crate::config::Limits;
+use crate::intake::Intake;
+
+/// Who may hold a connection on the webhook listener, checked at accept.
+#[derive(Debug)]
+pub struct Gate {
+    intake: Intake,
+    per_peer: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Gate {
+    /// A gate reading the intake's source filter (so a reload applies at once) and counting
+    /// refusals in its metrics; `per_peer` 0 means no cap.
+    pub fn new(intake: Intake, per_peer: usize) -> Self {
+        Gate {
+            intake,
+            per_peer,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Admits `peer`, or says why not (and counts it).
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<PeerSlot> {
+        let metrics = self.intake.metrics();
+        if !self.intake.filter().may_connect(peer) {
+            metrics.refused_source.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self.per_peer > 0 {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let n = open.entry(peer).or_default();
+            if *n >= self.per_peer {
+                metrics.refused_peer_limit.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            *n += 1;
+        }
+        Some(PeerSlot {
+            gate: Arc::clone(self),
+            peer,
+        })
+    }
+}
+
+/// A connection counted against its peer's cap until dropped.
+struct PeerSlot {
+    gate: Arc<Gate>,
+    peer: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if self.gate.per_peer == 0 {
+            return;
+        }
+        let mut open = self.gate.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// A TLS acceptor, when the server terminates TLS itself.
 #[cfg(feature = "tls")]
@@ -58,12 +128,14 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains.
+/// Serves `app` on `listener` until `shutdown` completes, then drains. With a `gate`, peers
+/// are checked at accept.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: Limits,
     tls: Option<Tls>,
+    gate: Option<Arc<Gate>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -91,6 +163,18 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let slot = match &gate {
+            Some(gate) => match gate.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Closed at once, before a byte is read.
+                    drop(stream);
+                    debug!(%peer, "connection refused at accept");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let (app, http, limits, mut stop) = (
             app.clone(),
@@ -110,11 +194,11 @@ pub async fn serve(
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 }
-                drop(permit);
+                drop((permit, slot));
                 return;
             }
             connection(stream, peer, app, &http, &limits, &mut stop).await;
-            drop(permit);
+            drop((permit, slot));
         });
     }
     drop(listener);

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::admin::{ReloadRequest, admin_app};
 use crate::config::{ADMIN_TOKEN_FILE, Config, ConfigError};
 use crate::intake::{Intake, app};
-use crate::serve::{Tls, serve};
+use crate::serve::{Gate, Tls, serve};
 
 /// Where a reload reads the new configuration from.
 pub type ConfigSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
@@ -95,6 +95,7 @@ impl Server {
             config.source_filter()?,
             config.limits.clone(),
         );
+        intake.set_strict(config.strict);
         let router: SharedRouter = Arc::new(RwLock::new(Arc::new(config.router()?)));
         let (reload_tx, reload_rx) = mpsc::channel(4);
         Ok(Server {
@@ -140,7 +141,16 @@ impl Server {
         if let Ok(t) = std::fs::read_to_string(&path)
             && !t.trim().is_empty()
         {
-            return Ok(t.trim().to_owned());
+            let t = t.trim();
+            if t.chars().count() < crate::config::MIN_ADMIN_TOKEN {
+                return Err(ServerError::AdminToken(format!(
+                    "{} holds a token of {} characters; use at least {} (or delete the file to have one generated)",
+                    path.display(),
+                    t.chars().count(),
+                    crate::config::MIN_ADMIN_TOKEN
+                )));
+            }
+            return Ok(t.to_owned());
         }
         let token = format!(
             "{}{}",
@@ -177,15 +187,23 @@ impl Server {
     /// then stops accepting, lets in-flight requests finish, stops the dispatchers (their
     /// cursors persisted, sinks flushed) and closes the journal.
     pub async fn run_with(
-        mut self,
+        self,
         listener: TcpListener,
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let tls = self.tls()?;
         self.log_startup(&listener, admin.as_ref(), tls.is_some());
-        let mut running =
-            self.start_sinks(build_sinks(&self.config).map_err(ServerError::Config)?)?;
+        let sinks = build_sinks(&self.config).map_err(ServerError::Config)?;
+        let mut sinks_state = SinkSet {
+            journal: self.journal.clone(),
+            intake: self.intake.clone(),
+            router: Arc::clone(&self.router),
+            config: self.config.clone(),
+            source: self.source.clone(),
+        };
+        sinks_state.prepare(&sinks).await?;
+        let running = sinks_state.start(sinks);
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let pruner = tokio::spawn(prune_loop(
@@ -200,7 +218,7 @@ impl Server {
                 let mut stop = stop_rx.clone();
                 let limits = self.config.limits.clone();
                 Some(tokio::spawn(async move {
-                    serve(listener, app, limits, None, async move {
+                    serve(listener, app, limits, None, None, async move {
                         let _ = stop.wait_for(|s| *s).await;
                     })
                     .await
@@ -209,28 +227,44 @@ impl Server {
             None => None,
         };
 
-        let webhook = serve(
-            listener,
-            self.app(),
-            self.config.limits.clone(),
-            tls,
-            shutdown,
-        );
-        tokio::pin!(webhook);
-        loop {
-            tokio::select! {
-                _ = &mut webhook => break,
-                Some(answer) = self.reload_rx.recv() => {
-                    let result = self.reload(&mut running).await;
-                    match &result {
-                        Ok(summary) => info!("reloaded: {summary}"),
-                        Err(reason) => error!("reload refused, keeping the old config: {reason}"),
+        // Reloads run in their own task: stopping old sinks (up to seconds) never pauses the
+        // accept loop.
+        let (stop_reloads, mut reloads_stopped) = oneshot::channel::<()>();
+        let mut reload_rx = self.reload_rx;
+        let reloader = tokio::spawn(async move {
+            let mut running = running;
+            loop {
+                tokio::select! {
+                    Some(answer) = reload_rx.recv() => {
+                        let result = sinks_state.reload(&mut running).await;
+                        match &result {
+                            Ok(summary) => info!("reloaded: {summary}"),
+                            Err(reason) => error!("reload refused, keeping the old config: {reason}"),
+                        }
+                        let _ = answer.send(result);
                     }
-                    let _ = answer.send(result);
+                    _ = &mut reloads_stopped => break,
                 }
             }
-        }
+            running
+        });
+
+        let gate = Arc::new(Gate::new(
+            self.intake.clone(),
+            self.config.limits.max_connections_per_peer,
+        ));
+        serve(
+            listener,
+            app(self.intake.clone(), &self.config.path),
+            self.config.limits.clone(),
+            tls,
+            Some(gate),
+            shutdown,
+        )
+        .await;
         info!("shutting down: no more requests; stopping sinks and closing the journal");
+        let _ = stop_reloads.send(());
+        let running = reloader.await.unwrap_or_default();
         let _ = stop_tx.send(true);
         stop_sinks(running).await;
         let _ = pruner.await;
@@ -278,6 +312,13 @@ impl Server {
                 .join(", ")
         };
         info!("allowing {}", list(&c.allow));
+        if c.path_token.is_none() && c.allow == streamhook_core::source::gcore_ranges() {
+            warn!(
+                "no path token: Gcore's ranges send the webhooks of every Gcore customer, so any of them can post to this server; \
+                 set a secret path with --path-token (STREAMHOOK_PATH_TOKEN, `path_token`) and give Gcore the URL {}/<token>",
+                c.path
+            );
+        }
         if c.trusted_proxies.is_empty() {
             info!("no trusted proxy: forwarding headers are ignored; the TCP peer is the source");
         } else {
@@ -309,20 +350,48 @@ impl Server {
             } else {
                 format!("token in {}", c.data_dir.join(ADMIN_TOKEN_FILE).display())
             };
-            info!("admin API on http://{addr}/admin ({token})");
+            info!("admin API on http://{addr}/admin ({token}); /readyz and /metrics there too");
+            if !c.admin.listen.ip().is_loopback() {
+                warn!(
+                    "the admin listener {} is not on loopback: anyone who reaches it can read /metrics and /readyz, and try the admin token; \
+                     keep it on 127.0.0.1 or behind a firewall",
+                    c.admin.listen
+                );
+            }
         }
     }
+}
 
-    /// Creates each sink's cursor (a new sink starts after what is journaled now), then
-    /// starts its dispatcher. The cursors exist before any request is accepted, so no event
-    /// can slip in between "journaled" and "the sink's starting point".
-    fn start_sinks(
-        &self,
-        sinks: Vec<Arc<dyn streamhook_core::Sink>>,
-    ) -> Result<Vec<Running>, ServerError> {
-        for sink in &sinks {
-            self.journal.cursor(sink.name())?;
-        }
+/// The running sinks' side of the server: what a reload changes.
+struct SinkSet {
+    journal: Journal,
+    intake: Intake,
+    router: SharedRouter,
+    config: Config,
+    source: Option<ConfigSource>,
+}
+
+impl SinkSet {
+    /// Creates each sink's cursor (a new sink starts after what is journaled now), off the
+    /// async workers. Done before any request is accepted (and, on reload, before the old
+    /// sinks stop), so no event can slip in between "journaled" and "the sink's starting
+    /// point", and a failure leaves what runs untouched.
+    async fn prepare(&self, sinks: &[Arc<dyn streamhook_core::Sink>]) -> Result<(), ServerError> {
+        let names: Vec<String> = sinks.iter().map(|s| s.name().to_owned()).collect();
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            for name in &names {
+                journal.cursor(name)?;
+            }
+            Ok::<_, streamhook_core::JournalError>(())
+        })
+        .await
+        .map_err(|e| ServerError::Journal(streamhook_core::JournalError::Write(e.to_string())))??;
+        Ok(())
+    }
+
+    /// Starts a dispatcher per sink (their cursors exist: see [`SinkSet::prepare`]).
+    fn start(&self, sinks: Vec<Arc<dyn streamhook_core::Sink>>) -> Vec<Running> {
         let running: Vec<Running> = sinks
             .into_iter()
             .map(|sink| {
@@ -335,12 +404,7 @@ impl Server {
                 );
                 let stats = dispatcher.stats();
                 let (stop, rx) = watch::channel(false);
-                let task_name = name.clone();
-                let task = tokio::spawn(async move {
-                    if let Err(e) = dispatcher.run(rx).await {
-                        error!(sink = %task_name, error = %e, "dispatcher stopped");
-                    }
-                });
+                let task = tokio::spawn(dispatcher.run(rx));
                 Running {
                     name,
                     stop,
@@ -355,15 +419,19 @@ impl Server {
                 .map(|r| (r.name.clone(), Arc::clone(&r.stats)))
                 .collect(),
         );
-        Ok(running)
+        running
     }
 
-    /// Applies a new configuration, or refuses it whole and keeps the old one.
+    /// Applies a new configuration, or refuses it whole and keeps the old one running.
     async fn reload(&mut self, running: &mut Vec<Running>) -> Result<String, String> {
         let Some(source) = &self.source else {
             return Err("no config source to reload from".into());
         };
-        let new = source().map_err(|e| e.to_string())?;
+        let source = Arc::clone(source);
+        let new = tokio::task::spawn_blocking(move || source())
+            .await
+            .map_err(|e| format!("reading the config failed: {e}"))?
+            .map_err(|e| e.to_string())?;
         let filter = new.source_filter().map_err(|e| e.to_string())?;
         let router = new.router().map_err(|e| e.to_string())?;
         let sinks = build_sinks(&new).map_err(|e| e.to_string())?;
@@ -380,13 +448,13 @@ impl Server {
                 warn!("reload: `{what}` changed; it takes effect on restart");
             }
         }
-        for sink in &sinks {
-            self.journal
-                .cursor(sink.name())
-                .map_err(|e| format!("cannot create the cursor of sink {:?}: {e}", sink.name()))?;
-        }
-        // Everything built: switch. Intake never pauses; sinks restart from their cursors.
+        self.prepare(&sinks)
+            .await
+            .map_err(|e| format!("cannot create the sinks' cursors: {e}"))?;
+        // Everything built and ready: switch. Intake never pauses; sinks restart from their
+        // cursors.
         self.intake.set_filter(filter);
+        self.intake.set_strict(new.strict);
         stop_sinks(std::mem::take(running)).await;
         if let Ok(mut r) = self.router.write() {
             *r = Arc::new(router);
@@ -399,9 +467,7 @@ impl Server {
         config.admin = self.config.admin.clone();
         config.limits = self.config.limits.clone();
         self.config = config;
-        *running = self
-            .start_sinks(sinks)
-            .map_err(|e| format!("cannot start the sinks: {e}"))?;
+        *running = self.start(sinks);
         let names = self.config.sink_names().join(", ");
         Ok(format!(
             "{} allowed ranges, {} routes, sinks: {names}",
@@ -419,16 +485,21 @@ fn build_sinks(config: &Config) -> Result<Vec<Arc<dyn streamhook_core::Sink>>, C
         .collect()
 }
 
+/// Stops dispatchers (all at once), waiting up to 10 s in all; one still running then is
+/// aborted (its cursor stays where it was last persisted: at least once).
 async fn stop_sinks(running: Vec<Running>) {
     for r in &running {
         let _ = r.stop.send(true);
     }
-    for r in running {
-        if tokio::time::timeout(std::time::Duration::from_secs(10), r.task)
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for mut r in running {
+        if tokio::time::timeout_at(deadline, &mut r.task)
             .await
             .is_err()
         {
-            warn!(sink = %r.name, "dispatcher did not stop within 10s");
+            warn!(sink = %r.name, "dispatcher did not stop within 10s; aborting it");
+            r.task.abort();
+            let _ = r.task.await;
         }
     }
 }
@@ -439,7 +510,10 @@ async fn prune_loop(
     retention: crate::config::Retention,
     mut stop: watch::Receiver<bool>,
 ) {
-    if retention.max_age.is_none() && retention.max_events.is_none() {
+    if retention.max_age.is_none()
+        && retention.max_events.is_none()
+        && retention.history_max_age.is_none()
+    {
         return;
     }
     loop {
@@ -449,9 +523,17 @@ async fn prune_loop(
         }
         let sinks = intake.sink_names();
         let (j, s, r) = (intake.journal().clone(), sinks, retention.clone());
-        match tokio::task::spawn_blocking(move || j.prune(&s, r.max_age, r.max_events)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(deleted = n, "pruned delivered events"),
+        let pruned = tokio::task::spawn_blocking(move || {
+            j.prune(&s, r.max_age, r.max_events, r.history_max_age)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(p)) if p == streamhook_core::Pruned::default() => {}
+            Ok(Ok(p)) => info!(
+                events = p.events,
+                histories = p.histories,
+                "pruned delivered events and idle resource histories"
+            ),
             Ok(Err(e)) => warn!(error = %e, "pruning failed"),
             Err(e) => warn!(error = %e, "pruning task failed"),
         }

@@ -46,6 +46,116 @@ fn err(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
 }
 
+/// What the answer to JSON that does not fit the model holds: kept as `invalid`, with its
+/// problem (path, line, column, message).
+fn kept(path: &str, line: usize, column: usize, message: &str) -> String {
+    let problem =
+        serde_json::json!({ "path": path, "line": line, "column": column, "message": message });
+    format!(
+        r#""kinds":["invalid"],"problems":[{{"path":{},"line":{line},"column":{column},"message":{}}}]"#,
+        problem["path"], problem["message"]
+    )
+}
+
+/// The JSON bodies that are not webhooks, with the problem each is kept with (default) or
+/// refused for (strict mode, 422, the problem and its location as the error).
+/// (name, body, problem path, line, column, message)
+type NotWebhook = (
+    &'static str,
+    Vec<u8>,
+    &'static str,
+    usize,
+    usize,
+    &'static str,
+);
+
+fn not_webhooks() -> Vec<NotWebhook> {
+    let big_id = r#"{"type":"video","message":{"video":{"id":18446744073709551616}}}"#;
+    vec![
+        (
+            "null",
+            b"null".to_vec(),
+            "$",
+            1,
+            1,
+            "$: expected a JSON object with `type` and `message`, found null",
+        ),
+        (
+            "a number",
+            b"42".to_vec(),
+            "$",
+            1,
+            1,
+            "$: expected a JSON object with `type` and `message`, found the number 42",
+        ),
+        (
+            "an array",
+            format!("[{VALID}]").into_bytes(),
+            "$",
+            1,
+            1,
+            "$: expected a JSON object with `type` and `message`, found an array",
+        ),
+        (
+            "empty object",
+            b"{}".to_vec(),
+            "$.type",
+            1,
+            1,
+            "$.type: missing; expected a string naming the webhook type (stream, video, video_delete, restream, broadcast, ...)",
+        ),
+        (
+            "type is null",
+            br#"{"type":null}"#.to_vec(),
+            "$.type",
+            1,
+            9,
+            "$.type: expected a string naming the webhook type (stream, video, video_delete, restream, broadcast, ...), found null",
+        ),
+        (
+            "message is an array",
+            br#"{"type":"video","message":[]}"#.to_vec(),
+            "$.message",
+            1,
+            27,
+            "$.message: expected an object with a `video` member, found an array",
+        ),
+        (
+            "id too large",
+            big_id.as_bytes().to_vec(),
+            "$.message.video.id",
+            1,
+            42,
+            "$.message.video.id: expected a non-negative integer id, found the number 1.8446744073709552e+19",
+        ),
+        (
+            "id a float",
+            br#"{"type":"stream","message":{"stream":{"id":1.5}}}"#.to_vec(),
+            "$.message.stream.id",
+            1,
+            44,
+            "$.message.stream.id: expected a non-negative integer id, found the number 1.5",
+        ),
+        (
+            "renditions of strings",
+            br#"{"type":"video","message":{"video":{"id":1,"converted_videos":["720p"]}}}"#
+                .to_vec(),
+            "$.message.video.converted_videos[0]",
+            1,
+            64,
+            "$.message.video.converted_videos[0]: expected a rendition object ({name, status, mp4_url}), found the string \"720p\"",
+        ),
+        (
+            "restream live a number",
+            br#"{"type":"restream","message":{"restream":{"id":1,"live":2}}}"#.to_vec(),
+            "$.message.restream.live",
+            1,
+            57,
+            "$.message.restream.live: expected a boolean, found the number 2",
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn hostile_requests_get_clear_answers_and_store_nothing() {
     let mut server = TestServer::start(|c| {
@@ -68,14 +178,13 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
     );
     let huge = vec![b'a'; 10 * 1024 * 1024];
     let huge_number = r#"{"type":"video","message":{"video":{"id":1e400}}}"#;
-    let big_id = r#"{"type":"video","message":{"video":{"id":18446744073709551616}}}"#;
     let dup_keys =
         r#"{"type":"stream","type":"video","message":{"video":{"id":5,"status":"ready"}}}"#;
     let lone_surrogate = r#"{"type":"video","message":{"video":{"id":1,"name":"\ud800"}}}"#;
     let gcore_via_proxy = "x-forwarded-for: 92.223.123.7\r\n";
 
     type Case = (&'static str, &'static str, Vec<u8>, u16, String);
-    let cases: Vec<Case> = vec![
+    let mut cases: Vec<Case> = vec![
         // Not JSON.
         ("invalid UTF-8", "127.0.0.1", hook(b"{\"type\": \"\xc3\x28\"}"), 400, err("invalid JSON: the input is not valid UTF-8 (line 1, column 11)")),
         ("truncated", "127.0.0.1", hook(br#"{"type":"stream","message":{"stream":{"id":1"#), 400, err("invalid JSON: the input ends in the middle of an object; is it truncated? (line 1, column 44)")),
@@ -91,17 +200,7 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
         ("a lone surrogate", "127.0.0.1", hook(lone_surrogate.as_bytes()), 400, err("invalid JSON: unexpected end of hex escape: a \\u escape of half a surrogate pair; JSON text must be valid Unicode (line 1, column 58)")),
         ("number out of range", "127.0.0.1", hook(huge_number.as_bytes()), 400, err("invalid JSON: number out of range (line 1, column 46)")),
         ("BOM", "127.0.0.1", hook(format!("\u{feff}{VALID}").as_bytes()), 400, err("invalid JSON: expected a JSON value (an object, array, string, number, true, false or null) (line 1, column 1)")),
-        // JSON, not a webhook.
-        ("null", "127.0.0.1", hook(b"null"), 422, err("$: expected a JSON object with `type` and `message`, found null (line 1, column 1)")),
-        ("a number", "127.0.0.1", hook(b"42"), 422, err("$: expected a JSON object with `type` and `message`, found the number 42 (line 1, column 1)")),
-        ("an array", "127.0.0.1", hook(format!("[{VALID}]").as_bytes()), 422, err("$: expected a JSON object with `type` and `message`, found an array (line 1, column 1)")),
-        ("empty object", "127.0.0.1", hook(b"{}"), 422, err("$.type: missing; expected a string naming the webhook type (stream, video, video_delete, restream, broadcast, ...) (line 1, column 1)")),
-        ("type is null", "127.0.0.1", hook(br#"{"type":null}"#), 422, err("$.type: expected a string naming the webhook type (stream, video, video_delete, restream, broadcast, ...), found null (line 1, column 9)")),
-        ("message is an array", "127.0.0.1", hook(br#"{"type":"video","message":[]}"#), 422, err("$.message: expected an object with a `video` member, found an array (line 1, column 27)")),
-        ("id too large", "127.0.0.1", hook(big_id.as_bytes()), 422, err("$.message.video.id: expected a non-negative integer id, found the number 1.8446744073709552e+19 (line 1, column 42)")),
-        ("id a float", "127.0.0.1", hook(br#"{"type":"stream","message":{"stream":{"id":1.5}}}"#), 422, err("$.message.stream.id: expected a non-negative integer id, found the number 1.5 (line 1, column 44)")),
-        ("renditions of strings", "127.0.0.1", hook(br#"{"type":"video","message":{"video":{"id":1,"converted_videos":["720p"]}}}"#), 422, err("$.message.video.converted_videos[0]: expected a rendition object ({name, status, mp4_url}), found the string \"720p\" (line 1, column 64)")),
-        ("restream live a number", "127.0.0.1", hook(br#"{"type":"restream","message":{"restream":{"id":1,"live":2}}}"#), 422, err("$.message.restream.live: expected a boolean, found the number 2 (line 1, column 57)")),
+        // JSON, not a webhook: see `not_webhooks` below (kept as `invalid`, answered 200).
         // Size.
         ("10 MB body", "127.0.0.1", hook(&huge), 413, err("body larger than 65536 bytes")),
         ("declared 10 MB, sent little", "127.0.0.1", format!("POST /webhook/{TOKEN} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 10485760\r\n\r\n{{").into_bytes(), 413, err("body larger than 65536 bytes")),
@@ -116,12 +215,16 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
             r
         }, 413, err("body larger than 65536 bytes")),
         ("body stops coming", "127.0.0.1", format!("POST /webhook/{TOKEN} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{\"type\"").into_bytes(), 408, err("the body did not arrive within 1s")),
-        // Source and forwarding headers.
-        ("not allowed", "127.0.0.2", hook(VALID.as_bytes()), 403, err("source address 127.0.0.2 is not allowed")),
-        ("forged X-Forwarded-For from an untrusted peer", "127.0.0.2", post(&format!("/webhook/{TOKEN}"), gcore_via_proxy, VALID.as_bytes()), 403, err("source address 127.0.0.2 is not allowed")),
-        ("forged Forwarded from an untrusted peer", "127.0.0.2", post(&format!("/webhook/{TOKEN}"), "forwarded: for=92.223.123.7\r\n", VALID.as_bytes()), 403, err("source address 127.0.0.2 is not allowed")),
-        ("forged X-Real-IP from an untrusted peer", "127.0.0.2", post(&format!("/webhook/{TOKEN}"), "x-real-ip: 127.0.0.1\r\n", VALID.as_bytes()), 403, err("source address 127.0.0.2 is not allowed")),
+        // Source and forwarding headers. A peer that is neither allowed nor a trusted proxy
+        // can never pass: it is closed at accept, with no answer (status 0), whatever it sends.
+        ("not allowed", "127.0.0.2", hook(VALID.as_bytes()), 0, String::new()),
+        ("forged X-Forwarded-For from an untrusted peer", "127.0.0.2", post(&format!("/webhook/{TOKEN}"), gcore_via_proxy, VALID.as_bytes()), 0, String::new()),
+        ("forged Forwarded from an untrusted peer", "127.0.0.2", post(&format!("/webhook/{TOKEN}"), "forwarded: for=92.223.123.7\r\n", VALID.as_bytes()), 0, String::new()),
+        ("forged X-Real-IP from an untrusted peer", "127.0.0.2", post(&format!("/webhook/{TOKEN}"), "x-real-ip: 127.0.0.1\r\n", VALID.as_bytes()), 0, String::new()),
+        ("a stranger guessing the token", "127.0.0.2", post("/webhook/Zq8Jm3Rt6Vw9Yb2Nd5Kh", "", VALID.as_bytes()), 0, String::new()),
         ("trusted proxy, client not allowed", "127.0.0.3", post(&format!("/webhook/{TOKEN}"), "x-forwarded-for: 198.51.100.9\r\n", VALID.as_bytes()), 403, err("source address 198.51.100.9 is not allowed")),
+        // The source is checked before the token: a stranger behind the proxy learns nothing.
+        ("trusted proxy, stranger with a wrong token", "127.0.0.3", post("/webhook/Zq8Jm3Rt6Vw9Yb2Nd5Kh", "x-forwarded-for: 198.51.100.9\r\n", VALID.as_bytes()), 403, err("source address 198.51.100.9 is not allowed")),
         ("trusted proxy, forged leftmost hop", "127.0.0.3", post(&format!("/webhook/{TOKEN}"), "x-forwarded-for: 92.223.123.7, 198.51.100.9\r\n", VALID.as_bytes()), 403, err("source address 198.51.100.9 is not allowed")),
         ("trusted proxy, headers disagree", "127.0.0.3", post(&format!("/webhook/{TOKEN}"), "x-forwarded-for: 198.51.100.9\r\nforwarded: for=92.223.123.7\r\n", VALID.as_bytes()), 403, err("forwarding headers from a trusted proxy disagree about the client address")),
         ("trusted proxy, garbage header", "127.0.0.3", post(&format!("/webhook/{TOKEN}"), "x-forwarded-for: ../../etc/passwd\r\n", VALID.as_bytes()), 403, err("malformed X-Forwarded-For header from a trusted proxy")),
@@ -143,7 +246,18 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
         ("duplicate keys: the last wins, as in any JSON parser", "127.0.0.1", hook(dup_keys.as_bytes()), 200, String::new()),
         ("Gcore through the trusted proxy", "127.0.0.3", post(&format!("/webhook/{TOKEN}"), gcore_via_proxy, VALID.as_bytes()), 200, String::new()),
     ];
-    assert!(cases.len() >= 40, "the corpus has {} cases", cases.len());
+    // JSON from an allowed source that does not fit the model: kept, flagged and answered
+    // 200 with its problem (Gcore never resends; a 422 would lose the event).
+    for (name, body, path, line, column, message) in not_webhooks() {
+        cases.push((
+            name,
+            "127.0.0.1",
+            hook(&body),
+            200,
+            kept(path, line, column, message),
+        ));
+    }
+    assert!(cases.len() >= 50, "the corpus has {} cases", cases.len());
     let mut accepted = 0;
     let mut wrong = Vec::new();
     for (name, from, request, status, body) in &cases {
@@ -152,7 +266,7 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
             accepted += 1;
         }
         let body_ok = if *status == 200 {
-            got_body.contains("\"kinds\"")
+            got_body.contains("\"kinds\"") && got_body.contains(body.as_str())
         } else {
             &got_body == body
         };
@@ -192,5 +306,29 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
         "only the valid events were stored"
     );
     eventually("archived", || server.archive().len() == accepted).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_what_does_not_fit_the_model_with_422() {
+    let mut server = TestServer::start(|c| {
+        c.path_token = Some(TOKEN.into());
+        c.strict = true;
+    })
+    .await;
+    let mut wrong = Vec::new();
+    for (name, body, _, line, column, message) in not_webhooks() {
+        let (status, got) = raw(server.addr, "127.0.0.1", &hook(&body)).await;
+        let want = err(&format!("{message} (line {line}, column {column})"));
+        if status != 422 || got != want {
+            wrong.push(format!("{name}: expected 422 {want}\n  got {status} {got}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(
+        server.readyz().await["last_seq"],
+        0,
+        "strict mode stored nothing"
+    );
     server.shutdown().await;
 }

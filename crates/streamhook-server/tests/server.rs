@@ -89,28 +89,16 @@ async fn the_allowlist_is_enforced_by_source_address() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, err) = post(
-        &client_from("127.0.0.2"),
-        &server.url("/webhook"),
-        body.clone(),
-    )
-    .await;
-    assert_eq!(
-        (status, err),
-        (
-            403,
-            json!({"error": "source address 127.0.0.2 is not allowed"})
-        )
-    );
-    // A forged X-Forwarded-For from an untrusted peer changes nothing.
-    let resp = client_from("127.0.0.2")
+    // A peer that can never be allowed is closed at accept; a forged X-Forwarded-For
+    // changes nothing, since nothing is read.
+    assert!(refused_at_accept(&client_from("127.0.0.2"), &server.url("/webhook")).await);
+    let forged = client_from("127.0.0.2")
         .post(server.url("/webhook"))
         .header("x-forwarded-for", "127.0.0.1")
         .body(body)
         .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
+        .await;
+    assert!(forged.is_err(), "{forged:?}");
     eventually("the accepted event archived", || {
         server.archive().len() == 1
     })
@@ -155,11 +143,8 @@ async fn a_trusted_proxy_passes_on_the_real_client() {
         403,
         "a forged leftmost hop"
     );
-    assert_eq!(
-        send("127.0.0.2", "92.223.123.17").await,
-        403,
-        "not the proxy"
-    );
+    // Not the proxy, and not allowed itself: closed at accept.
+    assert!(refused_at_accept(&client_from("127.0.0.2"), &server.url("/webhook")).await);
     eventually("archived", || server.archive().len() == 1).await;
     assert_eq!(server.archive()[0]["source_ip"], "92.223.123.17");
     server.shutdown().await;
@@ -182,18 +167,6 @@ async fn each_refusal_has_its_status_and_a_json_error() {
             b"{\"type\": \"\xff\"}".to_vec(),
             400,
             "invalid JSON: the input is not valid UTF-8 (line 1, column 11)",
-        ),
-        (
-            "not a webhook",
-            b"[1, 2]".to_vec(),
-            422,
-            "$: expected a JSON object with `type` and `message`, found an array (line 1, column 1)",
-        ),
-        (
-            "wrong shape",
-            br#"{"type": "stream", "message": {"stream": {"id": "x"}}}"#.to_vec(),
-            422,
-            "$.message.stream.id: expected a non-negative integer id, found the string \"x\" (line 1, column 49)",
         ),
         (
             "too large",
@@ -304,7 +277,7 @@ async fn too_many_requests_at_once_are_shed_with_503() {
     let mut held = false;
     for _ in 0..500 {
         let text = client()
-            .get(server.url("/metrics"))
+            .get(server.admin_url("/metrics"))
             .send()
             .await
             .unwrap()
@@ -449,13 +422,21 @@ async fn health_readiness_and_metrics() {
     )
     .await;
     post(&c, &server.url("/webhook"), b"nope".to_vec()).await;
-    post(
-        &client_from("127.0.0.3"),
-        &server.url("/webhook"),
-        b"{}".to_vec(),
-    )
-    .await;
+    // A peer that can never be allowed is closed at accept, before a byte is read.
+    assert!(
+        client_from("127.0.0.3")
+            .post(server.url("/webhook"))
+            .body("{}")
+            .send()
+            .await
+            .is_err()
+    );
     eventually("delivered", || server.archive().len() == 1).await;
+    // The operator's endpoints are not on the public listener.
+    for path in ["/readyz", "/metrics"] {
+        let status = c.get(server.url(path)).send().await.unwrap().status();
+        assert_eq!(status, 404, "{path} on the webhook listener");
+    }
     let ready = server.readyz().await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["journal"], "writable");
@@ -464,7 +445,7 @@ async fn health_readiness_and_metrics() {
     let mut text = String::new();
     for _ in 0..200 {
         text = c
-            .get(server.url("/metrics"))
+            .get(server.admin_url("/metrics"))
             .send()
             .await
             .unwrap()
@@ -479,7 +460,8 @@ async fn health_readiness_and_metrics() {
     for line in [
         "streamhook_requests_total{status=\"200\",reason=\"accepted\"} 1",
         "streamhook_requests_total{status=\"400\",reason=\"not_json\"} 1",
-        "streamhook_requests_total{status=\"403\",reason=\"source_not_allowed\"} 1",
+        "streamhook_connections_refused_total{reason=\"source_not_allowed\"} 1",
+        "streamhook_journal_writable 1",
         "streamhook_events_total{kind=\"video.ready\"} 1",
         "streamhook_journal_appends_total 1",
         "streamhook_journal_commit_seconds_count 1",

@@ -108,7 +108,7 @@ async fn rig(config: HttpConfig) -> Rig {
     journal.set_cursor("app", 1).unwrap();
     let (stop, rx) = watch::channel(false);
     let d = Dispatcher::new(journal.clone(), sink, router, policy());
-    tokio::spawn(async move { d.run(rx).await.unwrap() });
+    tokio::spawn(d.run(rx));
     Rig {
         journal,
         stop,

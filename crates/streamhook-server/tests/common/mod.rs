@@ -55,7 +55,7 @@ pub fn test_config(dir: &Path) -> Config {
         })],
         ..Config::default()
     };
-    config.admin.token = Some("test-admin-token".into());
+    config.admin.token = Some("test-admin-token-0123456789abcdef".into());
     config.retry.initial_backoff = Duration::from_millis(20);
     config.retry.max_backoff = Duration::from_millis(200);
     config
@@ -111,10 +111,11 @@ impl TestServer {
         }
     }
 
-    /// `GET /readyz`, parsed: readiness, and `last_seq` (what the journal stored).
+    /// `GET /readyz` on the admin listener, parsed: readiness, and `last_seq` (what the
+    /// journal stored).
     pub async fn readyz(&self) -> serde_json::Value {
         client()
-            .get(self.url("/readyz"))
+            .get(self.admin_url("/readyz"))
             .send()
             .await
             .unwrap()
@@ -155,6 +156,15 @@ pub async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, s
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
+}
+
+/// Whether a request from `client` is closed at accept, without an answer (the source
+/// filter refuses peers that can never be allowed before reading a byte).
+pub async fn refused_at_accept(client: &reqwest::Client, url: &str) -> bool {
+    match client.post(url).body("{}").send().await {
+        Ok(_) => false,
+        Err(e) => !e.is_timeout(),
+    }
 }
 
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
