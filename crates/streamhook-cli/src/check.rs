@@ -292,6 +292,51 @@ impl InspectOptions {
     }
 }
 
+/// Lists an archived `invalid` event: kept by the server with its problems, not a failure of
+/// the archive.
+fn archived_invalid(
+    out: &mut dyn Write,
+    style: Style,
+    options: &InspectOptions,
+    item: &Item<'_>,
+    e: &input::ArchivedEnvelope,
+) -> std::io::Result<()> {
+    let resource = e.resource.clone().unwrap_or(streamhook_types::Resource {
+        kind: "invalid".into(),
+        id: None,
+    });
+    let wanted_kind = options.kinds.is_empty()
+        || options
+            .kinds
+            .iter()
+            .any(|p| p.matches(EventKind::Invalid.as_str()));
+    let wanted_id =
+        options.ids.is_empty() || resource.id.is_some_and(|id| options.ids.contains(&id));
+    let wanted_type = options.types.is_empty() || options.types.contains(&resource.kind);
+    if !(wanted_kind && wanted_id && wanted_type) {
+        return Ok(());
+    }
+    let problem = e
+        .problems
+        .first()
+        .map_or_else(|| "does not fit the model".to_owned(), ToString::to_string);
+    if options.json {
+        let v = json!({
+            "file": item.file, "line": item.at.line, "kinds": ["invalid"], "resource": resource,
+            "problems": e.problems, "id": e.id, "seq": e.seq, "received_at": e.received_at,
+        });
+        return writeln!(out, "{v}");
+    }
+    writeln!(
+        out,
+        "{}  {}  {}  {resource}  {}",
+        style.dim(&item.position(None)),
+        e.received_at,
+        style.error("invalid"),
+        style.error(&format!("does not fit the model: {problem}"))
+    )
+}
+
 /// Says what each payload in `paths` means; returns the exit code.
 pub fn inspect(
     paths: &[String],
@@ -325,6 +370,17 @@ pub fn inspect(
                 };
                 let decoded = match decode::decode(item.bytes) {
                     Ok(d) => d,
+                    // An archived event the server kept as `invalid`: listed as such.
+                    Err(_)
+                        if item
+                            .envelope
+                            .is_some_and(|e| e.kinds.contains(&EventKind::Invalid)) =>
+                    {
+                        let Some(e) = item.envelope else {
+                            return Ok(());
+                        };
+                        return archived_invalid(out, style, options, &item, e);
+                    }
                     Err(e) => {
                         code = code.max(INVALID);
                         return writeln!(

@@ -61,6 +61,12 @@ pub struct ArchivedEnvelope {
     pub received_at: String,
     /// The kinds the server worked out (with history).
     pub kinds: Vec<streamhook_types::EventKind>,
+    /// What the event is about, as the server read it.
+    #[serde(default)]
+    pub resource: Option<streamhook_types::Resource>,
+    /// For `invalid` events: what does not fit the model.
+    #[serde(default)]
+    pub problems: Vec<streamhook_types::Problem>,
 }
 
 #[derive(Deserialize)]

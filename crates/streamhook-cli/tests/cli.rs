@@ -290,6 +290,35 @@ stream 3
 }
 
 #[test]
+fn inspect_lists_the_invalid_events_of_an_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("events.jsonl");
+    let good = r#"{"id":"id-1","seq":1,"received_at":"2026-11-28T09:00:00.000Z","source_ip":"92.223.123.1","kinds":["stream.started"],"resource":{"type":"stream","id":3},"payload":{"type":"stream","message":{"stream":{"id":3,"live":true}}}}"#;
+    let kept = r#"{"id":"id-2","seq":2,"received_at":"2026-11-28T09:00:01.000Z","source_ip":"92.223.123.1","kinds":["invalid"],"resource":{"type":"stream","id":3},"problems":[{"path":"$.message.stream.live","line":1,"column":48,"message":"$.message.stream.live: expected a boolean, found the string \"yes\""}],"payload":{"type":"stream","message":{"stream":{"id":3,"live":"yes"}}}}"#;
+    std::fs::write(&archive, format!("{good}\n{kept}\n")).unwrap();
+    let path = archive.to_str().unwrap();
+    let o = run(&["inspect", path]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].ends_with("2026-11-28T09:00:00.000Z  stream.started  stream 3 live"),
+        "{out}"
+    );
+    assert!(
+        lines[1].ends_with("2026-11-28T09:00:01.000Z  invalid  stream 3  does not fit the model: $.message.stream.live: expected a boolean, found the string \"yes\" (line 1, column 48)"),
+        "{out}"
+    );
+    // Filter on the kind, and machine-readable.
+    let o = run(&["inspect", "--json", "--kind", "invalid", path]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["kinds"], serde_json::json!(["invalid"]));
+    assert_eq!(v["problems"][0]["path"], "$.message.stream.live");
+    assert_eq!(v["seq"], 2);
+}
+
+#[test]
 fn schema_is_the_generated_one() {
     let o = run(&["schema"]);
     assert_eq!(

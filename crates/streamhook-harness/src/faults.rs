@@ -15,6 +15,22 @@ use crate::load::Load;
 use crate::receiver::{Mode, Receiver};
 use crate::server::ServerProcess;
 
+/// A fault run that could not run here, with the reason: the harness exits with
+/// [`SKIPPED_EXIT`] and `cargo xtask` reports it as skipped, never as passed.
+#[derive(Debug)]
+pub struct Skipped(pub String);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
+
+/// The harness's exit code for a skipped run.
+pub const SKIPPED_EXIT: u8 = 3;
+
 /// Every event id the journal in `data_dir` holds.
 fn journal_ids(data_dir: &Path) -> Result<HashSet<String>> {
     let journal =
@@ -166,6 +182,12 @@ pub async fn crash(server_bin: &Path, cycles: usize) -> Result<()> {
             dir.display()
         );
     }
+    if dup(&file) > 0 {
+        bail!(
+            "crash-test: the file sink holds duplicates (it must resume after what it wrote); the data is kept in {}",
+            dir.display()
+        );
+    }
     if acked.is_empty() {
         bail!("crash-test: nothing was acknowledged; the run proves nothing");
     }
@@ -271,8 +293,7 @@ fn available_bytes(dir: &Path) -> Result<u64> {
 /// without being stored; freeing space recovers by itself; the journal opens cleanly.
 pub async fn disk_full(server_bin: &Path) -> Result<()> {
     if !is_root() {
-        println!("disk-full-test: skipped: mounting a small tmpfs needs root");
-        return Ok(());
+        return Err(Skipped("mounting a small tmpfs needs root".into()).into());
     }
     let dir = temp_dir("disk-full")?;
     let mount = dir.join("tiny");
@@ -282,10 +303,10 @@ pub async fn disk_full(server_bin: &Path) -> Result<()> {
         .arg(&mount)
         .status()?;
     if !mounted.success() {
-        println!(
-            "disk-full-test: skipped: cannot mount a tmpfs here (no permission in this container)"
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(
+            Skipped("cannot mount a tmpfs here (no permission in this container)".into()).into(),
         );
-        return Ok(());
     }
     let result = disk_full_on(server_bin, &dir, &mount).await;
     let _ = Command::new("umount").arg(&mount).status();
@@ -330,11 +351,20 @@ async fn disk_full_on(server_bin: &Path, dir: &Path, mount: &Path) -> Result<()>
     })
     .await;
     let tally = load.stop().await;
-    server.terminate()?;
     let acked = tally.acked.lock().map(|a| a.clone()).unwrap_or_default();
+    // Delivery went on (or resumed) once space returned: the sink has every event.
+    let archive = dir.join("events.jsonl");
+    let delivered = until(Duration::from_secs(60), || {
+        let file = archive_ids(&archive);
+        acked.keys().all(|id| file.contains_key(id))
+    })
+    .await;
+    server.terminate()?;
     let refused = tally.refused.lock().map(|r| r.clone()).unwrap_or_default();
     let journal = journal_ids(&data)?;
     let lost = acked.keys().filter(|id| !journal.contains(*id)).count();
+    let file = archive_ids(&archive);
+    let lost_sink = acked.keys().filter(|id| !file.contains_key(*id)).count();
     println!("disk-full-test: journal on a 32 MiB tmpfs, filled, then freed");
     println!(
         "  acknowledged {} ({acked_when_full} before the disk filled)",
@@ -342,6 +372,7 @@ async fn disk_full_on(server_bin: &Path, dir: &Path, mount: &Path) -> Result<()>
     );
     println!("  refused: {refused:?} (503 = the journal could not write; nothing stored)");
     println!("  acknowledged but not stored: {lost}");
+    println!("  acknowledged but not delivered to the file sink after space returned: {lost_sink}");
     println!(
         "  recovered by itself after space was freed: {recovered}; journal reopened cleanly with {} events",
         journal.len()
@@ -349,23 +380,46 @@ async fn disk_full_on(server_bin: &Path, dir: &Path, mount: &Path) -> Result<()>
     if !full {
         bail!("disk-full-test: the disk never filled (no 503s)");
     }
-    if lost > 0 || !recovered {
+    if lost > 0 || lost_sink > 0 || !recovered || !delivered {
         bail!("disk-full-test failed");
     }
     Ok(())
 }
 
-/// Hundreds of connections trickling headers or bodies; a well-behaved client is still served.
+/// A TCP connection to 127.0.0.1:`port` leaving from `from` (127.0.0.2 is local too).
+async fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((from, 0)))?;
+    socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+}
+
+fn percentile(v: &[Duration], p: f64) -> Duration {
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Two attacks while a well-behaved client (127.0.0.1) keeps posting:
+/// 1. `attackers` connections from an allowed address (127.0.0.3) trickle headers or bodies:
+///    the timeouts and the per-peer cap close them;
+/// 2. a flood from an address that is not allowed (127.0.0.2): more connections than
+///    `max_connections`, fresh ones as soon as each is closed, each sending half a request
+///    line. They are closed at accept, so the allowed client's p99 must stay under 100 ms.
 pub async fn slow_clients(server_bin: &Path, attackers: usize) -> Result<()> {
     let dir = temp_dir("slow-clients")?;
+    let max_connections = attackers.max(10);
+    let flooders = max_connections + max_connections / 10;
     let config = format!(
-        "allow = [\"127.0.0.1/32\"]\ndata_dir = \"{}\"\n[admin]\nenabled = false\n[limits]\nheader_timeout = \"2s\"\nbody_timeout = \"2s\"\n[[sinks]]\ntype = \"file\"\nname = \"archive\"\npath = \"{}\"\n",
+        "allow = [\"127.0.0.1/32\", \"127.0.0.3/32\"]\ndata_dir = \"{}\"\n[admin]\nenabled = false\n[limits]\nheader_timeout = \"2s\"\nbody_timeout = \"2s\"\nmax_connections = {max_connections}\n[[sinks]]\ntype = \"file\"\nname = \"archive\"\npath = \"{}\"\n",
         dir.join("data").display(),
         dir.join("events.jsonl").display()
     );
     let mut server = ServerProcess::new(server_bin, &dir, &config)?;
     server.start().await?;
     let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
         .timeout(Duration::from_secs(30))
         .build()?;
     let measure = |n: usize| {
@@ -386,7 +440,8 @@ pub async fn slow_clients(server_bin: &Path, attackers: usize) -> Result<()> {
         }
     };
     let (baseline, base_failures) = measure(200).await;
-    // The attack: half trickle headers, half trickle bodies, one byte every 500 ms.
+
+    // Attack 1: half trickle headers, half trickle bodies, one byte every 500 ms.
     let port = server.port;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let closed_by_server = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -394,7 +449,8 @@ pub async fn slow_clients(server_bin: &Path, attackers: usize) -> Result<()> {
     for i in 0..attackers {
         let (stop, closed) = (stop.clone(), closed_by_server.clone());
         tasks.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            let Ok(mut s) = connect_from([127, 0, 0, 3], port).await else {
+                closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             };
             let head: &[u8] = if i % 2 == 0 {
@@ -403,6 +459,7 @@ pub async fn slow_clients(server_bin: &Path, attackers: usize) -> Result<()> {
                 b"POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{"
             };
             if s.write_all(head).await.is_err() {
+                closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
             let mut buf = [0u8; 1024];
@@ -433,33 +490,81 @@ pub async fn slow_clients(server_bin: &Path, attackers: usize) -> Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+
+    // Attack 2: the flood from an address that is not allowed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood_connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..flooders {
+        let (stop, count) = (stop.clone(), flood_connections.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut s) = connect_from([127, 0, 0, 2], port).await {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if s.write_all(b"POST /webhook HTT").await.is_ok() {
+                        // Hold it until the server closes it (or 10 s).
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+                    }
+                }
+                // A fresh connection soon after, as an attacker would.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flood_started = Instant::now();
+    let (flooded, flood_failures) = measure(400).await;
+    let flood_secs = flood_started.elapsed().as_secs_f64();
+    let flood_opened = flood_connections.load(std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
     server.terminate()?;
-    let pct = |v: &[Duration], p: f64| {
-        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    println!("slow-clients-test: {attackers} connections trickling headers or bodies");
     println!(
-        "  well-behaved client alone:       p50 {:?}  p99 {:?}  failures {base_failures}",
-        pct(&baseline, 0.5),
-        pct(&baseline, 0.99)
+        "slow-clients-test: {attackers} allowed connections trickling headers or bodies, then a flood of {flooders} connections (max_connections {max_connections}) from an address that is not allowed"
     );
     println!(
-        "  well-behaved client under attack: p50 {:?}  p99 {:?}  failures {attack_failures}",
-        pct(&attacked, 0.5),
-        pct(&attacked, 0.99)
+        "  well-behaved client alone:        p50 {:?}  p99 {:?}  failures {base_failures}",
+        percentile(&baseline, 0.5),
+        percentile(&baseline, 0.99)
+    );
+    println!(
+        "  well-behaved client, trickling:   p50 {:?}  p99 {:?}  failures {attack_failures}",
+        percentile(&attacked, 0.5),
+        percentile(&attacked, 0.99)
     );
     println!(
         "  trickling connections closed by the server within the timeouts: {closed}/{attackers}"
     );
-    if attack_failures > 0 || base_failures > 0 {
+    let flood_p99 = percentile(&flooded, 0.99);
+    println!(
+        "  well-behaved client, flooded:     p50 {:?}  p99 {flood_p99:?}  max {:?}  failures {flood_failures}",
+        percentile(&flooded, 0.5),
+        flooded.last().copied().unwrap_or_default()
+    );
+    println!(
+        "  flood connections opened (and closed at accept): {flood_opened} in {flood_secs:.1} s"
+    );
+    if attack_failures > 0 || base_failures > 0 || flood_failures > 0 {
         bail!("slow-clients-test: a well-behaved request failed");
     }
     if closed < attackers {
         bail!(
             "slow-clients-test: {} trickling connections were still open after the timeouts",
             attackers - closed
+        );
+    }
+    if flood_p99 >= Duration::from_millis(100) {
+        bail!(
+            "slow-clients-test: under the flood the allowed client's p99 was {flood_p99:?} (goal: under 100 ms)"
+        );
+    }
+    if flood_opened < flooders {
+        bail!(
+            "slow-clients-test: the flood opened only {flood_opened} connections; it proves nothing"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

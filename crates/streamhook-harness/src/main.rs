@@ -108,6 +108,10 @@ async fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<faults::Skipped>().is_some() => {
+            println!("SKIPPED: {e}");
+            std::process::ExitCode::from(faults::SKIPPED_EXIT)
+        }
         Err(e) => {
             eprintln!("streamhook-harness: {e:#}");
             std::process::ExitCode::FAILURE

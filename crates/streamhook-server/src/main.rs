@@ -42,7 +42,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, config)) {
+    let result = runtime.block_on(run(args, config));
+    // A write stuck in a blocking thread (a stdout pipe nobody reads) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -556,3 +556,25 @@ fn write_private(path: &PathBuf, content: &str) -> std::io::Result<()> {
     file.write_all(content.as_bytes())?;
     file.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dispatcher_that_will_not_stop_is_aborted_after_the_timeout() {
+        let (stop, _rx) = watch::channel(false);
+        // A task that ignores its stop signal, as a sink stuck in I/O would.
+        let task = tokio::spawn(std::future::pending::<()>());
+        let abort = task.abort_handle();
+        let running = vec![Running {
+            name: "stuck".into(),
+            stop,
+            task,
+            stats: Arc::new(SinkStats::default()),
+        }];
+        stop_sinks(running).await;
+        tokio::task::yield_now().await;
+        assert!(abort.is_finished(), "the stuck dispatcher is still running");
+    }
+}

@@ -222,3 +222,31 @@ async fn sighup_reloads_the_allowlist_without_failing_a_request_and_keeps_the_ol
     let text = log.lock().unwrap().join("\n");
     assert!(text.contains("not a cidr"), "the reason is logged:\n{text}");
 }
+
+#[tokio::test]
+async fn an_admin_listener_off_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _addr, log) = spawn(
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .env("STREAMHOOK_LISTEN", "127.0.0.1:0")
+            .env("STREAMHOOK_ADMIN_LISTEN", "0.0.0.0:0")
+            .env("STREAMHOOK_PATH_TOKEN", "k7Qm2xVb9PzR4tLw8NcY"),
+    );
+    eventually("the admin line", || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("admin API on"))
+    })
+    .await;
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let text = log.lock().unwrap().join("\n");
+    assert!(
+        text.contains("the admin listener 0.0.0.0:0 is not on loopback"),
+        "{text}"
+    );
+    // With a path token, no warning about it.
+    assert!(!text.contains("no path token"), "{text}");
+}

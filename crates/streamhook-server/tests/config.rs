@@ -26,6 +26,7 @@ fn the_example_states_the_defaults() {
     assert_eq!(example.retry, default.retry);
     assert_eq!(example.retention, default.retention);
     assert_eq!(example.admin, default.admin);
+    assert_eq!(example.strict, default.strict);
 }
 
 #[test]
@@ -57,5 +58,41 @@ fn config_errors_name_the_problem() {
     assert_eq!(
         check("path_token = \"short\"").unwrap_err(),
         "the path token must be 16 to 128 characters of A-Z, a-z, 0-9, '-' or '_'"
+    );
+}
+
+#[test]
+fn an_empty_or_short_admin_token_is_refused() {
+    let check = |toml: &str| {
+        Config::from_toml(toml)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map_err(|e| e.to_string()))
+    };
+    let empty = check("[admin]\ntoken = \"\"").unwrap_err();
+    assert!(
+        empty.starts_with("admin.token (--admin-token, STREAMHOOK_ADMIN_TOKEN) is empty"),
+        "{empty}"
+    );
+    let short = check("[admin]\ntoken = \"hunter2\"").unwrap_err();
+    assert!(
+        short.starts_with(
+            "admin.token (--admin-token, STREAMHOOK_ADMIN_TOKEN) has 7 characters; use at least 32"
+        ),
+        "{short}"
+    );
+    check("[admin]\ntoken = \"0123456789abcdef0123456789abcdef\"").unwrap();
+}
+
+#[test]
+fn check_config_refuses_an_empty_admin_token_naming_the_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamhook-server"))
+        .args(["--admin-token", "", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.token (--admin-token, STREAMHOOK_ADMIN_TOKEN) is empty"),
+        "{err}"
     );
 }

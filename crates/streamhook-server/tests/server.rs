@@ -564,3 +564,192 @@ async fn the_admin_api_replays_lists_and_requeues() {
     assert_eq!(dead, json!([]));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reload_never_pauses_intake() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let reload_config = config.clone();
+    // Reading the new config takes 3 s (a slow disk, a network file system).
+    let server = streamhook_server::Server::new(config)
+        .unwrap()
+        .with_config_source(std::sync::Arc::new(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(reload_config.clone())
+        }));
+    let token = server.admin_token().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_with(listener, Some(admin), async move {
+        let _ = rx.await;
+    }));
+    let url = format!("http://{addr}/webhook");
+    let c = client();
+    assert_eq!(
+        post(&c, &url, fixture("seed/01-stream-started.json"))
+            .await
+            .0,
+        200
+    );
+    let reload = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.post(format!("http://{admin_addr}/admin/reload"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A new connection (a fresh client), accepted and answered while the reload is still
+    // reading its config.
+    let (status, _) = post(&client(), &url, fixture("seed/02-stream-paused.json")).await;
+    assert_eq!(status, 200);
+    assert!(
+        !reload.is_finished(),
+        "the webhook was answered only after the reload: intake paused"
+    );
+    assert_eq!(reload.await.unwrap(), 200);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn readiness_turns_503_at_a_failed_commit_and_200_when_writes_work_again() {
+    let mut server = TestServer::start(|_| {}).await;
+    let c = client();
+    let ready = |s: &TestServer| {
+        let url = s.admin_url("/readyz");
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&server).await, 200);
+    // A failed commit (a full disk): the request gets 503, and readiness says so at once.
+    server.journal.inject_commit_failures(1);
+    let (status, body) = post(
+        &c,
+        &server.url("/webhook"),
+        fixture("seed/01-stream-started.json"),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let answer = server.readyz().await;
+    assert_eq!(answer["status"], "not ready", "{answer}");
+    assert!(
+        answer["journal"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot write: "),
+        "{answer}"
+    );
+    // No traffic needed: the check's probe commit succeeds, and readiness returns.
+    eventually_async("ready again", || ready(&server), 200).await;
+    let (status, _) = post(
+        &c,
+        &server.url("/webhook"),
+        fixture("seed/01-stream-started.json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_turns_503_when_the_journal_writer_dies() {
+    let mut server = TestServer::start(|_| {}).await;
+    server.journal.inject_writer_panic();
+    let url = server.admin_url("/readyz");
+    eventually_async(
+        "not ready",
+        || {
+            let url = url.clone();
+            async move { client().get(url).send().await.unwrap().status().as_u16() }
+        },
+        503,
+    )
+    .await;
+    let answer = server.readyz().await;
+    assert_eq!(
+        answer["journal"],
+        "the journal writer stopped (a bug): restart the server"
+    );
+    let _ = server.stop.take().map(|s| s.send(()));
+}
+
+#[tokio::test]
+async fn a_replay_past_the_newest_event_is_refused_with_422() {
+    let mut server = TestServer::start(|_| {}).await;
+    let c = client();
+    post(
+        &c,
+        &server.url("/webhook"),
+        fixture("seed/01-stream-started.json"),
+    )
+    .await;
+    let resp = c
+        .post(server.admin_url("/admin/replay"))
+        .bearer_auth(&server.token)
+        .json(&json!({"sink": "archive", "from_seq": 500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        json!({"error": "cannot replay from seq 500: the newest event is seq 1"})
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_peer_cannot_hold_more_than_its_share_of_connections() {
+    let mut server = TestServer::start(|c| {
+        c.allow = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "127.0.0.4/32".parse().unwrap(),
+        ];
+        c.limits.max_connections_per_peer = 2;
+    })
+    .await;
+    // 127.0.0.4 holds two idle connections: its share.
+    let connect = |ip: [u8; 4]| {
+        let addr = server.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((ip, 0).into()).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
+    let _held = [connect([127, 0, 0, 4]).await, connect([127, 0, 0, 4]).await];
+    // The metrics line shows when the server has accepted both.
+    let refused_line = "streamhook_connections_refused_total{reason=\"peer_limit\"} 1";
+    let mut third = connect([127, 0, 0, 4]).await;
+    let mut buf = [0u8; 16];
+    // Closed at accept, without an answer.
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection was served");
+    // Another peer is served meanwhile.
+    let (status, _) = post(
+        &client(),
+        &server.url("/webhook"),
+        fixture("seed/01-stream-started.json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let metrics = client()
+        .get(server.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.lines().any(|l| l == refused_line), "{metrics}");
+    server.shutdown().await;
+}

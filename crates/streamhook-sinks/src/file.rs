@@ -12,6 +12,16 @@
 //! - Lines are whole: each is written with one `write`, a failed write is cut back off, and
 //!   on opening a file whose last line was torn by a crash, the torn tail is cut off (the
 //!   event is delivered again, since its delivery was never acknowledged).
+//! - Effectively once across crashes: before each line the sink records, in a small position
+//!   file (`.streamhook-<name>.pos` in the template's fixed folder), the seq and file it is
+//!   about to write. At start it reads that and the last line of that file, and tells the
+//!   dispatcher what it already holds ([`Sink::delivered_through`]), so a killed process does
+//!   not write an event twice. (After a power loss the position file may be older than the
+//!   lines: then events are written again, never lost.)
+//! - With `fsync = "always"` or `"batch"`, creating or rotating a file also syncs its folder,
+//!   so the new name survives a power loss.
+//! - `{type}` is the webhook type with characters other than `A-Z a-z 0-9 _ -` replaced by
+//!   `_`, cut to 64 characters.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -98,10 +108,105 @@ pub struct FileSink {
     state: Arc<Mutex<State>>,
 }
 
+/// The longest `{type}` put in a path.
+const MAX_TYPE_LEN: usize = 64;
+
 #[derive(Debug, Default)]
 struct State {
     open: HashMap<PathBuf, Open>,
     last_sync: Option<Instant>,
+    /// Where the seq and file of the line being written are recorded.
+    position: Option<Position>,
+}
+
+/// The position file: `<seq> <path>\n`, rewritten in place before each line.
+#[derive(Debug)]
+struct Position {
+    path: PathBuf,
+    file: Option<File>,
+    len: u64,
+}
+
+impl Position {
+    fn record(&mut self, seq: u64, line_path: &Path) -> Result<(), SinkError> {
+        if self.file.is_none() {
+            if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| io_err("create the folder", parent, e))?;
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)
+                .map_err(|e| io_err("open", &self.path, e))?;
+            self.len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            self.file = Some(file);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let text = format!("{seq} {}\n", line_path.display());
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(text.as_bytes()))
+            .map_err(|e| io_err("write", &self.path, e))?;
+        if (text.len() as u64) < self.len {
+            file.set_len(text.len() as u64)
+                .map_err(|e| io_err("write", &self.path, e))?;
+        }
+        self.len = text.len() as u64;
+        Ok(())
+    }
+}
+
+/// What the position file and the file it names say was written last: the newest seq held.
+fn read_position(position: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(position).ok()?;
+    let line = text.lines().next()?;
+    let (seq, path) = line.split_once(' ')?;
+    let intended: u64 = seq.parse().ok()?;
+    let written = last_seq_in(Path::new(path));
+    match written {
+        Some(s) => Some(s.max(intended.saturating_sub(1))),
+        None => Some(intended.saturating_sub(1)),
+    }
+    .filter(|w| *w > 0)
+}
+
+/// The seq of the last whole line of an NDJSON envelope file.
+fn last_seq_in(path: &Path) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let mut file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let end = whole_lines_len(&mut file, size).ok()?;
+    if end == 0 {
+        return None;
+    }
+    // The last line: back from its newline to the one before.
+    let from = end.saturating_sub(64 * 1024);
+    let mut buf = vec![0u8; (end - from) as usize];
+    file.seek(SeekFrom::Start(from)).ok()?;
+    file.read_exact(&mut buf).ok()?;
+    let body = &buf[..buf.len() - 1];
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    serde_json::from_slice::<Seq>(&body[start..])
+        .ok()
+        .map(|s| s.seq)
+}
+
+/// The folder a template writes under before its first placeholder.
+fn fixed_folder(template: &str) -> PathBuf {
+    let fixed = &template[..template.find('{').unwrap_or(template.len())];
+    if fixed.ends_with('/') {
+        return PathBuf::from(fixed);
+    }
+    Path::new(fixed)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 #[derive(Debug)]
@@ -160,13 +265,26 @@ impl FileSink {
             }
             rest = &rest[open + close + 1..];
         }
+        let position = fixed_folder(&config.path).join(format!(".streamhook-{name}.pos"));
         Ok(FileSink {
             name,
             template: config.path.clone(),
             max_bytes: config.max_bytes,
             fsync: config.fsync,
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(State {
+                position: Some(Position {
+                    path: position,
+                    file: None,
+                    len: 0,
+                }),
+                ..State::default()
+            })),
         })
+    }
+
+    /// The position file, where the seq and file of the line being written are recorded.
+    pub fn position_path(&self) -> PathBuf {
+        fixed_folder(&self.template).join(format!(".streamhook-{}.pos", self.name))
     }
 
     /// The file an event goes to.
@@ -179,6 +297,7 @@ impl FileSink {
         let type_name = streamhook_core::dispatch::payload_type(&delivery.envelope);
         let type_name: String = type_name
             .chars()
+            .take(MAX_TYPE_LEN)
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
                     c
@@ -211,11 +330,14 @@ impl Sink for FileSink {
         let mut line = delivery.json.clone().into_bytes();
         line.push(b'\n');
         let state = Arc::clone(&self.state);
-        let (max_bytes, fsync) = (self.max_bytes, self.fsync);
+        let (max_bytes, fsync, seq) = (self.max_bytes, self.fsync, delivery.envelope.seq);
         tokio::task::spawn_blocking(move || {
             let mut state = state
                 .lock()
                 .map_err(|_| SinkError::retryable("file sink state poisoned"))?;
+            if let Some(position) = state.position.as_mut() {
+                position.record(seq, &path)?;
+            }
             state.write(&path, &line, max_bytes, fsync)
         })
         .await
@@ -232,6 +354,14 @@ impl Sink for FileSink {
         })
         .await
         .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
+    }
+
+    async fn delivered_through(&self) -> Option<u64> {
+        let position = self.position_path();
+        tokio::task::spawn_blocking(move || read_position(&position))
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -256,9 +386,10 @@ impl State {
         if moved && let Some(old) = self.open.remove(path) {
             let _ = old.file.sync_data();
         }
+        let sync_folders = fsync != FsyncPolicy::Never;
         if !self.open.contains_key(path) {
             self.evict_if_full();
-            let opened = open_repaired(path)?;
+            let opened = open_repaired(path, sync_folders)?;
             self.open.insert(path.to_owned(), opened);
         }
         let needs_rotation = self
@@ -270,7 +401,7 @@ impl State {
                 old.file.sync_all().map_err(|e| io_err("sync", path, e))?;
             }
             rotate(path)?;
-            let opened = open_repaired(path)?;
+            let opened = open_repaired(path, sync_folders)?;
             self.open.insert(path.to_owned(), opened);
         }
         let Some(open) = self.open.get_mut(path) else {
@@ -331,17 +462,38 @@ impl State {
     }
 }
 
-/// Opens for appending, creating folders, and cuts off a torn last line left by a crash.
-fn open_repaired(path: &Path) -> Result<Open, SinkError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+/// Opens for appending, creating folders, and cuts off a torn last line left by a crash. With
+/// `sync_folders`, a file (or folder) it creates is made durable by syncing its parent.
+fn open_repaired(path: &Path, sync_folders: bool) -> Result<Open, SinkError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.exists() {
+        // Create each missing folder, syncing the one above it.
+        let mut missing = Vec::new();
+        let mut at = parent;
+        while !at.as_os_str().is_empty() && !at.exists() {
+            missing.push(at.to_path_buf());
+            at = at.parent().unwrap_or(Path::new(""));
+        }
         std::fs::create_dir_all(parent).map_err(|e| io_err("create the folder", parent, e))?;
+        if sync_folders {
+            for folder in missing.iter().rev() {
+                sync_parent(folder)?;
+            }
+        }
     }
+    let existed = path.exists();
     let mut file = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .open(path)
         .map_err(|e| io_err("open", path, e))?;
+    if !existed && sync_folders {
+        sync_parent(path)?;
+    }
     let meta = file.metadata().map_err(|e| io_err("inspect", path, e))?;
     let mut size = meta.len();
     if size > 0 {
@@ -377,6 +529,17 @@ fn whole_lines_len(file: &mut File, size: u64) -> std::io::Result<u64> {
         end = start;
     }
     Ok(0)
+}
+
+/// Syncs the folder holding `path`, so that its entry (a new or renamed name) is durable.
+fn sync_parent(path: &Path) -> Result<(), SinkError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync the folder", parent, e))
 }
 
 /// Renames `path` to `path.N`, N one more than the highest that exists.

@@ -105,13 +105,40 @@ impl HttpConfig {
         }
     }
 
-    /// The same with secrets replaced by `"<redacted>"`.
+    /// The same with secrets, a password in the URL and static header values replaced by
+    /// `"<redacted>"`.
     pub fn redacted(&self) -> HttpConfig {
         let mut c = self.clone();
         c.secrets = c.secrets.iter().map(|_| "<redacted>".to_owned()).collect();
+        c.url = redact_url(&c.url);
+        for value in c.headers.values_mut() {
+            *value = "<redacted>".to_owned();
+        }
         c
     }
 }
+
+/// A URL fit for logs: a password in it is replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL (the sink refuses it): show nothing after a possible `user:password@`.
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
+/// Headers the sink computes per request; a configured value would break verification.
+const COMPUTED_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
+
+/// How much of an error answer's body is read (and quoted in the error).
+const ERROR_BODY_LIMIT: usize = 4096;
 
 /// What the forwarded request's body is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,8 +231,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| VerifyError::Header("webhook-timestamp"))?;
-    let now = unix_now();
-    if (now - ts).unsigned_abs() > tolerance.as_secs() {
+    // abs_diff: a hostile timestamp (i64::MIN) must not overflow.
+    if unix_now().abs_diff(ts) > tolerance.as_secs() {
         return Err(VerifyError::Stale);
     }
     for key in keys {
@@ -261,6 +288,11 @@ impl HttpSink {
         for (k, v) in &config.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| err(format!("bad header name {k:?}")))?;
+            if COMPUTED_HEADERS.contains(&name.as_str()) {
+                return Err(err(format!(
+                    "header {k:?} is set by the sink on every request (for signatures); remove it from `headers`"
+                )));
+            }
             let value =
                 HeaderValue::from_str(v).map_err(|_| err(format!("bad value for header {k:?}")))?;
             headers.insert(name, value);
@@ -326,24 +358,38 @@ impl Sink for HttpSink {
         let id = &delivery.envelope.id.0;
         let timestamp = unix_now();
         let kinds: Vec<&str> = delivery.envelope.kinds.iter().map(|k| k.as_str()).collect();
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .header("content-type", "application/json")
-            .header("webhook-id", id.as_str())
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("x-streamhook-kinds", kinds.join(","))
-            .header("x-streamhook-seq", delivery.envelope.seq.to_string());
+        // Our headers, then the configured ones replacing any of the same name (one value
+        // each, never a duplicate).
+        let mut headers = HeaderMap::with_capacity(6 + self.headers.len());
+        let set = |h: &mut HeaderMap, name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        };
+        set(&mut headers, "content-type", "application/json".into());
+        set(&mut headers, "webhook-id", id.clone());
+        set(&mut headers, "webhook-timestamp", timestamp.to_string());
+        set(&mut headers, "x-streamhook-kinds", kinds.join(","));
+        set(
+            &mut headers,
+            "x-streamhook-seq",
+            delivery.envelope.seq.to_string(),
+        );
         if !self.keys.is_empty() {
             let signatures: Vec<String> = self
                 .keys
                 .iter()
                 .map(|k| sign(k, id, timestamp, body.as_bytes()))
                 .collect();
-            request = request.header("webhook-signature", signatures.join(" "));
+            set(&mut headers, "webhook-signature", signatures.join(" "));
         }
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let request = self.client.post(self.url.clone()).headers(headers);
         let response = request.body(body).send().await.map_err(|e| {
+            // The URL may hold a password: errors name the sink, not the URL.
+            let e = e.without_url();
             let what = if e.is_timeout() {
                 "timed out"
             } else if e.is_connect() {
@@ -367,7 +413,18 @@ impl Sink for HttpSink {
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let text = response.text().await.unwrap_or_default();
+        // An error answer's body is read up to a limit: a receiver cannot make us buffer a
+        // gigabyte to quote 200 characters of it.
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while bytes.len() < ERROR_BODY_LIMIT {
+            match tokio::time::timeout(Duration::from_secs(5), response.chunk()).await {
+                Ok(Ok(Some(chunk))) => bytes.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        bytes.truncate(ERROR_BODY_LIMIT);
+        let text = String::from_utf8_lossy(&bytes);
         let excerpt: String = text.chars().take(200).collect();
         let message = if excerpt.trim().is_empty() {
             format!("HTTP {status}")

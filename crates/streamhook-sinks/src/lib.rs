@@ -118,7 +118,7 @@ impl SinkConfig {
             #[cfg(feature = "http")]
             SinkConfig::Http(c) => format!(
                 "http {} ({} body{})",
-                c.url,
+                http::redact_url(&c.url),
                 c.body,
                 if c.secrets.is_empty() {
                     ", unsigned"

@@ -155,7 +155,8 @@ fn kind_color(kind: EventKind) -> &'static str {
     let name = kind.as_str();
     if kind == EventKind::Unknown {
         YELLOW
-    } else if name.ends_with("stopped")
+    } else if kind == EventKind::Invalid
+        || name.ends_with("stopped")
         || name == "video.failed"
         || name == "video.deleted"
         || name == "broadcast.finished"
@@ -170,7 +171,8 @@ fn kind_color(kind: EventKind) -> &'static str {
     }
 }
 
-/// The `pretty` line for an envelope: time, kinds, summary, origin.
+/// The `pretty` line for an envelope: time, kinds, summary, origin; for an `invalid` event,
+/// its first problem, in red.
 pub fn pretty_line(envelope: &Envelope, color: bool) -> String {
     let paint = |code: &str, text: &str| {
         if color {
@@ -195,6 +197,13 @@ pub fn pretty_line(envelope: &Envelope, color: bool) -> String {
     );
     if let Some(origin) = envelope.origin {
         line.push_str(&paint(DIM, &format!("  ({origin})")));
+    }
+    if let Some(problem) = envelope.problems.first() {
+        line.push_str("  ");
+        line.push_str(&paint(RED, &format!("does not fit the model: {problem}")));
+        if envelope.problems.len() > 1 {
+            line.push_str(&format!(" (+{} more)", envelope.problems.len() - 1));
+        }
     }
     line
 }

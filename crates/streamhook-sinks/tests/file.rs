@@ -286,6 +286,36 @@ async fn stdout_pretty_and_json() {
     assert_eq!(v["seq"], 4);
 }
 
+#[tokio::test]
+async fn stdout_shows_an_invalid_event_in_red_with_its_problem() {
+    let body = r#"{"type":"stream","message":{"stream":{"id":7,"live":"yes"}}}"#;
+    let json = serde_json::json!({
+        "id": "0193-test-9", "seq": 9, "received_at": "2026-11-28T09:15:02.123Z",
+        "source_ip": "92.223.123.1", "kinds": ["invalid"],
+        "resource": {"type": "stream", "id": 7},
+        "problems": [{"path": "$.message.stream.live", "line": 1, "column": 48,
+            "message": "$.message.stream.live: expected a boolean, found the string \"yes\""}],
+        "payload": serde_json::from_str::<serde_json::Value>(body).unwrap(),
+    })
+    .to_string();
+    let d = Delivery {
+        envelope: serde_json::from_str(&json).unwrap(),
+        json,
+        body: body.into(),
+        attempt: 1,
+    };
+    assert_eq!(
+        printed(Format::Pretty, false, &d).await,
+        "2026-11-28T09:15:02.123Z  invalid  stream 7  does not fit the model: $.message.stream.live: expected a boolean, found the string \"yes\" (line 1, column 48)\n"
+    );
+    let coloured = printed(Format::Pretty, true, &d).await;
+    assert!(coloured.contains("\x1b[31minvalid\x1b[0m"), "{coloured:?}");
+    assert!(
+        coloured.contains("\x1b[31mdoes not fit the model: "),
+        "{coloured:?}"
+    );
+}
+
 #[test]
 fn unknown_sink_types_list_the_valid_ones() {
     let err =
@@ -306,4 +336,116 @@ fn unknown_sink_types_list_the_valid_ones() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn after_a_crash_it_says_what_it_already_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("{type}.jsonl");
+    let s = sink(&template, 0, FsyncPolicy::Never);
+    assert_eq!(s.delivered_through().await, None, "nothing written yet");
+    for seq in 1..=4 {
+        let payload = if seq % 2 == 0 {
+            stream(seq)
+        } else {
+            video(seq, "ready")
+        };
+        s.send(&delivery(seq, &payload, "2026-11-28T10:00:00.000Z"))
+            .await
+            .unwrap();
+    }
+    drop(s);
+    // A new process: the position file and the last line agree on seq 4.
+    let again = sink(&template, 0, FsyncPolicy::Never);
+    assert_eq!(again.delivered_through().await, Some(4));
+
+    // Killed after recording seq 5 but before its line: 4 is what it holds.
+    std::fs::write(
+        again.position_path(),
+        format!("5 {}\n", dir.path().join("video.jsonl").display()),
+    )
+    .unwrap();
+    assert_eq!(again.delivered_through().await, Some(4));
+    // Killed after the line of seq 5 was written: 5.
+    again
+        .send(&delivery(5, &video(5, "ready"), "2026-11-28T10:00:00.000Z"))
+        .await
+        .unwrap();
+    assert_eq!(again.delivered_through().await, Some(5));
+    // A position file older than the lines (a power loss): the lines win.
+    std::fs::write(
+        again.position_path(),
+        format!("2 {}\n", dir.path().join("video.jsonl").display()),
+    )
+    .unwrap();
+    assert_eq!(again.delivered_through().await, Some(5));
+    // A torn position file: it cannot tell.
+    std::fs::write(again.position_path(), "9").unwrap();
+    assert_eq!(again.delivered_through().await, None);
+}
+
+#[tokio::test]
+async fn a_hostile_type_is_cut_to_a_bounded_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("{type}.jsonl");
+    let s = sink(&template, 0, FsyncPolicy::Always);
+    let long = "x/../".repeat(2000);
+    let payload = format!(r#"{{"type":"{long}","message":{{}}}}"#);
+    let d = delivery(1, &payload, "2026-11-28T10:00:00.000Z");
+    let path = s.path_for(&d);
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert_eq!(name.len(), 64 + ".jsonl".len(), "{name}");
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    );
+    s.send(&d).await.unwrap();
+    assert_eq!(seqs(&path), [1]);
+}
+
+#[tokio::test]
+async fn a_restart_after_a_kill_writes_nothing_twice() {
+    use std::sync::{Arc, RwLock};
+    use streamhook_core::{Dispatcher, Journal, JournalConfig, RetryPolicy, Router, Verified};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(JournalConfig::new(dir.path().join("data"))).unwrap();
+    journal.set_cursor("file", 1).unwrap();
+    let source = Verified::trusted_local([127, 0, 0, 1].into());
+    for i in 0..20 {
+        let body = video(i, "ready");
+        let webhook = streamhook_types::decode::decode(body.as_bytes())
+            .unwrap()
+            .webhook;
+        journal
+            .append(source, body.as_bytes(), webhook)
+            .await
+            .unwrap();
+    }
+    let path = dir.path().join("events.jsonl");
+    let router = Arc::new(RwLock::new(Arc::new(
+        Router::new(&[], &[], &["file".to_owned()]).unwrap(),
+    )));
+    let run = |journal: Journal| {
+        let sink = Arc::new(sink(&path, 0, FsyncPolicy::Never));
+        let d = Dispatcher::new(journal, sink, Arc::clone(&router), RetryPolicy::default());
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        (stop, tokio::spawn(d.run(rx)))
+    };
+    let (stop, task) = run(journal.clone());
+    for _ in 0..500 {
+        if path.exists() && seqs(&path).len() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    // The kill: the persisted cursor is behind what the file holds.
+    journal.set_cursor("file", 1).unwrap();
+    let (stop, task) = run(journal.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(seqs(&path), (1..=20).collect::<Vec<_>>(), "each event once");
+    assert_eq!(journal.cursor("file").unwrap(), 21);
 }

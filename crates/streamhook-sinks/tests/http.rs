@@ -410,3 +410,145 @@ fn retry_after_parses_seconds_and_dates() {
     );
     assert_eq!(parse_retry_after("soon"), None);
 }
+
+fn one_delivery(body: &str) -> streamhook_core::Delivery {
+    let json = format!(
+        r#"{{"id":"0193-test-1","seq":1,"received_at":"2026-11-28T10:00:00.000Z","source_ip":"92.223.123.1","kinds":["video.ready"],"resource":{{"type":"video","id":1}},"payload":{body}}}"#
+    );
+    streamhook_core::Delivery {
+        envelope: serde_json::from_str(&json).unwrap(),
+        json,
+        body: body.to_owned(),
+        attempt: 1,
+    }
+}
+
+#[tokio::test]
+async fn an_endless_error_body_is_read_only_up_to_a_limit() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async {
+            let chunks = futures_endless();
+            (
+                StatusCode::BAD_REQUEST,
+                axum::body::Body::from_stream(chunks),
+            )
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut config = HttpConfig::new(format!("http://{addr}/hook"));
+    config.timeout = Duration::from_secs(60);
+    let sink = HttpSink::new("app".into(), &config).unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        sink.send(&one_delivery(
+            r#"{"type":"video","message":{"video":{"id":1}}}"#,
+        )),
+    )
+    .await
+    .expect("the sink waited for an endless error body");
+    let err = result.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().starts_with("HTTP 400 Bad Request: xxxx"),
+        "{err}"
+    );
+    assert!(err.to_string().len() < 300, "{err}");
+}
+
+/// An endless body of `x`.
+fn futures_endless()
+-> impl tokio_stream_like::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>> {
+    tokio_stream_like::repeat(axum::body::Bytes::from(vec![b'x'; 8192]))
+}
+
+/// The few lines of a stream that repeats an item forever.
+mod tokio_stream_like {
+    pub use futures_core::Stream;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub struct Repeat(axum::body::Bytes);
+
+    pub fn repeat(item: axum::body::Bytes) -> Repeat {
+        Repeat(item)
+    }
+
+    impl Stream for Repeat {
+        type Item = Result<axum::body::Bytes, std::convert::Infallible>;
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(Some(Ok(self.0.clone())))
+        }
+    }
+}
+
+#[tokio::test]
+async fn configured_headers_replace_ours_and_computed_ones_are_refused() {
+    let (receiver, addr) = serve().await;
+    let mut config = HttpConfig::new(format!("http://{addr}/hook"));
+    config
+        .headers
+        .insert("Content-Type".into(), "application/vnd.gcore+json".into());
+    config.headers.insert("x-team".into(), "video".into());
+    let sink = HttpSink::new("app".into(), &config).unwrap();
+    sink.send(&one_delivery(
+        r#"{"type":"video","message":{"video":{"id":1}}}"#,
+    ))
+    .await
+    .unwrap();
+    let got = receiver.got.lock().unwrap()[0].headers.clone();
+    let types: Vec<_> = got.get_all("content-type").iter().collect();
+    assert_eq!(
+        types,
+        ["application/vnd.gcore+json"],
+        "one content-type, the configured one"
+    );
+    assert_eq!(got.get_all("webhook-id").iter().count(), 1);
+    assert_eq!(got["x-team"], "video");
+
+    for computed in ["webhook-id", "Webhook-Signature", "webhook-timestamp"] {
+        let mut bad = HttpConfig::new(format!("http://{addr}/hook"));
+        bad.headers.insert(computed.into(), "x".into());
+        let e = HttpSink::new("app".into(), &bad).unwrap_err().to_string();
+        assert!(e.contains("is set by the sink on every request"), "{e}");
+    }
+}
+
+#[test]
+fn verify_survives_hostile_timestamps() {
+    let key = streamhook_sinks::http::decode_secret(SECRET).unwrap();
+    for ts in [i64::MIN.to_string(), i64::MAX.to_string(), "-1".into()] {
+        assert!(matches!(
+            streamhook_sinks::http::verify(
+                std::slice::from_ref(&key),
+                "id",
+                &ts,
+                "v1,AAAA",
+                b"{}",
+                Duration::from_secs(300)
+            ),
+            Err(streamhook_sinks::http::VerifyError::Stale)
+        ));
+    }
+}
+
+#[test]
+fn passwords_and_header_values_are_redacted() {
+    let mut config = HttpConfig::new("https://app:hunter2-secret@example.test/gcore");
+    config
+        .headers
+        .insert("authorization".into(), "Bearer tok-9f8e".into());
+    config.secrets = vec![SECRET.into()];
+    let shown = serde_json::to_string(&config.redacted()).unwrap();
+    for secret in ["hunter2-secret", "tok-9f8e", "MfKQ9r8"] {
+        assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+    }
+    assert!(
+        shown.contains("https://app:***@example.test/gcore"),
+        "{shown}"
+    );
+    let described = streamhook_sinks::SinkConfig::Http(config).describe();
+    assert!(!described.contains("hunter2"), "{described}");
+}

@@ -20,6 +20,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<Result<(), streamhook_server::ServerError>>>,
+    /// The running server's journal (to inject faults).
+    pub journal: streamhook_core::Journal,
 }
 
 pub fn fixtures() -> PathBuf {
@@ -72,6 +74,7 @@ impl TestServer {
     pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestServer {
         let server = Server::new(config).unwrap();
         let token = server.admin_token().unwrap();
+        let journal = server.intake().journal().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -86,6 +89,7 @@ impl TestServer {
             dir,
             stop: Some(stop),
             task: Some(task),
+            journal,
         }
     }
 
@@ -175,4 +179,23 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Polls an async check until it gives `want`; panics with `what` after 20 s.
+pub async fn eventually_async<F, Fut, T>(what: &str, mut check: F, want: T)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+    T: PartialEq + std::fmt::Debug,
+{
+    let mut last = None;
+    for _ in 0..400 {
+        let got = check().await;
+        if got == want {
+            return;
+        }
+        last = Some(got);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what} (last: {last:?})");
 }
