@@ -551,8 +551,15 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     for _ in 0..3 {
         let port = free_port()?;
         let start = Instant::now();
-        let server = Measured::spawn(&mut streamhook(&o.server_bin, &d6, port, &file_sink(&d6))?)?;
-        wait_ready(port, "/readyz").await?;
+        // `/readyz` is on the admin listener.
+        let admin = free_port()?;
+        let mut cmd = streamhook(&o.server_bin, &d6, port, &file_sink(&d6))?;
+        cmd.env("STREAMHOOK_ADMIN_LISTEN", format!("127.0.0.1:{admin}"));
+        let config = d6.join("streamhook.toml");
+        let text = std::fs::read_to_string(&config)?.replace("enabled = false", "enabled = true");
+        std::fs::write(&config, text)?;
+        let server = Measured::spawn(&mut cmd)?;
+        wait_ready(admin, "/readyz").await?;
         ready.push(start.elapsed());
         server.stop()?;
     }
