@@ -157,7 +157,8 @@ impl Dispatcher {
     /// persisted cursor after a backoff (100 ms doubling to 30 s).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
-        let registration = self.journal.register_dispatcher(&name);
+        // Unregistered when dropped: when this returns, and when its task is aborted.
+        let _registration = self.journal.register_dispatcher(&name);
         let mut resume = if self.sink.concurrency() <= 1 {
             self.sink.delivered_through().await
         } else {
@@ -187,7 +188,6 @@ impl Dispatcher {
                 }
             }
         }
-        self.journal.unregister_dispatcher(registration);
         if let Err(e) = self.sink.flush().await {
             tracing::warn!(sink = %name, error = %e, "flush on shutdown failed");
         }
@@ -196,25 +196,39 @@ impl Dispatcher {
     async fn run_inner(
         &self,
         shutdown: &mut watch::Receiver<bool>,
-        resume_after: Option<u64>,
+        resume_after: Option<crate::sink::Held>,
     ) -> Result<(), JournalError> {
         let name = self.sink.name().to_owned();
         let mut changed = self.journal.subscribe();
-        let mut start = blocking(&self.journal, {
+        let (mut start, rewind) = blocking(&self.journal, {
             let name = name.clone();
-            move |j| j.cursor(&name)
+            move |j| Ok((j.cursor(&name)?, j.rewind(&name)?))
         })
         .await?;
+        // A replay moved the cursor back while no dispatcher ran: tell the sink before
+        // anything, and do not resume after what it held.
+        let resume_after = match rewind {
+            Some(seq) => {
+                self.apply_rewind(&name, seq).await?;
+                None
+            }
+            None => resume_after,
+        };
         if let Some(held) = resume_after
-            && held >= start
+            && held.seq >= start
         {
-            let last = self.journal.last_committed();
-            if held <= last {
-                tracing::info!(sink = %name, cursor = start, resume = held + 1, "the sink already holds what the cursor would deliver again; resuming after it");
-                start = held + 1;
+            // Trust it only if this journal holds that very event (same seq, same id).
+            let seq = held.seq;
+            let stored = blocking(&self.journal, move |j| j.get(seq)).await?;
+            let same = stored
+                .and_then(|e| e.envelope().ok())
+                .is_some_and(|e| e.id.0 == held.id);
+            if same {
+                tracing::info!(sink = %name, cursor = start, resume = held.seq + 1, "the sink already holds what the cursor would deliver again; resuming after it");
+                start = held.seq + 1;
                 self.persist(&name, start).await?;
             } else {
-                tracing::warn!(sink = %name, held, last, "the sink reports events newer than the journal holds (another data directory?); ignoring");
+                tracing::warn!(sink = %name, held = held.seq, id = %held.id, "the sink's recorded position names an event this journal does not hold (another data directory?); ignoring it");
             }
         }
         'generation: loop {
@@ -252,6 +266,7 @@ impl Dispatcher {
                 if let Some((seq, ack)) = self.journal.take_replay(&name) {
                     tasks.abort_all();
                     self.persist(&name, seq).await?;
+                    self.apply_rewind(&name, seq).await?;
                     tracing::info!(sink = %name, from = seq, "replay");
                     let _ = ack.send(());
                     start = seq;
@@ -367,6 +382,18 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Tells the sink it was moved back to `seq`, then forgets the journal's rewind record.
+    /// A sink that cannot forget its position yet (an I/O error) is retried like a journal
+    /// error: resuming after a stale position would skip the replay.
+    async fn apply_rewind(&self, name: &str, seq: u64) -> Result<(), JournalError> {
+        self.sink
+            .rewound(seq)
+            .await
+            .map_err(|e| JournalError::Write(format!("sink {name:?} cannot rewind: {e}")))?;
+        let name = name.to_owned();
+        blocking(&self.journal, move |j| j.clear_rewind(&name)).await
     }
 
     async fn persist(&self, name: &str, cursor: u64) -> Result<(), JournalError> {

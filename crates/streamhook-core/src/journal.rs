@@ -18,12 +18,15 @@
 //! | `cursors` | sink name | next seq the sink has not passed |
 //! | `dead_letters` | (sink, seq) | [`DeadLetter`] JSON |
 //! | `requeued` | (sink, seq) | [`DeadLetter`] JSON |
+//! | `rewinds` | sink name | the seq a replay moved the sink back to, until its dispatcher told the sink |
 //!
-//! Health: every write commit records whether it succeeded, and the writer thread records
-//! that it runs; [`Journal::health`] reads both without touching the database, so a readiness
-//! check is cheap and sees a full disk or a dead writer at once. While unhealthy, a check asks
-//! the writer to [probe](Journal::probe) with a one-key commit, so health returns as soon as
-//! a commit can succeed again, even with no traffic.
+//! Health: the writer records whether its last commit (a batch of appends, or a probe)
+//! succeeded, and that it runs; [`Journal::health`] reads both without touching the database,
+//! so a readiness check is cheap and sees a full disk or a dead writer at once. Only the
+//! writer's commits count: a small cursor commit that squeezes onto a nearly full disk says
+//! nothing about whether appends can. While unhealthy, a prober thread asks the writer for a
+//! one-key commit every second (and a readiness check may [ask](Journal::probe) at once), so
+//! health returns as soon as a commit can succeed again, with or without traffic.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,6 +50,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const DEAD_LETTERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead_letters");
 const REQUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("requeued");
+const REWINDS: TableDefinition<&str, u64> = TableDefinition::new("rewinds");
+
+/// How far ahead of the clock the newest event's receive time may be and still be carried
+/// forward (a clock that stepped back); beyond it the stored time is taken for a corrupt
+/// record or a clock that had jumped ahead, and not followed.
+const MAX_CLOCK_STEP_BACK: Duration = Duration::from_secs(24 * 3600);
 
 const NEXT_SEQ: &str = "next_seq";
 const PROBE: &str = "probe";
@@ -261,6 +270,8 @@ pub struct JournalStats {
     pub history_corrupt: AtomicU64,
     /// Resource histories dropped after `history_max_age` idle.
     pub history_pruned: AtomicU64,
+    /// Times the stored receive time was too far ahead of the clock to carry forward.
+    pub clock_reset: AtomicU64,
     /// Events appended.
     pub appended: AtomicU64,
     /// Transactions committed.
@@ -342,20 +353,19 @@ struct HealthState {
 }
 
 impl HealthState {
-    /// Records a commit's outcome (and fails it first when a failure is injected).
+    /// Commits (failing instead when a test injected a failure). Only the writer records the
+    /// outcome as health.
     fn commit(&self, txn: redb::WriteTransaction) -> Result<(), JournalError> {
         let injected = self
             .inject_failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        let result = if injected {
+        if injected {
             let _ = txn.abort();
             Err(JournalError::Write("injected I/O error (test)".into()))
         } else {
             txn.commit().map_err(write_err)
-        };
-        self.record(&result);
-        result
+        }
     }
 
     fn record<T>(&self, result: &Result<T, JournalError>) {
@@ -367,6 +377,21 @@ impl HealthState {
                 }
                 self.commit_failed.store(true, Ordering::SeqCst);
             }
+        }
+    }
+}
+
+/// A dispatcher's registration; dropping it unregisters that dispatcher (not a newer one of
+/// the same sink started meanwhile).
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.shared.dispatching.lock() {
+            d.retain(|(_, i)| *i != self.id);
         }
     }
 }
@@ -457,6 +482,22 @@ impl Journal {
         });
         let writer = Arc::clone(&shared);
         let max_batch = config.max_batch.max(1);
+        // While unhealthy, ask the writer for a probe every second, so health returns without
+        // traffic and without anyone polling. The prober holds only a weak sender: it never
+        // keeps the writer's queue open.
+        let weak = tx.downgrade();
+        let prober = Arc::clone(&shared);
+        let _ = std::thread::Builder::new()
+            .name("streamhook-journal-probe".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let Some(tx) = weak.upgrade() else { return };
+                    if prober.health.commit_failed.load(Ordering::SeqCst) {
+                        let _ = tx.try_send(Msg::Probe);
+                    }
+                }
+            });
         std::thread::Builder::new()
             .name("streamhook-journal".into())
             .spawn(move || {
@@ -739,7 +780,7 @@ impl Journal {
                 ReplayFrom::Seq(s) => s.max(1),
                 ReplayFrom::Time(t) => journal.seq_at(t)?,
             };
-            journal.set_cursor(&name, seq)?;
+            journal.set_rewind(&name, seq)?;
             Ok(seq)
         })
         .await
@@ -758,24 +799,64 @@ impl Journal {
             replays.insert(sink.to_owned(), (seq, done));
         }
         self.notify();
-        let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
+        if tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .is_err()
+        {
+            // The dispatcher did not take it (stuck, or gone): the durable cursor and rewind
+            // stand, and the next dispatcher start applies them; nothing waits in memory.
+            if let Ok(mut replays) = self.inner.replays.lock() {
+                replays.remove(sink);
+            }
+        }
         Ok(seq)
     }
 
-    /// Registers a running dispatcher of `sink`; returns the id to unregister it with.
-    pub(crate) fn register_dispatcher(&self, sink: &str) -> u64 {
+    /// Registers a running dispatcher of `sink`; it stays registered until the guard is
+    /// dropped (however the dispatcher ends: returned, or aborted).
+    pub(crate) fn register_dispatcher(&self, sink: &str) -> Registration {
         let id = self.inner.next_registration.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut d) = self.inner.dispatching.lock() {
             d.push((sink.to_owned(), id));
         }
-        id
+        Registration {
+            shared: Arc::clone(&self.inner.shared),
+            id,
+        }
     }
 
-    /// Unregisters one dispatcher (not a newer one of the same sink started meanwhile).
-    pub(crate) fn unregister_dispatcher(&self, id: u64) {
-        if let Ok(mut d) = self.inner.dispatching.lock() {
-            d.retain(|(_, i)| *i != id);
-        }
+    /// The seq a replay moved `sink` back to, if its dispatcher has not yet told the sink.
+    pub fn rewind(&self, sink: &str) -> Result<Option<u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(REWINDS).map_err(read_err)?;
+        Ok(table.get(sink).map_err(read_err)?.map(|v| v.value()))
+    }
+
+    /// Forgets `sink`'s rewind once the sink has been told (see [`crate::Sink::rewound`]).
+    pub fn clear_rewind(&self, sink: &str) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(REWINDS)
+            .map_err(write_err)?
+            .remove(sink)
+            .map_err(write_err)?;
+        self.inner.health.commit(txn)
+    }
+
+    /// Moves a sink's cursor back for a replay and records the rewind, in one transaction.
+    fn set_rewind(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(CURSORS)
+            .map_err(write_err)?
+            .insert(sink, seq)
+            .map_err(write_err)?;
+        txn.open_table(REWINDS)
+            .map_err(write_err)?
+            .insert(sink, seq)
+            .map_err(write_err)?;
+        self.inner.health.commit(txn)
     }
 
     pub(crate) fn take_replay(&self, sink: &str) -> Option<(u64, oneshot::Sender<()>)> {
@@ -927,11 +1008,11 @@ impl Journal {
             .ok()
             .and_then(|r| r.values().map(|(seq, _)| *seq).min())
             .unwrap_or(u64::MAX);
-        let db = self.db()?;
-        let txn = db.begin_write().map_err(write_err)?;
         let mut pruned = Pruned::default();
-        {
-            if max_age.is_some() || max_events.is_some() {
+        if max_age.is_some() || max_events.is_some() {
+            let db = self.db()?;
+            let txn = db.begin_write().map_err(write_err)?;
+            {
                 let cursors = txn.open_table(CURSORS).map_err(write_err)?;
                 let mut passed = pending_replay;
                 for sink in sinks {
@@ -958,42 +1039,81 @@ impl Journal {
                     pruned.events += 1;
                 }
             }
-            if let Some(age) = history_max_age {
-                let cutoff_ms = cutoff(age);
-                let mut history = txn.open_table(HISTORY).map_err(write_err)?;
-                // Records written before histories carried a time are stamped now, so they
-                // age from today instead of being dropped at once.
-                let mut unstamped = Vec::new();
-                for entry in history.iter().map_err(write_err)? {
-                    let (k, v) = entry.map_err(write_err)?;
-                    if history_time(v.value()).is_none() {
-                        unstamped.push((k.value().to_owned(), v.value().to_vec()));
+            self.inner.health.commit(txn)?;
+        }
+        if let Some(age) = history_max_age {
+            pruned.histories = self.prune_histories(cutoff(age), now_ms)?;
+        }
+        Ok(pruned)
+    }
+
+    /// Drops histories last written before `cutoff_ms`, in transactions of at most
+    /// [`HISTORY_CHUNK`] records, so appends never wait long behind it. Records written before
+    /// histories carried a time are stamped `now_ms`, so they age from today instead of going
+    /// at once.
+    fn prune_histories(&self, cutoff_ms: u64, now_ms: u64) -> Result<u64, JournalError> {
+        let mut dropped = 0;
+        loop {
+            let db = self.db()?;
+            let (stale, unstamped) = {
+                let txn = db.begin_read().map_err(read_err)?;
+                let table = txn.open_table(HISTORY).map_err(read_err)?;
+                let (mut stale, mut unstamped) = (Vec::new(), Vec::new());
+                for entry in table.iter().map_err(read_err)? {
+                    let (k, v) = entry.map_err(read_err)?;
+                    match history_time(v.value()) {
+                        Some(t) if t < cutoff_ms => stale.push(k.value().to_owned()),
+                        Some(_) => {}
+                        None => unstamped.push((k.value().to_owned(), v.value().to_vec())),
+                    }
+                    if stale.len() + unstamped.len() >= HISTORY_CHUNK {
+                        break;
                     }
                 }
-                for (key, json) in unstamped {
+                (stale, unstamped)
+            };
+            if stale.is_empty() && unstamped.is_empty() {
+                break;
+            }
+            let full = stale.len() + unstamped.len() >= HISTORY_CHUNK;
+            let txn = db.begin_write().map_err(write_err)?;
+            {
+                let mut table = txn.open_table(HISTORY).map_err(write_err)?;
+                for key in &stale {
+                    // Written again since it was read? Then it stays.
+                    let still_stale = table
+                        .get(key.as_str())
+                        .map_err(write_err)?
+                        .and_then(|v| history_time(v.value()))
+                        .is_some_and(|t| t < cutoff_ms);
+                    if still_stale {
+                        table.remove(key.as_str()).map_err(write_err)?;
+                        dropped += 1;
+                    }
+                }
+                for (key, json) in &unstamped {
                     let mut value = now_ms.to_be_bytes().to_vec();
-                    value.extend_from_slice(&json);
-                    history
+                    value.extend_from_slice(json);
+                    table
                         .insert(key.as_str(), value.as_slice())
                         .map_err(write_err)?;
                 }
-                let removed = history
-                    .extract_if(|_, value| history_time(value).is_some_and(|t| t < cutoff_ms))
-                    .map_err(write_err)?;
-                for entry in removed {
-                    entry.map_err(write_err)?;
-                    pruned.histories += 1;
-                }
+            }
+            self.inner.health.commit(txn)?;
+            if !full {
+                break;
             }
         }
-        self.inner.health.commit(txn)?;
         self.inner
             .stats
             .history_pruned
-            .fetch_add(pruned.histories, Ordering::Relaxed);
-        Ok(pruned)
+            .fetch_add(dropped, Ordering::Relaxed);
+        Ok(dropped)
     }
 }
+
+/// The most histories one pruning transaction touches.
+const HISTORY_CHUNK: usize = 5_000;
 
 /// What [`Journal::prune`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1093,6 +1213,7 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
         txn.open_table(CURSORS).map_err(write_err)?;
         txn.open_table(DEAD_LETTERS).map_err(write_err)?;
         txn.open_table(REQUEUED).map_err(write_err)?;
+        txn.open_table(REWINDS).map_err(write_err)?;
     }
     txn.commit().map_err(write_err)?;
     Ok(db)
@@ -1197,6 +1318,23 @@ pub fn history_key(webhook: &Webhook) -> Option<String> {
     resource.id.map(|id| format!("{}:{id}", resource.kind))
 }
 
+/// The receive time to stamp now: the clock, or the previous event's time if the clock is
+/// behind it (it stepped back), unless that time is implausibly far ahead (a corrupt record, or
+/// a clock that had jumped ahead): then the clock, counted and logged.
+fn stamp(stats: &JournalStats, last_ms: u64) -> u64 {
+    let now = ms_since_epoch(SystemTime::now());
+    if last_ms > now + MAX_CLOCK_STEP_BACK.as_millis() as u64 {
+        stats.clock_reset.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            stored_ms = last_ms,
+            now_ms = now,
+            "the newest event's receive time is more than a day ahead of the clock; stamping by the clock"
+        );
+        return now;
+    }
+    now.max(last_ms)
+}
+
 fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mut last_ms: u64) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut closing = None;
@@ -1241,7 +1379,7 @@ fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mu
             let started = Instant::now();
             // Stamped here, in journal order, never earlier than the previous event: a wall
             // clock that steps back cannot make `replay --since` miss an event.
-            last_ms = last_ms.max(ms_since_epoch(SystemTime::now()));
+            last_ms = stamp(&inner.stats, last_ms);
             let result = inner
                 .db()
                 .and_then(|db| commit_batch(inner, &db, &batch, last_ms));

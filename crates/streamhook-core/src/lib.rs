@@ -14,7 +14,7 @@ pub use journal::{
     StoredEvent,
 };
 pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
-pub use sink::{Delivery, Sink, SinkError};
+pub use sink::{Delivery, Held, Sink, SinkError};
 pub use source::{Cidr, ForwardingHeaders, SourceError, SourceFilter, Unverified, Verified};
 
 /// An error and its sources on one line, without repeating a source its parent already

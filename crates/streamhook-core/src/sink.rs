@@ -51,9 +51,27 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     /// instead of at its persisted cursor, so a sink that records what it wrote (the file
     /// sink) receives nothing twice after a crash. Only for sinks that deliver in journal
     /// order (a [`Sink::concurrency`] of 1): everything before that seq was delivered too.
-    async fn delivered_through(&self) -> Option<u64> {
+    async fn delivered_through(&self) -> Option<Held> {
         None
     }
+
+    /// A replay moved this sink back to `seq`: what it recorded for
+    /// [`Sink::delivered_through`] no longer says where to resume, so forget it. Called before
+    /// the replayed events are delivered (and again after a restart, until it succeeds).
+    async fn rewound(&self, seq: u64) -> Result<(), SinkError> {
+        let _ = seq;
+        Ok(())
+    }
+}
+
+/// The newest event a sink holds already, by seq and id (the dispatcher checks the id against
+/// the journal, so a position left by another journal is never trusted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Its journal position.
+    pub seq: u64,
+    /// Its envelope id.
+    pub id: String,
 }
 
 /// Why a delivery failed, and whether to try again.

@@ -290,3 +290,72 @@ async fn invalid_events_are_kept_with_their_problems_and_touch_no_history() {
     let next = append(&journal, &stream(7, false, false)).await;
     assert_eq!(next.kinds, [EventKind::StreamStopped]);
 }
+
+#[tokio::test]
+async fn an_aborted_dispatcher_is_unregistered() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    journal.set_cursor("app", 1).unwrap();
+    append(&journal, &video(1, "ready")).await;
+    let sink = RecordingSink::new("app", Behaviour::Accept);
+    let (_stop, task) = start(&journal, sink.clone());
+    eventually("delivered", || sink.count() == 1).await;
+    task.abort();
+    let _ = task.await;
+    // Not registered any more: the replay moves the cursor at once instead of waiting 30 s
+    // for a dispatcher that is gone.
+    let replayed = tokio::time::timeout(
+        Duration::from_secs(10),
+        journal.replay("app", ReplayFrom::Seq(1)),
+    )
+    .await
+    .expect("the replay waited for an aborted dispatcher");
+    assert_eq!(replayed.unwrap(), 1);
+    assert_eq!(journal.cursor("app").unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_receive_time_far_in_the_future_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    append(&journal, &video(1, "ready")).await;
+    // A corrupt header (or a clock that had jumped years ahead): past what can be formatted.
+    let record = journal.read_records(1, 1).unwrap().remove(0).unwrap();
+    let mut bytes = (u64::MAX / 2).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&0u32.to_be_bytes());
+    bytes.extend_from_slice(&0u32.to_be_bytes());
+    bytes.extend_from_slice(record.json.as_bytes());
+    journal.overwrite_record(1, &bytes).unwrap();
+    journal.close().await;
+    let journal = open(dir.path());
+    let second = append(&journal, &video(2, "ready")).await;
+    let event = journal.get(second.seq).unwrap().unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        event.received_at_ms <= now,
+        "stamped {} > now {now}",
+        event.received_at_ms
+    );
+    assert_eq!(journal.stats().clock_reset.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn pruning_keeps_what_a_sink_without_a_position_has_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    journal.set_cursor("a", 1).unwrap();
+    for i in 0..5 {
+        append(&journal, &video(i, "ready")).await;
+    }
+    journal.set_cursor("a", 6).unwrap();
+    // Sink "b" is being started: its position does not exist yet. Pruning must not create
+    // one at the end (passing everything) nor delete what "b" will deliver.
+    let sinks = ["a".to_owned(), "b".to_owned()];
+    let pruned = journal.prune(&sinks, None, Some(0), None).unwrap();
+    assert_eq!(pruned.events, 0);
+    assert_eq!(journal.len().unwrap(), 5);
+    assert!(journal.cursors().unwrap().iter().all(|(n, _)| n != "b"));
+}

@@ -508,6 +508,18 @@ impl Config {
                 ));
             }
         }
+        let mut files: Vec<&str> = Vec::new();
+        for sink in &self.sinks {
+            if let SinkConfig::File(f) = sink {
+                if files.contains(&f.path.as_str()) {
+                    return invalid(format!(
+                        "two file sinks write {:?}; give each its own path (each records what it wrote, and must not read the other's lines as its own)",
+                        f.path
+                    ));
+                }
+                files.push(&f.path);
+            }
+        }
         self.router()?;
         for sink in &self.sinks {
             sink.build()
@@ -535,6 +547,17 @@ impl Config {
                     token.chars().count()
                 ));
             }
+        }
+        if self.admin.token.is_none()
+            && let Ok(t) = std::fs::read_to_string(self.data_dir.join(ADMIN_TOKEN_FILE))
+            && !t.trim().is_empty()
+            && t.trim().chars().count() < MIN_ADMIN_TOKEN
+        {
+            return invalid(format!(
+                "{} holds a token of {} characters; use at least {MIN_ADMIN_TOKEN} (or delete the file to have one generated)",
+                self.data_dir.join(ADMIN_TOKEN_FILE).display(),
+                t.trim().chars().count()
+            ));
         }
         if self.limits.max_body_bytes == 0
             || self.limits.max_concurrent_requests == 0

@@ -142,10 +142,12 @@ pub fn app(intake: Intake, path: &str) -> axum::Router {
         .with_state(intake)
 }
 
-/// `GET /readyz` and `GET /metrics`: cheap (no journal lock, no decoding), for the admin
-/// listener or any listener only operators reach.
+/// `GET /healthz`, `GET /readyz` and `GET /metrics`: cheap (no journal lock, no decoding), for
+/// the admin listener or any listener only operators reach (load balancers and container
+/// health checks that are not in the allowlist probe `/healthz` here).
 pub fn operator_app(intake: Intake) -> axum::Router {
     axum::Router::new()
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(intake)

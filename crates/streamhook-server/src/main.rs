@@ -56,6 +56,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args, config: Config) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM that arrives while the journal opens must drain and
+    // exit 0, not kill the process.
+    let shutdown = shutdown_signal()?;
     let listen = config.listen;
     let server = Server::new(config)?.with_config_source(Arc::new(move || Config::load(&args)));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
@@ -73,26 +76,23 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
             let _ = reload.reload().await;
         }
     });
-    server.run(listener, shutdown_signal()).await?;
+    server.run(listener, shutdown).await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers SIGTERM and SIGINT handlers now; the future completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGINT: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("ctrl-c: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("ctrl-c: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
-    }
+    })
 }
 
 fn init_logging(format: LogFormat) {

@@ -80,6 +80,9 @@ impl Reason {
 /// paths count under `path="other"`, so a sender cannot grow the metrics without bound.
 pub const MAX_INVALID_PATHS: usize = 64;
 
+/// The longest path label kept; longer ones are cut (and end in `...`).
+pub const MAX_INVALID_PATH_LEN: usize = 128;
+
 /// The server's own counters.
 #[derive(Debug)]
 pub struct Metrics {
@@ -164,7 +167,15 @@ impl Metrics {
 
     /// Counts one `invalid` event by its first problem's path.
     pub fn invalid(&self, path: &str) {
-        let path = fold_indices(path);
+        let mut path = fold_indices(path);
+        if path.len() > MAX_INVALID_PATH_LEN {
+            let mut cut = MAX_INVALID_PATH_LEN;
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            path.truncate(cut);
+            path.push_str("...");
+        }
         if let Ok(mut map) = self.invalid.lock() {
             if map.len() >= MAX_INVALID_PATHS && !map.contains_key(&path) {
                 *map.entry("other".to_owned()).or_default() += 1;
@@ -431,4 +442,25 @@ fn escape(label: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_paths_are_folded_cut_and_bounded() {
+        let m = Metrics::default();
+        m.invalid("$.message.video.converted_videos[3].status");
+        m.invalid("$.message.video.converted_videos[12].status");
+        m.invalid(&format!("$.{}", "a".repeat(10_000)));
+        for i in 0..200 {
+            m.invalid(&format!("$.x{i}"));
+        }
+        let map = m.invalid.lock().unwrap();
+        assert_eq!(map["$.message.video.converted_videos[].status"], 2);
+        assert!(map.len() <= MAX_INVALID_PATHS + 1, "{} series", map.len());
+        assert!(map.keys().all(|k| k.len() <= MAX_INVALID_PATH_LEN + 3));
+        assert!(map["other"] > 0);
+    }
 }

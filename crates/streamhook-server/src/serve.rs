@@ -7,8 +7,9 @@
 //! - At most `max_connections` connections are open; further ones wait in the backlog.
 //! - With a [`Gate`] (the webhook listener), a peer that can never be allowed (neither in the
 //!   allowlist nor a trusted proxy) is closed at accept, before a byte is read, and no peer
-//!   may hold more than `max_connections_per_peer`: strangers cannot fill the connection slots
-//!   that Gcore's requests need. Both are counted in metrics.
+//!   but a trusted proxy may hold more than `max_connections_per_peer`: strangers cannot fill
+//!   the connection slots that Gcore's requests need. Both are counted in metrics; refusing an
+//!   allowed peer is also logged (at most once a minute).
 //! - A connection is closed gracefully after `max_connection_age`, however busy.
 //! - TLS (optional) must complete its handshake within `header_timeout`.
 //! - On shutdown: stop accepting, let in-flight requests finish (each connection is closed
@@ -38,6 +39,7 @@ pub struct Gate {
     intake: Intake,
     per_peer: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
+    last_warned: Mutex<Option<std::time::Instant>>,
 }
 
 impl Gate {
@@ -48,21 +50,27 @@ impl Gate {
             intake,
             per_peer,
             open: Mutex::new(HashMap::new()),
+            last_warned: Mutex::new(None),
         }
     }
 
-    /// Admits `peer`, or says why not (and counts it).
+    /// Admits `peer`, or says why not (and counts it). Trusted proxies are not capped: they
+    /// carry everyone's requests, Gcore's included.
     fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<PeerSlot> {
         let metrics = self.intake.metrics();
-        if !self.intake.filter().may_connect(peer) {
+        let filter = self.intake.filter();
+        if !filter.may_connect(peer) {
             metrics.refused_source.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        if self.per_peer > 0 {
+        let capped = self.per_peer > 0 && !filter.is_trusted_proxy(peer);
+        if capped {
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
             let n = open.entry(peer).or_default();
             if *n >= self.per_peer {
+                drop(open);
                 metrics.refused_peer_limit.fetch_add(1, Ordering::Relaxed);
+                self.warn_peer_limit(peer);
                 return None;
             }
             *n += 1;
@@ -70,7 +78,18 @@ impl Gate {
         Some(PeerSlot {
             gate: Arc::clone(self),
             peer,
+            capped,
         })
+    }
+
+    /// An allowed peer was refused: it may be Gcore, so say so (at most once a minute).
+    fn warn_peer_limit(&self, peer: IpAddr) {
+        let now = std::time::Instant::now();
+        let mut last = self.last_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60)) {
+            *last = Some(now);
+            warn!(%peer, limit = self.per_peer, "an allowed peer holds limits.max_connections_per_peer connections; further ones are closed at accept (if this is Gcore or your proxy, raise the limit)");
+        }
     }
 }
 
@@ -78,11 +97,12 @@ impl Gate {
 struct PeerSlot {
     gate: Arc<Gate>,
     peer: IpAddr,
+    capped: bool,
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        if self.gate.per_peer == 0 {
+        if !self.capped {
             return;
         }
         let mut open = self.gate.open.lock().unwrap_or_else(|e| e.into_inner());

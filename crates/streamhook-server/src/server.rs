@@ -341,6 +341,19 @@ impl Server {
         for line in Router::describe(&c.routes, &c.default_sinks) {
             info!("{line}");
         }
+        if let Ok(router) = c.router() {
+            let invalid = streamhook_core::RouteInput {
+                kinds: &[streamhook_types::EventKind::Invalid],
+                type_name: "",
+                origin: None,
+                id: None,
+            };
+            if router.sinks_for(&invalid).is_empty() {
+                warn!(
+                    "no route sends `invalid` events (payloads that do not fit the model) to any sink: they are journaled but nobody sees them; add a route with kinds = [\"invalid\"], or a default sink"
+                );
+            }
+        }
         if let Some(admin) = admin {
             let addr = admin
                 .local_addr()
@@ -516,6 +529,8 @@ async fn prune_loop(
     {
         return;
     }
+    // Histories are pruned hourly (it walks the whole table), events every `interval`.
+    let mut histories_due = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(retention.interval) => {}
@@ -523,8 +538,14 @@ async fn prune_loop(
         }
         let sinks = intake.sink_names();
         let (j, s, r) = (intake.journal().clone(), sinks, retention.clone());
+        let history_max_age = if tokio::time::Instant::now() >= histories_due {
+            histories_due = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+            r.history_max_age
+        } else {
+            None
+        };
         let pruned = tokio::task::spawn_blocking(move || {
-            j.prune(&s, r.max_age, r.max_events, r.history_max_age)
+            j.prune(&s, r.max_age, r.max_events, history_max_age)
         })
         .await;
         match pruned {

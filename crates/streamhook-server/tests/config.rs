@@ -96,3 +96,17 @@ fn check_config_refuses_an_empty_admin_token_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn two_file_sinks_on_one_path_are_refused() {
+    let toml = "[[sinks]]\ntype = \"file\"\nname = \"a\"\npath = \"ev/{date}.jsonl\"\n[[sinks]]\ntype = \"file\"\nname = \"b\"\npath = \"ev/{date}.jsonl\"\n";
+    let err = Config::from_toml(toml)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("two file sinks write \"ev/{date}.jsonl\""),
+        "{err}"
+    );
+}

@@ -753,3 +753,35 @@ async fn one_peer_cannot_hold_more_than_its_share_of_connections() {
     assert!(metrics.lines().any(|l| l == refused_line), "{metrics}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn healthz_is_on_the_admin_listener_too_and_a_proxy_is_not_capped() {
+    let mut server = TestServer::start(|c| {
+        c.allow = streamhook_core::source::gcore_ranges();
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.limits.max_connections_per_peer = 1;
+    })
+    .await;
+    // A probe that is not allowed on the webhook listener reaches /healthz on the admin one.
+    let health = client_from("127.0.0.5")
+        .get(server.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // The trusted proxy holds two connections at once despite a per-peer cap of 1.
+    let connect = || {
+        let addr = server.addr;
+        async move { tokio::net::TcpStream::connect(addr).await.unwrap() }
+    };
+    let _idle = connect().await;
+    let resp = client()
+        .post(server.url("/webhook"))
+        .header("x-forwarded-for", "92.223.123.9")
+        .body(fixture("seed/01-stream-started.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    server.shutdown().await;
+}

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use streamhook_core::{Delivery, Sink, SinkError};
+use streamhook_core::{Delivery, Held, Sink, SinkError};
 
 use crate::BuildError;
 
@@ -119,65 +119,124 @@ struct State {
     position: Option<Position>,
 }
 
-/// The position file: `<seq> <path>\n`, rewritten in place before each line.
+/// The position file, rewritten in place before each line:
+///
+/// ```text
+/// <seq> <id> <path>       the line about to be written, and its file
+/// <seq> <id>              the line written before it (or `0 -`)
+/// ```
 #[derive(Debug)]
 struct Position {
     path: PathBuf,
     file: Option<File>,
     len: u64,
+    /// The last line written, by seq and id.
+    done: Option<Held>,
+    /// Whether a failure to write it was already logged (it is not fatal).
+    warned: bool,
 }
 
 impl Position {
-    fn record(&mut self, seq: u64, line_path: &Path) -> Result<(), SinkError> {
+    fn new(path: PathBuf) -> Self {
+        Position {
+            path,
+            file: None,
+            len: 0,
+            done: None,
+            warned: false,
+        }
+    }
+
+    /// Records the line about to be written. A failure only costs the effectively-once
+    /// promise (delivery stays at least once), so it is logged once, not returned.
+    fn record(&mut self, seq: u64, id: &str, line_path: &Path) {
+        if let Err(e) = self.write(seq, id, line_path) {
+            self.file = None;
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!(position = %self.path.display(), error = %e, "cannot record the file sink's position; after a crash it may write some lines twice");
+            }
+        }
+    }
+
+    fn write(&mut self, seq: u64, id: &str, line_path: &Path) -> std::io::Result<()> {
         if self.file.is_none() {
             if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| io_err("create the folder", parent, e))?;
+                std::fs::create_dir_all(parent)?;
             }
             let file = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&self.path)
-                .map_err(|e| io_err("open", &self.path, e))?;
+                .open(&self.path)?;
             self.len = file.metadata().map(|m| m.len()).unwrap_or(0);
             self.file = Some(file);
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
-        let text = format!("{seq} {}\n", line_path.display());
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(text.as_bytes()))
-            .map_err(|e| io_err("write", &self.path, e))?;
+        let (done_seq, done_id) = self
+            .done
+            .as_ref()
+            .map_or((0, "-"), |h| (h.seq, h.id.as_str()));
+        let text = format!("{seq} {id} {}\n{done_seq} {done_id}\n", line_path.display());
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(text.as_bytes())?;
         if (text.len() as u64) < self.len {
-            file.set_len(text.len() as u64)
-                .map_err(|e| io_err("write", &self.path, e))?;
+            file.set_len(text.len() as u64)?;
         }
         self.len = text.len() as u64;
         Ok(())
     }
-}
 
-/// What the position file and the file it names say was written last: the newest seq held.
-fn read_position(position: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(position).ok()?;
-    let line = text.lines().next()?;
-    let (seq, path) = line.split_once(' ')?;
-    let intended: u64 = seq.parse().ok()?;
-    let written = last_seq_in(Path::new(path));
-    match written {
-        Some(s) => Some(s.max(intended.saturating_sub(1))),
-        None => Some(intended.saturating_sub(1)),
+    /// The line just recorded was written.
+    fn written(&mut self, seq: u64, id: &str) {
+        self.done = Some(Held {
+            seq,
+            id: id.to_owned(),
+        });
     }
-    .filter(|w| *w > 0)
+
+    /// Forgets everything (a replay moved the sink back).
+    fn forget(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        self.len = 0;
+        self.done = None;
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
-/// The seq of the last whole line of an NDJSON envelope file.
-fn last_seq_in(path: &Path) -> Option<u64> {
+/// What the position file and the file it names say was written last. The line about to be
+/// written counts only if the named file's last line is that very event (same seq and id);
+/// otherwise the line written before it.
+fn read_position(position: &Path) -> Option<Held> {
+    let text = std::fs::read_to_string(position).ok()?;
+    let mut lines = text.lines();
+    let mut intent = lines.next()?.splitn(3, ' ');
+    let seq: u64 = intent.next()?.parse().ok()?;
+    let id = intent.next()?.to_owned();
+    let path = intent.next()?;
+    let mut before = lines.next()?.split(' ');
+    let before_seq: u64 = before.next()?.parse().ok()?;
+    let before_id = before.next()?.to_owned();
+    if last_line_of(Path::new(path)).is_some_and(|(s, i)| s == seq && i == id) {
+        return Some(Held { seq, id });
+    }
+    (before_seq > 0 && before_id != "-").then_some(Held {
+        seq: before_seq,
+        id: before_id,
+    })
+}
+
+/// The seq and id of the last whole line of an NDJSON envelope file.
+fn last_line_of(path: &Path) -> Option<(u64, String)> {
     #[derive(Deserialize)]
-    struct Seq {
+    struct Line {
         seq: u64,
+        id: String,
     }
     let mut file = File::open(path).ok()?;
     let size = file.metadata().ok()?.len();
@@ -192,9 +251,9 @@ fn last_seq_in(path: &Path) -> Option<u64> {
     file.read_exact(&mut buf).ok()?;
     let body = &buf[..buf.len() - 1];
     let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    serde_json::from_slice::<Seq>(&body[start..])
+    serde_json::from_slice::<Line>(&body[start..])
         .ok()
-        .map(|s| s.seq)
+        .map(|l| (l.seq, l.id))
 }
 
 /// The folder a template writes under before its first placeholder.
@@ -272,11 +331,7 @@ impl FileSink {
             max_bytes: config.max_bytes,
             fsync: config.fsync,
             state: Arc::new(Mutex::new(State {
-                position: Some(Position {
-                    path: position,
-                    file: None,
-                    len: 0,
-                }),
+                position: Some(Position::new(position)),
                 ..State::default()
             })),
         })
@@ -331,14 +386,19 @@ impl Sink for FileSink {
         line.push(b'\n');
         let state = Arc::clone(&self.state);
         let (max_bytes, fsync, seq) = (self.max_bytes, self.fsync, delivery.envelope.seq);
+        let id = delivery.envelope.id.0.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = state
                 .lock()
                 .map_err(|_| SinkError::retryable("file sink state poisoned"))?;
             if let Some(position) = state.position.as_mut() {
-                position.record(seq, &path)?;
+                position.record(seq, &id, &path);
             }
-            state.write(&path, &line, max_bytes, fsync)
+            state.write(&path, &line, max_bytes, fsync)?;
+            if let Some(position) = state.position.as_mut() {
+                position.written(seq, &id);
+            }
+            Ok(())
         })
         .await
         .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
@@ -356,12 +416,34 @@ impl Sink for FileSink {
         .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
     }
 
-    async fn delivered_through(&self) -> Option<u64> {
+    async fn delivered_through(&self) -> Option<Held> {
         let position = self.position_path();
-        tokio::task::spawn_blocking(move || read_position(&position))
+        let held = tokio::task::spawn_blocking(move || read_position(&position))
             .await
             .ok()
-            .flatten()
+            .flatten();
+        if let (Some(h), Ok(mut state)) = (&held, self.state.lock())
+            && let Some(position) = state.position.as_mut()
+        {
+            position.done = Some(h.clone());
+        }
+        held
+    }
+
+    async fn rewound(&self, _seq: u64) -> Result<(), SinkError> {
+        let state = Arc::clone(&self.state);
+        let path = self.position_path();
+        tokio::task::spawn_blocking(move || {
+            let mut state = state
+                .lock()
+                .map_err(|_| SinkError::retryable("file sink state poisoned"))?;
+            match state.position.as_mut() {
+                Some(position) => position.forget().map_err(|e| io_err("remove", &path, e)),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
     }
 }
 

@@ -417,8 +417,9 @@ impl Sink for HttpSink {
         // gigabyte to quote 200 characters of it.
         let mut response = response;
         let mut bytes = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while bytes.len() < ERROR_BODY_LIMIT {
-            match tokio::time::timeout(Duration::from_secs(5), response.chunk()).await {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
                 Ok(Ok(Some(chunk))) => bytes.extend_from_slice(&chunk),
                 _ => break,
             }

@@ -340,6 +340,13 @@ fn unknown_sink_types_list_the_valid_ones() {
 
 #[tokio::test]
 async fn after_a_crash_it_says_what_it_already_holds() {
+    use streamhook_core::Held;
+    let held = |seq: u64| {
+        Some(Held {
+            seq,
+            id: format!("0193-test-{seq}"),
+        })
+    };
     let dir = tempfile::tempdir().unwrap();
     let template = dir.path().join("{type}.jsonl");
     let s = sink(&template, 0, FsyncPolicy::Never);
@@ -357,30 +364,47 @@ async fn after_a_crash_it_says_what_it_already_holds() {
     drop(s);
     // A new process: the position file and the last line agree on seq 4.
     let again = sink(&template, 0, FsyncPolicy::Never);
-    assert_eq!(again.delivered_through().await, Some(4));
+    assert_eq!(again.delivered_through().await, held(4));
 
     // Killed after recording seq 5 but before its line: 4 is what it holds.
+    let video_file = dir.path().join("video.jsonl");
     std::fs::write(
         again.position_path(),
-        format!("5 {}\n", dir.path().join("video.jsonl").display()),
+        format!("5 0193-test-5 {}\n4 0193-test-4\n", video_file.display()),
     )
     .unwrap();
-    assert_eq!(again.delivered_through().await, Some(4));
+    assert_eq!(again.delivered_through().await, held(4));
     // Killed after the line of seq 5 was written: 5.
     again
         .send(&delivery(5, &video(5, "ready"), "2026-11-28T10:00:00.000Z"))
         .await
         .unwrap();
-    assert_eq!(again.delivered_through().await, Some(5));
-    // A position file older than the lines (a power loss): the lines win.
+    assert_eq!(again.delivered_through().await, held(5));
+    // A position file older than the lines (a power loss): the line written before the
+    // recorded one, never anything newer: lines may be written again, none is skipped.
     std::fs::write(
         again.position_path(),
-        format!("2 {}\n", dir.path().join("video.jsonl").display()),
+        format!(
+            "2 0193-test-2 {}\n1 0193-test-1\n",
+            dir.path().join("stream.jsonl").display()
+        ),
     )
     .unwrap();
-    assert_eq!(again.delivered_through().await, Some(5));
+    assert_eq!(again.delivered_through().await, held(1));
+    // Another sink's (or another journal's) line at the end of the named file does not count:
+    // same seq, other id.
+    std::fs::write(
+        again.position_path(),
+        format!("5 another-id {}\n4 0193-test-4\n", video_file.display()),
+    )
+    .unwrap();
+    assert_eq!(again.delivered_through().await, held(4));
     // A torn position file: it cannot tell.
     std::fs::write(again.position_path(), "9").unwrap();
+    assert_eq!(again.delivered_through().await, None);
+    // A replay moved it back: it forgets.
+    again.rewound(1).await.unwrap();
+    assert!(!again.position_path().exists());
     assert_eq!(again.delivered_through().await, None);
 }
 
@@ -448,4 +472,52 @@ async fn a_restart_after_a_kill_writes_nothing_twice() {
     task.await.unwrap();
     assert_eq!(seqs(&path), (1..=20).collect::<Vec<_>>(), "each event once");
     assert_eq!(journal.cursor("file").unwrap(), 21);
+
+    // A replay asked while no dispatcher runs (a reload, a restart) is not undone by what the
+    // sink held: every event is written again.
+    journal
+        .replay("file", streamhook_core::ReplayFrom::Seq(1))
+        .await
+        .unwrap();
+    let (stop, task) = run(journal.clone());
+    for _ in 0..500 {
+        if seqs(&path).len() == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let mut want: Vec<u64> = (1..=20).collect();
+    want.extend(1..=20);
+    assert_eq!(seqs(&path), want, "the replay happened");
+
+    // The same files under a new journal (another data directory): the recorded position
+    // names an event this journal does not hold, so it is ignored and nothing is skipped.
+    let other = Journal::open(JournalConfig::new(dir.path().join("other"))).unwrap();
+    other.set_cursor("file", 1).unwrap();
+    for i in 0..25 {
+        let body = video(100 + i, "ready");
+        let webhook = streamhook_types::decode::decode(body.as_bytes())
+            .unwrap()
+            .webhook;
+        other
+            .append(source, body.as_bytes(), webhook)
+            .await
+            .unwrap();
+    }
+    let (stop, task) = run(other.clone());
+    for _ in 0..500 {
+        if seqs(&path).len() == 65 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        seqs(&path).len(),
+        65,
+        "the new journal's 25 events were all written"
+    );
 }
