@@ -11,18 +11,22 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod demo;
+mod dist;
 
 const HELP: &str = "\
 cargo xtask TASK
 
 Tasks:
   ci        what CI runs: fmt check, clippy -D warnings, the tests (pending or
-            unreferenced snapshots fail), the architecture checks, and the
-            short fault runs
+            unreferenced snapshots fail), the architecture checks, the short
+            fault runs, and the Debian package (built and checked)
   codegen   regenerate docs/schema/*.json from the types
   demo      build, start the server on loopback with a file sink in a temporary
             folder, send every fixture with `streamhook send`, show what each
             sink received, stop the server
+  dist      build the Debian package target/dist/streamhook_VERSION_ARCH.deb
+            (release binaries, systemd units, /etc/streamhook config, man pages,
+            shell completions) with dpkg-deb, and check its file list
 
 Fault runs against the real server binary (add --release to build optimised):
   crash-test [--cycles N]           SIGKILL under load, N times (default 20);
@@ -32,8 +36,13 @@ Fault runs against the real server binary (add --release to build optimised):
   disk-full-test                    the journal's disk fills up, then frees
                                     (root: mounts a small tmpfs; else skipped)
   slow-clients-test [--connections N]  N connections trickle headers or bodies
-                                    while a good client is measured (default 400)
-  faults                            all four, short (what CI runs)
+                                    while a good client is measured (default 400),
+                                    then a flood from an address not allowed
+  restart-test [--restarts N]       the harness holds the listening socket (as
+                                    systemd does) and restarts the server N times
+                                    (default 20) under load, one connection per
+                                    request: 0 failed requests, 0 lost events
+  faults                            all five, short (what CI runs)
   bench [ARGS]                      build release binaries, run the criterion
                                     benches, then measure intake (vs a bare axum
                                     server), memory, drain, restart and validate
@@ -60,6 +69,8 @@ fn main() -> Result<()> {
         "outage-test" => harness(&["outage"], &rest).map(drop),
         "disk-full-test" => harness(&["disk-full"], &rest).map(drop),
         "slow-clients-test" => harness(&["slow-clients"], &rest).map(drop),
+        "restart-test" => harness(&["restart"], &rest).map(drop),
+        "dist" => dist::dist().map(drop),
         "faults" => faults_short(&rest).map(drop),
         "fuzz" => fuzz(&rest),
         "bench" => bench(&rest),
@@ -115,6 +126,7 @@ fn ci(args: &[String]) -> Result<()> {
     check_types_crate_is_pure()?;
     test_with_snapshot_checks()?;
     let skipped = faults_short(&[])?;
+    dist::dist()?;
     if skipped.is_empty() {
         eprintln!("xtask ci: all checks passed");
     } else {
@@ -286,11 +298,12 @@ fn faults_short(rest: &[String]) -> Result<Vec<String>> {
             .chain(release.iter().cloned())
             .collect()
     };
-    let runs: [(&str, Vec<String>); 4] = [
+    let runs: [(&str, Vec<String>); 5] = [
         ("crash", with(&["--cycles", "3"])),
         ("outage", with(&["--seconds", "6"])),
         ("disk-full", with(&[])),
         ("slow-clients", with(&["--connections", "100"])),
+        ("restart", with(&["--restarts", "5"])),
     ];
     let mut summary = Vec::new();
     let mut skipped = Vec::new();

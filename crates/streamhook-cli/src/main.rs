@@ -300,6 +300,9 @@ fn inspect_options(json: bool, timeline: bool, no_history: bool, f: Filters) -> 
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = generate() {
+        return code;
+    }
     let cli = Cli::parse();
     let style = Style::new(cli.color);
     let stdout = std::io::stdout();
@@ -315,6 +318,41 @@ fn main() -> ExitCode {
     // A closed pipe (`| head`) is not an error worth a message.
     let _ = out.flush();
     ExitCode::from(code)
+}
+
+/// `streamhook --generate man|complete-bash|complete-zsh|complete-fish`: a man page or a
+/// completion script on stdout, for packagers (hidden; `streamhook completions SHELL` is the
+/// documented way to get a completion script).
+fn generate() -> Option<ExitCode> {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() != Some("--generate") {
+        return None;
+    }
+    let what = argv.next().unwrap_or_default();
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what.as_str() {
+        "man" => {
+            return Some(match clap_mangen::Man::new(command).render(&mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("streamhook: cannot write the man page: {e}");
+                    ExitCode::from(TROUBLE)
+                }
+            });
+        }
+        "complete-bash" => clap_complete::Shell::Bash,
+        "complete-zsh" => clap_complete::Shell::Zsh,
+        "complete-fish" => clap_complete::Shell::Fish,
+        other => {
+            eprintln!(
+                "streamhook: --generate takes man, complete-bash, complete-zsh or complete-fish (not {other:?})"
+            );
+            return Some(ExitCode::from(TROUBLE));
+        }
+    };
+    clap_complete::generate(shell, &mut command, "streamhook", &mut out);
+    Some(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

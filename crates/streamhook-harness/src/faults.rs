@@ -32,7 +32,7 @@ impl std::error::Error for Skipped {}
 pub const SKIPPED_EXIT: u8 = 3;
 
 /// Every event id the journal in `data_dir` holds.
-fn journal_ids(data_dir: &Path) -> Result<HashSet<String>> {
+pub(crate) fn journal_ids(data_dir: &Path) -> Result<HashSet<String>> {
     let journal =
         Journal::open(JournalConfig::new(data_dir)).context("the journal does not open cleanly")?;
     let mut ids = HashSet::new();

@@ -1,5 +1,6 @@
 //! `streamhook-harness`: fault runs against the real `streamhook-server` binary. Driven by
-//! `cargo xtask crash-test`, `outage-test`, `disk-full-test` and `slow-clients-test`.
+//! `cargo xtask crash-test`, `outage-test`, `disk-full-test`, `slow-clients-test` and
+//! `restart-test`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a test harness reports on its terminal
 
@@ -7,6 +8,7 @@ mod bench;
 mod faults;
 mod load;
 mod receiver;
+mod restart;
 mod server;
 
 use std::path::PathBuf;
@@ -46,6 +48,16 @@ enum Run {
         #[arg(long, default_value_t = 400)]
         connections: usize,
     },
+    /// Restart the server N times on a socket the harness holds (as systemd does), under load
+    /// from clients opening one connection per request; nothing may fail or be lost.
+    Restart {
+        /// How many restarts.
+        #[arg(long, default_value_t = 20)]
+        restarts: usize,
+        /// How many clients post at once.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
     /// Measure streamhook against a bare axum server and its targets; write a report.
     Bench(bench::BenchOptions),
     /// Load a URL and report requests/s and latency (closed loop, or a fixed --rate).
@@ -80,6 +92,9 @@ async fn main() -> std::process::ExitCode {
         Run::Crash { cycles } => faults::crash(&cli.server_bin, cycles).await,
         Run::Outage { seconds } => faults::outage(&cli.server_bin, seconds).await,
         Run::DiskFull => faults::disk_full(&cli.server_bin).await,
+        Run::Restart { restarts, clients } => {
+            restart::restart(&cli.server_bin, restarts, clients).await
+        }
         Run::SlowClients { connections } => {
             faults::slow_clients(&cli.server_bin, connections).await
         }

@@ -38,7 +38,8 @@ pub mod intake;
 pub mod metrics;
 pub mod serve;
 pub mod server;
+pub mod systemd;
 
 pub use config::{Args, Config, ConfigError, LogFormat};
-pub use intake::{Intake, app};
+pub use intake::{Intake, app, operator_app};
 pub use server::{ReloadHandle, Server, ServerError};

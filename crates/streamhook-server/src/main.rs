@@ -11,6 +11,9 @@ use streamhook_server::{Args, Config, LogFormat, Server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    if let Some(code) = generate() {
+        return code;
+    }
     let args = Args::parse();
     let config = match Config::load(&args) {
         Ok(c) => c,
@@ -55,29 +58,109 @@ fn main() -> ExitCode {
     }
 }
 
+/// `streamhook-server --generate man|complete-bash|complete-zsh|complete-fish`: a man page or
+/// a completion script on stdout, for packagers (hidden from `--help`; needs no config).
+fn generate() -> Option<ExitCode> {
+    use clap::CommandFactory;
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() != Some("--generate") {
+        return None;
+    }
+    let what = argv.next().unwrap_or_default();
+    let mut command = Args::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what.as_str() {
+        "man" => {
+            return Some(match clap_mangen::Man::new(command).render(&mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("streamhook-server: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        "complete-bash" => clap_complete::Shell::Bash,
+        "complete-zsh" => clap_complete::Shell::Zsh,
+        "complete-fish" => clap_complete::Shell::Fish,
+        other => {
+            eprintln!(
+                "streamhook-server: --generate takes man, complete-bash, complete-zsh or complete-fish (not {other:?})"
+            );
+            return Some(ExitCode::from(2));
+        }
+    };
+    clap_complete::generate(shell, &mut command, "streamhook-server", &mut out);
+    Some(ExitCode::SUCCESS)
+}
+
 async fn run(args: Args, config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     // Signal handlers first: a SIGTERM that arrives while the journal opens must drain and
-    // exit 0, not kill the process.
+    // exit 0, and a SIGHUP must not kill the process.
     let shutdown = shutdown_signal()?;
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
+    // Listeners from the service manager (socket activation), if it passed any.
+    let inherited = streamhook_server::systemd::inherited_listeners()
+        .map_err(|e| anyhow::anyhow!("socket activation: {e}"))?;
     let listen = config.listen;
     let server = Server::new(config)?.with_config_source(Arc::new(move || Config::load(&args)));
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {listen}: {e} (choose another address with --listen or STREAMHOOK_LISTEN)")
-    })?;
+    let journal = server.intake().journal().clone();
+    let server = server.with_on_ready(move || {
+        streamhook_server::systemd::notify_ready();
+        if let Some(every) = streamhook_server::systemd::watchdog_interval() {
+            tokio::spawn(watchdog(every, journal));
+        }
+    });
+    let listener = match inherited.webhook {
+        Some(l) => {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!(
+                "webhook listener {} inherited from the service manager (socket activation)",
+                l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string())
+            );
+            l
+        }
+        None => tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {listen}: {e} (choose another address with --listen or STREAMHOOK_LISTEN)")
+        })?,
+    };
+    let admin = match inherited.admin {
+        Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
+        None => server.bind_admin().await,
+    };
     let reload = server.reload_handle();
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");
             // The outcome is logged by the server.
             let _ = reload.reload().await;
         }
     });
-    server.run(listener, shutdown).await?;
+    server.run_with(listener, admin, shutdown).await?;
     Ok(())
+}
+
+/// Pings systemd's watchdog while the journal's writer lives: a dead writer cannot recover
+/// without a restart, so the pings stop and systemd restarts the service.
+async fn watchdog(every: std::time::Duration, journal: streamhook_core::Journal) {
+    let mut tick = tokio::time::interval(every);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        match journal.health() {
+            streamhook_core::Health::WriterDead => {
+                if !warned {
+                    warned = true;
+                    tracing::error!(
+                        "the journal writer is dead: no more watchdog pings, so systemd restarts the service"
+                    );
+                }
+            }
+            streamhook_core::Health::Closed => return,
+            _ => streamhook_server::systemd::notify_watchdog(),
+        }
+    }
 }
 
 /// Registers SIGTERM and SIGINT handlers now; the future completes on the first of them.
@@ -92,6 +175,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("ctrl-c: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
+        streamhook_server::systemd::notify_stopping();
     })
 }
 

@@ -13,7 +13,11 @@
 //! - A connection is closed gracefully after `max_connection_age`, however busy.
 //! - TLS (optional) must complete its handshake within `header_timeout`.
 //! - On shutdown: stop accepting, let in-flight requests finish (each connection is closed
-//!   after its current request), and give up after `shutdown_timeout`.
+//!   after its current request, which carries `connection: close`), give a connection that
+//!   was accepted but has not sent its first request yet the header timeout (at most 5 s) to
+//!   send it, and give up after `shutdown_timeout`. With an inherited socket (socket
+//!   activation) the listening socket stays open in the service manager, so connections that
+//!   arrive meanwhile wait in its backlog for the next process.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -243,10 +247,19 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(request.map(axum::body::Body::new))
-    });
+    // Whether a request has started on this connection (and a signal when the first does).
+    let first = Arc::new(tokio::sync::Notify::new());
+    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = {
+        let (first, served) = (Arc::clone(&first), Arc::clone(&served));
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            if !served.swap(true, Ordering::Relaxed) {
+                first.notify_one();
+            }
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        })
+    };
     let conn = http.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let age = tokio::time::sleep(limits.max_connection_age);
@@ -259,12 +272,29 @@ async fn connection<I>(
         _ = stopping => None,
         _ = &mut age => None,
     };
-    // Shutdown or old age: finish the request in progress, then close.
+    // Shutdown or old age: finish the request in progress, then close. A connection accepted
+    // just before a restart may not have sent its request yet (it is on the way): closing it
+    // now would fail that request, so it gets up to the header timeout (at most 5 s) for its
+    // first request, which is then served with `connection: close`.
     let result = match finished {
         Some(r) => r,
         None => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
+            let mut done = None;
+            if !served.load(Ordering::Relaxed) {
+                let grace = limits.header_timeout.min(std::time::Duration::from_secs(5));
+                tokio::select! {
+                    r = conn.as_mut() => done = Some(r),
+                    _ = first.notified() => {}
+                    _ = tokio::time::sleep(grace) => {}
+                }
+            }
+            match done {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            }
         }
     };
     if let Err(e) = result {

@@ -54,6 +54,7 @@ pub struct Server {
     source: Option<ConfigSource>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -106,6 +107,7 @@ impl Server {
             source: None,
             reload_tx,
             reload_rx,
+            on_ready: None,
         })
     }
 
@@ -113,6 +115,28 @@ impl Server {
     pub fn with_config_source(mut self, source: ConfigSource) -> Self {
         self.source = Some(source);
         self
+    }
+
+    /// Called once the journal is open, the sinks run and the listeners are about to be served
+    /// (the binary sends systemd's `READY=1` here).
+    pub fn with_on_ready(mut self, ready: impl FnOnce() + Send + 'static) -> Self {
+        self.on_ready = Some(Box::new(ready));
+        self
+    }
+
+    /// Binds the admin listener of the config (None when disabled; a failure is logged and
+    /// the server runs without it).
+    pub async fn bind_admin(&self) -> Option<TcpListener> {
+        if !self.config.admin.enabled {
+            return None;
+        }
+        match TcpListener::bind(self.config.admin.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(addr = %self.config.admin.listen, error = %e, "cannot listen for the admin API; running without it (no /readyz, /metrics)");
+                None
+            }
+        }
     }
 
     /// The intake (journal, filter, metrics) behind the router.
@@ -169,17 +193,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
-        let admin = if self.config.admin.enabled {
-            match TcpListener::bind(self.config.admin.listen).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    warn!(addr = %self.config.admin.listen, error = %e, "cannot listen for the admin API; running without it");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let admin = self.bind_admin().await;
         self.run_with(listener, admin, shutdown).await
     }
 
@@ -187,7 +201,7 @@ impl Server {
     /// then stops accepting, lets in-flight requests finish, stops the dispatchers (their
     /// cursors persisted, sinks flushed) and closes the journal.
     pub async fn run_with(
-        self,
+        mut self,
         listener: TcpListener,
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
@@ -253,6 +267,9 @@ impl Server {
             self.intake.clone(),
             self.config.limits.max_connections_per_peer,
         ));
+        if let Some(ready) = self.on_ready.take() {
+            ready();
+        }
         serve(
             listener,
             app(self.intake.clone(), &self.config.path),

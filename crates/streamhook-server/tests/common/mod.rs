@@ -189,12 +189,15 @@ where
     T: PartialEq + std::fmt::Debug,
 {
     let mut last = None;
-    for _ in 0..400 {
-        let got = check().await;
-        if got == want {
-            return;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        // A check that hangs (a connection nobody accepts) counts as not yet.
+        if let Ok(got) = tokio::time::timeout(Duration::from_secs(2), check()).await {
+            if got == want {
+                return;
+            }
+            last = Some(got);
         }
-        last = Some(got);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what} (last: {last:?})");
