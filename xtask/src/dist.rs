@@ -15,11 +15,11 @@ use crate::{cargo, project_root};
 pub const EXPECTED: &[&str] = &[
     "./usr/bin/streamhook-server",
     "./usr/bin/streamhook",
-    "./lib/systemd/system/streamhook.service",
-    "./lib/systemd/system/streamhook.socket",
-    "./lib/systemd/system/streamhook-admin.socket",
+    "./usr/lib/systemd/system/streamhook.service",
+    "./usr/lib/systemd/system/streamhook.socket",
+    "./usr/lib/systemd/system/streamhook-admin.socket",
     "./etc/streamhook/streamhook.toml",
-    "./etc/streamhook/streamhook.example.toml",
+    "./usr/share/doc/streamhook/streamhook.example.toml",
     "./usr/share/man/man1/streamhook-server.1.gz",
     "./usr/share/man/man1/streamhook.1.gz",
     "./usr/share/bash-completion/completions/streamhook",
@@ -35,13 +35,14 @@ pub const EXPECTED: &[&str] = &[
 /// The configuration installed as `/etc/streamhook/streamhook.toml`: what runs as it is, and
 /// where each thing is changed. The full reference is installed beside it.
 const CONFIG: &str = r#"# streamhook-server configuration. Every key, with its default and what it does:
-# /etc/streamhook/streamhook.example.toml. Check a change with
+# /usr/share/doc/streamhook/streamhook.example.toml. Check a change with
 #   streamhook-server --config /etc/streamhook/streamhook.toml --check-config
 # then `systemctl reload streamhook` (a bad file is refused and the old one kept).
 #
 # The listening sockets come from streamhook.socket (webhooks, port 8080) and
-# streamhook-admin.socket (127.0.0.1:8081: /readyz, /metrics, the admin API); change their
-# addresses there (systemctl edit streamhook.socket), not here.
+# streamhook-admin.socket (127.0.0.1:8081: /readyz, /metrics, the admin API); `listen` and
+# `admin.listen` here are not used then. Change an address in a drop-in
+# (systemctl edit streamhook.socket) with an empty `ListenStream=` line first, then the new one.
 
 # Gcore's ranges send every Gcore customer's webhooks: set a secret path and give Gcore
 # https://YOUR-HOST/webhook/<token> (16-128 of A-Z a-z 0-9 - _).
@@ -125,7 +126,8 @@ pub fn dist() -> Result<PathBuf> {
         ],
         &[],
     )?;
-    let version = env!("CARGO_PKG_VERSION");
+    let version = workspace_version(&root)?;
+    let version = version.as_str();
     let arch = String::from_utf8(run(Command::new("dpkg").arg("--print-architecture"))?)?
         .trim()
         .to_owned();
@@ -171,7 +173,11 @@ pub fn dist() -> Result<PathBuf> {
         "streamhook-admin.socket",
     ] {
         let text = std::fs::read(root.join("packaging/systemd").join(unit))?;
-        write(&stage.join("lib/systemd/system").join(unit), &text, 0o644)?;
+        write(
+            &stage.join("usr/lib/systemd/system").join(unit),
+            &text,
+            0o644,
+        )?;
     }
     write(
         &stage.join("etc/streamhook/streamhook.toml"),
@@ -179,7 +185,7 @@ pub fn dist() -> Result<PathBuf> {
         0o644,
     )?;
     write(
-        &stage.join("etc/streamhook/streamhook.example.toml"),
+        &stage.join("usr/share/doc/streamhook/streamhook.example.toml"),
         &std::fs::read(root.join("docs/streamhook.example.toml"))?,
         0o644,
     )?;
@@ -195,13 +201,18 @@ pub fn dist() -> Result<PathBuf> {
     )?;
 
     let size_kb = dir_size(&stage)? / 1024;
+    let depends = shlib_depends(&stage).unwrap_or_else(|e| {
+        eprintln!("dist: dpkg-shlibdeps unavailable ({e}); unversioned Depends");
+        "libc6, libgcc-s1".to_owned()
+    });
+    let md5sums = md5sums(&stage)?;
     let control = format!(
         "Package: streamhook
 Version: {version}
 Architecture: {arch}
 Maintainer: streamhook developers <streamhook@localhost>
 Installed-Size: {size_kb}
-Depends: libc6, libgcc-s1
+Depends: {depends}
 Recommends: ca-certificates
 Section: net
 Priority: optional
@@ -218,22 +229,32 @@ Description: durable, source-checked inbox for Gcore Video Streaming webhooks
     write(&stage.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
     write(
         &stage.join("DEBIAN/conffiles"),
-        b"/etc/streamhook/streamhook.toml\n/etc/streamhook/streamhook.example.toml\n",
+        b"/etc/streamhook/streamhook.toml\n",
         0o644,
     )?;
-    // Maintainer scripts, as debhelper's systemd snippets would do: enable the sockets on
-    // install; on upgrade restart only the service (the sockets stay open, so no connection
-    // is refused); stop everything on removal.
+    write(&stage.join("DEBIAN/md5sums"), md5sums.as_bytes(), 0o644)?;
+    // Maintainer scripts, as debhelper's systemd snippets do: enable the sockets and the
+    // service (offline too: deb-systemd-helper only makes the links), start the sockets, and
+    // on upgrade restart only the service (the sockets stay open: no connection refused).
     write(
         &stage.join("DEBIAN/postinst"),
         br#"#!/bin/sh
 set -e
-if [ "$1" = "configure" ] && [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
-    if [ -z "$2" ]; then
-        systemctl enable --now streamhook.socket streamhook-admin.socket || true
-    else
-        systemctl try-restart streamhook.service || true
+if [ "$1" = "configure" ]; then
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        for unit in streamhook.socket streamhook-admin.socket streamhook.service; do
+            deb-systemd-helper unmask "$unit" >/dev/null || true
+            deb-systemd-helper enable "$unit" >/dev/null || true
+        done
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+        if ! systemctl start streamhook.socket streamhook-admin.socket; then
+            echo "streamhook: the sockets did not start (is port 8080 or 127.0.0.1:8081 taken?): systemctl status streamhook.socket" >&2
+        fi
+        if [ -n "$2" ]; then
+            systemctl try-restart streamhook.service || echo "streamhook: the service did not restart: journalctl -u streamhook" >&2
+        fi
     fi
 fi
 "#,
@@ -244,7 +265,7 @@ fi
         br#"#!/bin/sh
 set -e
 if [ "$1" = "remove" ] && [ -d /run/systemd/system ]; then
-    systemctl disable --now streamhook.service streamhook.socket streamhook-admin.socket || true
+    systemctl stop streamhook.service streamhook.socket streamhook-admin.socket || true
 fi
 "#,
         0o755,
@@ -253,12 +274,25 @@ fi
         &stage.join("DEBIAN/postrm"),
         br#"#!/bin/sh
 set -e
+if [ "$1" = "remove" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
+    for unit in streamhook.socket streamhook-admin.socket streamhook.service; do
+        deb-systemd-helper mask "$unit" >/dev/null || true
+    done
+fi
+if [ "$1" = "purge" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
+    for unit in streamhook.socket streamhook-admin.socket streamhook.service; do
+        deb-systemd-helper purge "$unit" >/dev/null || true
+        deb-systemd-helper unmask "$unit" >/dev/null || true
+    done
+fi
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
 fi
 "#,
         0o755,
     )?;
+    // Folders 0755 whatever the builder's umask (dpkg-deb refuses a group-writable DEBIAN).
+    set_dir_modes(&stage)?;
     let deb = out.join(format!("streamhook_{version}_{arch}.deb"));
     run(Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zxz", "--build"])
@@ -267,6 +301,81 @@ fi
     check(&deb)?;
     eprintln!("dist: {}", deb.display());
     Ok(deb)
+}
+
+/// The version of the workspace (`[workspace.package] version` in the root Cargo.toml).
+fn workspace_version(root: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let section = text
+        .split("[workspace.package]")
+        .nth(1)
+        .context("no [workspace.package] in Cargo.toml")?;
+    section
+        .lines()
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "version").then(|| value.trim().trim_matches('"').to_owned())
+        })
+        .context("no version in [workspace.package]")
+}
+
+/// `Depends` from the binaries' shared libraries, as Debian's packaging computes it.
+fn shlib_depends(stage: &Path) -> Result<String> {
+    // dpkg-shlibdeps wants a debian/control beside it; a throwaway one will do.
+    let work = stage.parent().context("no parent")?.join("shlibdeps");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("debian"))?;
+    std::fs::write(
+        work.join("debian/control"),
+        "Source: streamhook\n\nPackage: streamhook\nArchitecture: any\n",
+    )?;
+    let out = run(Command::new("dpkg-shlibdeps")
+        .current_dir(&work)
+        .arg("-O")
+        .arg(stage.join("usr/bin/streamhook-server"))
+        .arg(stage.join("usr/bin/streamhook")));
+    let _ = std::fs::remove_dir_all(&work);
+    let text = String::from_utf8(out?)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("shlibs:Depends="))
+        .map(str::to_owned)
+        .context("dpkg-shlibdeps printed no shlibs:Depends")
+}
+
+/// `DEBIAN/md5sums`: every file's md5, relative to the root.
+fn md5sums(stage: &Path) -> Result<String> {
+    let mut files = Vec::new();
+    collect_files(stage, stage, &mut files)?;
+    files.sort();
+    let out = run(Command::new("md5sum").current_dir(stage).args(&files))?;
+    Ok(String::from_utf8(out)?)
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path != root.join("DEBIAN") {
+                collect_files(root, &path, out)?;
+            }
+        } else {
+            out.push(path.strip_prefix(root)?.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+fn set_dir_modes(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            set_dir_modes(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn dir_size(dir: &Path) -> Result<u64> {
@@ -300,6 +409,7 @@ pub fn check(deb: &Path) -> Result<()> {
         "Package: streamhook",
         "Depends: libc6",
         "conffiles",
+        "md5sums",
         "postinst",
     ] {
         if !info.contains(field) {

@@ -115,7 +115,19 @@ fn terminate(child: &mut Child, log: &Path) -> Result<Duration> {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
-    let status = child.wait()?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!(
+                "the server did not stop within 60 s of SIGTERM; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     if !status.success() {
         bail!(
             "the server exited with {status} on SIGTERM; see {}",

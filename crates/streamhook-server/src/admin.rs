@@ -272,7 +272,9 @@ async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Res
             Ok(f) => f,
             Err(resp) => return resp,
         };
-        if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+        let mut stopping = admin.intake.stopping();
+        let stop_now = *stopping.borrow();
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline || stop_now {
             let mut body = String::new();
             for event in &found {
                 body.push_str(&event.json_line());
@@ -291,11 +293,11 @@ async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Res
             )
                 .into_response();
         }
-        if tokio::time::timeout_at(deadline, changed.changed())
-            .await
-            .is_err()
-        {
-            continue;
+        // Wait for a new event, the deadline, or shutdown (then the next round answers with
+        // what there is, so a long poll never holds the drain).
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline, changed.changed()) => {}
+            _ = stopping.wait_for(|s| *s) => {}
         }
     }
 }

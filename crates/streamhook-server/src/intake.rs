@@ -50,6 +50,8 @@ struct Inner {
     permits: Semaphore,
     metrics: Metrics,
     sinks: RwLock<Vec<(String, Arc<SinkStats>)>>,
+    /// Turns true when the server starts shutting down.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Intake {
@@ -65,6 +67,7 @@ impl Intake {
                 permits,
                 metrics: Metrics::default(),
                 sinks: RwLock::new(Vec::new()),
+                stopping: tokio::sync::watch::channel(false).0,
             }),
         }
     }
@@ -101,6 +104,16 @@ impl Intake {
         self.inner
             .strict
             .store(strict, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Marks the server as shutting down: long polls (`/admin/events?wait=`) return.
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// A receiver that turns true when the server starts shutting down.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.stopping.subscribe()
     }
 
     /// The request limits.

@@ -38,6 +38,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
+    // Sockets passed by the service manager (socket activation), taken before any thread
+    // starts (the protocol's variables are read, and may be unset, here).
+    let inherited = match streamhook_server::systemd::inherited_listeners() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("socket activation: {e}");
+            eprintln!("streamhook-server: socket activation: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -45,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args, config));
+    let result = runtime.block_on(run(args, config, inherited));
     // A write stuck in a blocking thread (a stdout pipe nobody reads) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
@@ -93,17 +103,19 @@ fn generate() -> Option<ExitCode> {
     Some(ExitCode::SUCCESS)
 }
 
-async fn run(args: Args, config: Config) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    config: Config,
+    inherited: streamhook_server::systemd::Inherited,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // Signal handlers first: a SIGTERM that arrives while the journal opens must drain and
     // exit 0, and a SIGHUP must not kill the process.
     let shutdown = shutdown_signal()?;
     let mut hup =
         signal(SignalKind::hangup()).map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
-    // Listeners from the service manager (socket activation), if it passed any.
-    let inherited = streamhook_server::systemd::inherited_listeners()
-        .map_err(|e| anyhow::anyhow!("socket activation: {e}"))?;
     let listen = config.listen;
+    let admin_enabled = config.admin.enabled;
     let server = Server::new(config)?.with_config_source(Arc::new(move || Config::load(&args)));
     let journal = server.intake().journal().clone();
     let server = server.with_on_ready(move || {
@@ -126,7 +138,11 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
         })?,
     };
     let admin = match inherited.admin {
-        Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
+        Some(l) if admin_enabled => Some(tokio::net::TcpListener::from_std(l)?),
+        Some(_) => {
+            tracing::warn!("admin.enabled is false: the inherited admin socket is not served");
+            None
+        }
         None => server.bind_admin().await,
     };
     let reload = server.reload_handle();
@@ -137,7 +153,36 @@ async fn run(args: Args, config: Config) -> anyhow::Result<()> {
             let _ = reload.reload().await;
         }
     });
+    // A dead journal writer cannot recover in this process: stop (after the usual drain),
+    // and exit non-zero, so the service manager starts a fresh one while new connections
+    // wait in the socket's backlog.
+    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let (journal, dead) = (server.intake().journal().clone(), Arc::clone(&dead));
+        async move {
+            let writer_died = async {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    if journal.health() == streamhook_core::Health::WriterDead {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown => {}
+                _ = writer_died => {
+                    dead.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!("the journal writer died; stopping so that the service manager restarts the server");
+                }
+            }
+        }
+    };
     server.run_with(listener, admin, shutdown).await?;
+    if dead.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!(
+            "the journal writer died (a bug: please report it with the log); exited for a restart"
+        );
+    }
     Ok(())
 }
 

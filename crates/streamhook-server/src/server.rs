@@ -270,6 +270,14 @@ impl Server {
         if let Some(ready) = self.on_ready.take() {
             ready();
         }
+        // When shutdown starts, both listeners stop accepting and drain at once (the admin
+        // API's long polls end too), so a restart waits for one drain, not two in a row.
+        let intake = self.intake.clone();
+        let shutdown = async move {
+            shutdown.await;
+            intake.begin_shutdown();
+            let _ = stop_tx.send(true);
+        };
         serve(
             listener,
             app(self.intake.clone(), &self.config.path),
@@ -282,7 +290,6 @@ impl Server {
         info!("shutting down: no more requests; stopping sinks and closing the journal");
         let _ = stop_reloads.send(());
         let running = reloader.await.unwrap_or_default();
-        let _ = stop_tx.send(true);
         stop_sinks(running).await;
         let _ = pruner.await;
         if let Some(task) = admin_task {
@@ -381,11 +388,11 @@ impl Server {
                 format!("token in {}", c.data_dir.join(ADMIN_TOKEN_FILE).display())
             };
             info!("admin API on http://{addr}/admin ({token}); /readyz and /metrics there too");
-            if !c.admin.listen.ip().is_loopback() {
+            let ip = admin.local_addr().map_or(c.admin.listen.ip(), |a| a.ip());
+            if !ip.is_loopback() {
                 warn!(
-                    "the admin listener {} is not on loopback: anyone who reaches it can read /metrics and /readyz, and try the admin token; \
-                     keep it on 127.0.0.1 or behind a firewall",
-                    c.admin.listen
+                    "the admin listener {addr} is not on loopback: anyone who reaches it can read /metrics and /readyz, and try the admin token; \
+                     keep it on 127.0.0.1 or behind a firewall"
                 );
             }
         }

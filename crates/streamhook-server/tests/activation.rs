@@ -108,7 +108,15 @@ fn stop(child: &mut Server) {
         .unwrap()
         .success();
     assert!(ok);
-    assert!(child.wait().unwrap().success(), "SIGTERM should exit 0");
+    // A server that does not stop fails the test (and is killed by `Server`'s drop).
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "SIGTERM should exit 0, not {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server did not stop within 30 s of SIGTERM");
 }
 
 #[tokio::test]

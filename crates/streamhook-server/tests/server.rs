@@ -785,3 +785,60 @@ async fn healthz_is_on_the_admin_listener_too_and_a_proxy_is_not_capped() {
     assert_eq!(resp.status(), 200);
     server.shutdown().await;
 }
+
+/// Reads an HTTP/1.1 response from a raw stream until the connection closes.
+async fn read_all(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_stop_serves_the_request_in_flight_and_the_one_just_accepted_with_connection_close() {
+    let mut server = TestServer::start(|_| {}).await;
+    let body = fixture("seed/01-stream-started.json");
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // A kept-alive request in flight: its body is half sent when the stop comes.
+    let mut in_flight = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.write_all(&body[..10]).await.unwrap();
+    // A connection accepted, its request not sent yet.
+    let mut fresh = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    eventually_async(
+        "both connections counted in flight or accepted",
+        || {
+            let url = server.admin_url("/metrics");
+            async move {
+                client()
+                    .get(url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+                    .lines()
+                    .any(|l| l == "streamhook_requests_in_flight 1")
+            }
+        },
+        true,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = server.stop.take().unwrap();
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    in_flight.write_all(&body[10..]).await.unwrap();
+    fresh.write_all(head.as_bytes()).await.unwrap();
+    fresh.write_all(&body).await.unwrap();
+    for (what, stream) in [("in flight", &mut in_flight), ("just accepted", &mut fresh)] {
+        let answer = read_all(stream).await.to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{what}: {answer}");
+        assert!(answer.contains("connection: close"), "{what}: {answer}");
+    }
+    let task = server.task.take().unwrap();
+    task.await.unwrap().unwrap();
+}
