@@ -209,6 +209,11 @@ impl Dispatcher {
         // anything, and do not resume after what it held.
         let resume_after = match rewind {
             Some(seq) => {
+                // The replay stands even if a running dispatcher saved a later cursor since.
+                if seq < start {
+                    start = seq;
+                    self.persist(&name, start).await?;
+                }
                 self.apply_rewind(&name, seq).await?;
                 None
             }
@@ -310,9 +315,13 @@ impl Dispatcher {
                             requeued: false,
                             delivery,
                         };
-                        if !hand_over(&lanes[lane], job, shutdown).await? {
-                            stop = true;
-                            break 'fill;
+                        match hand_over(&lanes[lane], job, shutdown, &self.journal, &name).await? {
+                            Handed::Sent => {}
+                            Handed::Stopping => {
+                                stop = true;
+                                break 'fill;
+                            }
+                            Handed::Replay => break 'fill,
                         }
                     }
                 }
@@ -334,9 +343,15 @@ impl Dispatcher {
                                 requeued: true,
                                 delivery,
                             };
-                            if !hand_over(&lanes[lane], job, shutdown).await? {
-                                stop = true;
-                                break;
+                            match hand_over(&lanes[lane], job, shutdown, &self.journal, &name)
+                                .await?
+                            {
+                                Handed::Sent => {}
+                                Handed::Stopping => {
+                                    stop = true;
+                                    break;
+                                }
+                                Handed::Replay => break,
                             }
                         }
                         None => {
@@ -454,6 +469,7 @@ impl Dispatcher {
             body,
             envelope,
             attempt: 1,
+            requeued: false,
         }))
     }
 }
@@ -467,16 +483,39 @@ enum Routed {
     Unreadable(String),
 }
 
-/// Hands a job to its lane, unless shutdown comes first (a lane stuck on a slow delivery
-/// must not hold a stopping dispatcher). `Ok(false)`: stopping.
+/// What happened to a job handed to a lane.
+enum Handed {
+    Sent,
+    /// Shutdown came first.
+    Stopping,
+    /// A replay was asked for first (it drops what was in flight anyway).
+    Replay,
+}
+
+/// Hands a job to its lane, unless shutdown or a replay comes first: a lane stuck on a slow
+/// delivery must hold neither a stopping dispatcher nor a replay.
 async fn hand_over(
     lane: &mpsc::Sender<Job>,
     job: Job,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<bool, JournalError> {
+    journal: &Journal,
+    name: &str,
+) -> Result<Handed, JournalError> {
+    let mut changed = journal.subscribe();
+    let replay = async {
+        loop {
+            if journal.has_replay(name) {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     tokio::select! {
-        sent = lane.send(job) => sent.map(|()| true).map_err(|_| JournalError::Closed),
-        _ = shutdown.wait_for(|s| *s) => Ok(false),
+        sent = lane.send(job) => sent.map(|()| Handed::Sent).map_err(|_| JournalError::Closed),
+        _ = shutdown.wait_for(|s| *s) => Ok(Handed::Stopping),
+        _ = replay => Ok(Handed::Replay),
     }
 }
 
@@ -500,6 +539,7 @@ fn delivery_of_letter(letter: &DeadLetter) -> Option<Delivery> {
         body: letter.body.clone(),
         envelope,
         attempt: 1,
+        requeued: true,
     })
 }
 

@@ -386,12 +386,23 @@ impl HealthState {
 pub(crate) struct Registration {
     shared: Arc<Shared>,
     id: u64,
+    sink: String,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut d) = self.shared.dispatching.lock() {
-            d.retain(|(_, i)| *i != self.id);
+        let last = match self.shared.dispatching.lock() {
+            Ok(mut d) => {
+                d.retain(|(_, i)| *i != self.id);
+                !d.iter().any(|(s, _)| *s == self.sink)
+            }
+            Err(_) => false,
+        };
+        // No dispatcher of this sink is left to apply a pending replay: drop it from memory
+        // (its durable cursor and rewind apply at the sink's next start), so it cannot pin
+        // pruning for ever.
+        if last && let Ok(mut r) = self.shared.replays.lock() {
+            r.remove(&self.sink);
         }
     }
 }
@@ -799,16 +810,10 @@ impl Journal {
             replays.insert(sink.to_owned(), (seq, done));
         }
         self.notify();
-        if tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .is_err()
-        {
-            // The dispatcher did not take it (stuck, or gone): the durable cursor and rewind
-            // stand, and the next dispatcher start applies them; nothing waits in memory.
-            if let Ok(mut replays) = self.inner.replays.lock() {
-                replays.remove(sink);
-            }
-        }
+        // The dispatcher applies it as soon as it can (a lane stuck on a slow delivery does not
+        // hold it); if it has not within 30 s, the request stays pending for it, and the durable
+        // cursor and rewind make any later start of the sink apply it too.
+        let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
         Ok(seq)
     }
 
@@ -822,6 +827,7 @@ impl Journal {
         Registration {
             shared: Arc::clone(&self.inner.shared),
             id,
+            sink: sink.to_owned(),
         }
     }
 
@@ -857,6 +863,13 @@ impl Journal {
             .insert(sink, seq)
             .map_err(write_err)?;
         self.inner.health.commit(txn)
+    }
+
+    pub(crate) fn has_replay(&self, sink: &str) -> bool {
+        self.inner
+            .replays
+            .lock()
+            .is_ok_and(|r| r.contains_key(sink))
     }
 
     pub(crate) fn take_replay(&self, sink: &str) -> Option<(u64, oneshot::Sender<()>)> {
@@ -1053,14 +1066,26 @@ impl Journal {
     /// at once.
     fn prune_histories(&self, cutoff_ms: u64, now_ms: u64) -> Result<u64, JournalError> {
         let mut dropped = 0;
-        loop {
+        // Each chunk's scan goes on from where the last one stopped.
+        let mut after: Option<String> = None;
+        for _ in 0..HISTORY_CHUNKS_PER_RUN {
             let db = self.db()?;
-            let (stale, unstamped) = {
+            let (stale, unstamped, last_key) = {
                 let txn = db.begin_read().map_err(read_err)?;
                 let table = txn.open_table(HISTORY).map_err(read_err)?;
                 let (mut stale, mut unstamped) = (Vec::new(), Vec::new());
-                for entry in table.iter().map_err(read_err)? {
+                let mut last_key = None;
+                let range = match &after {
+                    Some(k) => table.range(k.as_str()..),
+                    None => table.range::<&str>(..),
+                }
+                .map_err(read_err)?;
+                for entry in range {
                     let (k, v) = entry.map_err(read_err)?;
+                    if after.as_deref() == Some(k.value()) {
+                        continue;
+                    }
+                    last_key = Some(k.value().to_owned());
                     match history_time(v.value()) {
                         Some(t) if t < cutoff_ms => stale.push(k.value().to_owned()),
                         Some(_) => {}
@@ -1070,12 +1095,13 @@ impl Journal {
                         break;
                     }
                 }
-                (stale, unstamped)
+                (stale, unstamped, last_key)
             };
             if stale.is_empty() && unstamped.is_empty() {
                 break;
             }
             let full = stale.len() + unstamped.len() >= HISTORY_CHUNK;
+            after = last_key;
             let txn = db.begin_write().map_err(write_err)?;
             {
                 let mut table = txn.open_table(HISTORY).map_err(write_err)?;
@@ -1114,6 +1140,10 @@ impl Journal {
 
 /// The most histories one pruning transaction touches.
 const HISTORY_CHUNK: usize = 5_000;
+
+/// The most chunks one pruning run handles (the next run, an hour later, goes on), so a huge
+/// history table never holds a shutdown for long.
+const HISTORY_CHUNKS_PER_RUN: usize = 20;
 
 /// What [`Journal::prune`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1339,6 +1369,7 @@ fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mu
     let mut batch = Vec::with_capacity(max_batch);
     let mut closing = None;
     let mut probe = false;
+    let mut last_reopen: Option<Instant> = None;
     loop {
         match rx.blocking_recv() {
             Some(Msg::Append(r)) => batch.push(*r),
@@ -1369,8 +1400,12 @@ fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mu
             inner.health.record(&result);
             if let Err(e) = result {
                 tracing::warn!(error = %e, "journal probe: still cannot write");
-                if let Err(e) = inner.reopen() {
-                    tracing::error!(error = %e, "journal reopen failed; will retry");
+                // Reopening drops every reader's handle: not more than every 10 s.
+                if last_reopen.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(10)) {
+                    last_reopen = Some(Instant::now());
+                    if let Err(e) = inner.reopen() {
+                        tracing::error!(error = %e, "journal reopen failed; will retry");
+                    }
                 }
             }
         }

@@ -24,6 +24,8 @@ pub struct Delivery {
     pub body: String,
     /// 1 for the first try, then 2, 3, ...
     pub attempt: u32,
+    /// A dead letter delivered again (requeued): out of journal order.
+    pub requeued: bool,
 }
 
 /// A destination for events.

@@ -359,3 +359,81 @@ async fn pruning_keeps_what_a_sink_without_a_position_has_not_passed() {
     assert_eq!(journal.len().unwrap(), 5);
     assert!(journal.cursors().unwrap().iter().all(|(n, _)| n != "b"));
 }
+
+#[tokio::test]
+async fn a_replay_is_applied_even_while_a_lane_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    journal.set_cursor("app", 1).unwrap();
+    for _ in 0..6 {
+        append(&journal, &video(5, "ready")).await;
+    }
+    // Requeued dead letters of the same resource, on top of a full window: the lane's queue
+    // fills and handing over blocks while the sink hangs.
+    for seq in 1..=6 {
+        journal
+            .dead_letter(&streamhook_core::DeadLetter {
+                sink: "app".into(),
+                seq,
+                id: format!("id-{seq}"),
+                error: "old".into(),
+                attempts: 1,
+                failed_at: "2026-11-28T00:00:00Z".into(),
+                envelope: journal.get(seq).unwrap().unwrap().json,
+                body: String::new(),
+            })
+            .unwrap();
+        journal.requeue("app", seq).unwrap();
+    }
+    let sink = RecordingSink::new("app", Behaviour::Slow(Duration::from_secs(3600)));
+    let (stop, rx) = watch::channel(false);
+    let d = Dispatcher::new(
+        journal.clone(),
+        sink.clone(),
+        everything(&["app"]),
+        fast_policy(),
+    )
+    .with_window(2);
+    let task = tokio::spawn(d.run(rx));
+    eventually("the sink hangs on its first event", || {
+        sink.attempts.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let applied = tokio::time::timeout(
+        Duration::from_secs(10),
+        journal.replay("app", ReplayFrom::Seq(1)),
+    )
+    .await;
+    assert!(applied.is_ok(), "the replay waited for the stuck lane");
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the dispatcher did not stop")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_replay_survives_a_cursor_saved_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    journal.set_cursor("app", 1).unwrap();
+    for i in 0..5 {
+        append(&journal, &video(i, "ready")).await;
+    }
+    // Asked while no dispatcher runs; then a dispatcher that had not seen it saves its own,
+    // later position (as one that was stuck would).
+    journal.replay("app", ReplayFrom::Seq(2)).await.unwrap();
+    journal.set_cursor("app", 6).unwrap();
+    let sink = RecordingSink::new("app", Behaviour::Accept);
+    let (stop, task) = start(&journal, sink.clone());
+    eventually("the replay happened", || sink.count() == 4).await;
+    assert_eq!(sink.seqs(), [2, 3, 4, 5]);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        journal.rewind("app").unwrap(),
+        None,
+        "the rewind was applied and cleared"
+    );
+}

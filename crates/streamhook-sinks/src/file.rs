@@ -117,6 +117,8 @@ struct State {
     last_sync: Option<Instant>,
     /// Where the seq and file of the line being written are recorded.
     position: Option<Position>,
+    /// Bumped by each rewind: a write handed over before it records no position.
+    generation: u64,
 }
 
 /// The position file, rewritten in place before each line:
@@ -387,15 +389,20 @@ impl Sink for FileSink {
         let state = Arc::clone(&self.state);
         let (max_bytes, fsync, seq) = (self.max_bytes, self.fsync, delivery.envelope.seq);
         let id = delivery.envelope.id.0.clone();
+        // Only deliveries in journal order say where to resume: a requeued dead letter does
+        // not, nor a write handed over before a replay rewound the sink.
+        let in_order = !delivery.requeued;
+        let generation = self.state.lock().map(|s| s.generation).unwrap_or(0);
         tokio::task::spawn_blocking(move || {
             let mut state = state
                 .lock()
                 .map_err(|_| SinkError::retryable("file sink state poisoned"))?;
-            if let Some(position) = state.position.as_mut() {
+            let record = in_order && state.generation == generation;
+            if record && let Some(position) = state.position.as_mut() {
                 position.record(seq, &id, &path);
             }
             state.write(&path, &line, max_bytes, fsync)?;
-            if let Some(position) = state.position.as_mut() {
+            if record && let Some(position) = state.position.as_mut() {
                 position.written(seq, &id);
             }
             Ok(())
@@ -437,10 +444,17 @@ impl Sink for FileSink {
             let mut state = state
                 .lock()
                 .map_err(|_| SinkError::retryable("file sink state poisoned"))?;
-            match state.position.as_mut() {
-                Some(position) => position.forget().map_err(|e| io_err("remove", &path, e)),
-                None => Ok(()),
+            state.generation += 1;
+            if let Some(position) = state.position.as_mut()
+                && let Err(e) = position.forget()
+            {
+                // Cannot remove it: empty it (it then says nothing); failing that, warn and go
+                // on rather than stop the sink.
+                if let Err(e2) = std::fs::write(&path, b"") {
+                    tracing::warn!(position = %path.display(), error = %e, also = %e2, "cannot forget the file sink's position after a replay; after a crash it may resume past part of the replay");
+                }
             }
+            Ok(())
         })
         .await
         .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?

@@ -34,6 +34,7 @@ fn delivery(seq: u64, payload: &str, received_at: &str) -> Delivery {
         json,
         body: payload.to_owned(),
         attempt: 1,
+        requeued: false,
     }
 }
 
@@ -303,6 +304,7 @@ async fn stdout_shows_an_invalid_event_in_red_with_its_problem() {
         json,
         body: body.into(),
         attempt: 1,
+        requeued: false,
     };
     assert_eq!(
         printed(Format::Pretty, false, &d).await,
@@ -399,6 +401,15 @@ async fn after_a_crash_it_says_what_it_already_holds() {
     )
     .unwrap();
     assert_eq!(again.delivered_through().await, held(4));
+    // A requeued dead letter (out of journal order) says nothing about where to resume.
+    let mut requeued = delivery(40, &stream(40), "2026-11-28T10:00:00.000Z");
+    requeued.requeued = true;
+    again
+        .send(&delivery(6, &video(6, "ready"), "2026-11-28T10:00:00.000Z"))
+        .await
+        .unwrap();
+    again.send(&requeued).await.unwrap();
+    assert_eq!(again.delivered_through().await, held(6));
     // A torn position file: it cannot tell.
     std::fs::write(again.position_path(), "9").unwrap();
     assert_eq!(again.delivered_through().await, None);

@@ -420,6 +420,7 @@ fn one_delivery(body: &str) -> streamhook_core::Delivery {
         json,
         body: body.to_owned(),
         attempt: 1,
+        requeued: false,
     }
 }
 
