@@ -87,14 +87,7 @@ async fn json_that_does_not_fit_the_model_is_kept_flagged_and_delivered_everywhe
         }
     });
     // The metric counts them by the first problem's path.
-    let metrics = c
-        .get(server.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("streamhook_invalid_events_total{path=\"$.message.stream.live\"} 1"),
         "{metrics}"

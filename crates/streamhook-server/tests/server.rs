@@ -276,14 +276,7 @@ async fn too_many_requests_at_once_are_shed_with_503() {
     // Wait until the holder really holds the slot.
     let mut held = false;
     for _ in 0..500 {
-        let text = client()
-            .get(server.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = server.metrics().await;
         if text.lines().any(|l| l == "streamhook_requests_in_flight 1") {
             held = true;
             break;
@@ -444,14 +437,7 @@ async fn health_readiness_and_metrics() {
     // The sink's cursor is persisted just after it delivers.
     let mut text = String::new();
     for _ in 0..200 {
-        text = c
-            .get(server.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = server.metrics().await;
         if text.contains("streamhook_sink_lag_events{sink=\"archive\"} 0") {
             break;
         }
@@ -742,14 +728,7 @@ async fn one_peer_cannot_hold_more_than_its_share_of_connections() {
     )
     .await;
     assert_eq!(status, 200);
-    let metrics = client()
-        .get(server.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.lines().any(|l| l == refused_line), "{metrics}");
     server.shutdown().await;
 }
@@ -808,21 +787,13 @@ async fn a_stop_serves_the_request_in_flight_and_the_one_just_accepted_with_conn
     // A connection accepted, its request not sent yet.
     let mut fresh = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     eventually_async(
-        "both connections counted in flight or accepted",
-        || {
-            let url = server.admin_url("/metrics");
-            async move {
-                client()
-                    .get(url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap()
-                    .lines()
-                    .any(|l| l == "streamhook_requests_in_flight 1")
-            }
+        "the first request in flight",
+        || async {
+            server
+                .metrics()
+                .await
+                .lines()
+                .any(|l| l == "streamhook_requests_in_flight 1")
         },
         true,
     )

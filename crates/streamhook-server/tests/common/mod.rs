@@ -128,6 +128,18 @@ impl TestServer {
             .unwrap()
     }
 
+    /// `GET /metrics` on the admin listener: the exposition text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn archive(&self) -> Vec<serde_json::Value> {
         let text =
             std::fs::read_to_string(self.dir.path().join("events.jsonl")).unwrap_or_default();
