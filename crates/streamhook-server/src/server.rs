@@ -207,7 +207,13 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let tls = self.tls()?;
-        self.log_startup(&listener, admin.as_ref(), tls.is_some());
+        let journal = self.journal.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            (journal.len().unwrap_or(0), journal.last_seq().unwrap_or(0))
+        })
+        .await
+        .unwrap_or_default();
+        self.log_startup(&listener, admin.as_ref(), tls.is_some(), held);
         let sinks = build_sinks(&self.config).map_err(ServerError::Config)?;
         let mut sinks_state = SinkSet {
             journal: self.journal.clone(),
@@ -314,7 +320,14 @@ impl Server {
         }
     }
 
-    fn log_startup(&self, listener: &TcpListener, admin: Option<&TcpListener>, tls: bool) {
+    /// Logs what the server runs with; `held` is the journal's event count and last seq.
+    fn log_startup(
+        &self,
+        listener: &TcpListener,
+        admin: Option<&TcpListener>,
+        tls: bool,
+        (events, last): (u64, u64),
+    ) {
         let c = &self.config;
         let addr = listener
             .local_addr()
@@ -351,10 +364,6 @@ impl Server {
                 list(&c.trusted_proxies)
             );
         }
-        let (events, last) = (
-            self.journal.len().unwrap_or(0),
-            self.journal.last_seq().unwrap_or(0),
-        );
         info!(
             "journal {}: {events} events held, last seq {last}",
             self.journal.path().display()
