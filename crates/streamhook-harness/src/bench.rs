@@ -300,6 +300,28 @@ fn streamhook(bin: &Path, dir: &Path, port: u16, sinks: &str) -> Result<Command>
     Ok(cmd)
 }
 
+/// Turns the admin listener on (at `127.0.0.1:port`) in the config `streamhook()` wrote.
+fn enable_admin(cmd: &mut Command, dir: &Path, port: u16) -> Result<()> {
+    cmd.env("STREAMHOOK_ADMIN_LISTEN", format!("127.0.0.1:{port}"));
+    let config = dir.join("streamhook.toml");
+    let text = std::fs::read_to_string(&config)?.replace("enabled = false", "enabled = true");
+    std::fs::write(&config, text)?;
+    Ok(())
+}
+
+/// The journal's own count of events `sink` has not passed, from `/readyz`.
+async fn sink_lag(admin: u16, sink: &str) -> Result<u64> {
+    let ready: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ready["sinks"][sink]["lag"]
+        .as_u64()
+        .with_context(|| format!("no lag for sink {sink} in /readyz: {ready}"))
+}
+
 fn file_sink(dir: &Path) -> String {
     format!(
         "[[sinks]]\ntype = \"file\"\nname = \"archive\"\npath = \"{}\"\n",
@@ -404,6 +426,15 @@ fn machine() -> String {
     format!("{cores} cores ({cpu})")
 }
 
+/// Today's date (UTC), `2026-11-28`.
+fn today() -> String {
+    humantime::format_rfc3339(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .take(10)
+        .collect()
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
@@ -495,20 +526,19 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     let d4 = dir.join("down");
     std::fs::create_dir_all(&d4)?;
     let port = free_port()?;
-    let server = Measured::spawn(&mut streamhook(
-        &o.server_bin,
-        &d4,
-        port,
-        &http_sink(free_port()?),
-    )?)?;
+    // The admin listener, to read the sink's own lag from `/readyz`.
+    let admin = free_port()?;
+    let mut cmd = streamhook(&o.server_bin, &d4, port, &http_sink(free_port()?))?;
+    enable_admin(&mut cmd, &d4, admin)?;
+    let server = Measured::spawn(&mut cmd)?;
     wait_ready(port, "/healthz").await?;
     let url = format!("http://127.0.0.1:{port}/webhook");
-    let first = closed_loop(&url, o.connections, o.seconds).await?;
+    let _first = closed_loop(&url, o.connections, o.seconds).await?;
     let rss_1 = server.rss_mib();
-    let second = closed_loop(&url, o.connections, o.seconds).await?;
+    let backlog_1 = sink_lag(admin, "app").await?;
+    let _second = closed_loop(&url, o.connections, o.seconds).await?;
     let rss_2 = server.rss_mib();
-    let backlog_1 = (first.rps * o.seconds as f64) as u64;
-    let backlog_2 = backlog_1 + (second.rps * o.seconds as f64) as u64;
+    let backlog_2 = sink_lag(admin, "app").await?;
     let peak_down = server.peak_rss_mib();
     server.stop()?;
 
@@ -554,10 +584,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         // `/readyz` is on the admin listener.
         let admin = free_port()?;
         let mut cmd = streamhook(&o.server_bin, &d6, port, &file_sink(&d6))?;
-        cmd.env("STREAMHOOK_ADMIN_LISTEN", format!("127.0.0.1:{admin}"));
-        let config = d6.join("streamhook.toml");
-        let text = std::fs::read_to_string(&config)?.replace("enabled = false", "enabled = true");
-        std::fs::write(&config, text)?;
+        enable_admin(&mut cmd, &d6, admin)?;
         let server = Measured::spawn(&mut cmd)?;
         wait_ready(admin, "/readyz").await?;
         ready.push(start.elapsed());
@@ -619,8 +646,9 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     let _ = writeln!(report, "# Performance\n");
     let _ = writeln!(
         report,
-        "Measured by `{}` on {}, every figure from the same run.",
+        "Measured by `{}` on {} on {}, every figure from the same run.",
         o.command,
+        today(),
         machine()
     );
     let _ = writeln!(
@@ -667,7 +695,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     let _ = writeln!(report, "\n## Memory while a sink is down\n");
     let _ = writeln!(
         report,
-        "The http sink's receiver is down; load runs for two periods of {} s and the backlog grows on disk.\n",
+        "The http sink's receiver is down; load runs for two periods of {} s and the backlog (the journal's own count of events the sink has not passed, from `/readyz`) grows on disk.\n",
         o.seconds
     );
     let _ = writeln!(
