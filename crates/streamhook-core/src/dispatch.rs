@@ -18,10 +18,10 @@
 //! - A sink that knows what it already holds ([`Sink::delivered_through`]) resumes after it, so
 //!   a crash does not deliver twice what it wrote.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -95,6 +95,126 @@ pub struct SinkStats {
     pub journal_errors: AtomicU64,
     /// 1 while delivery is paused by a journal error, else 0.
     pub paused: AtomicU64,
+    /// Recent attempts, events waiting for a retry, the last error: what the console shows.
+    pub activity: Mutex<Activity>,
+    /// Deliveries per minute over the last hour.
+    pub rate: Rate,
+}
+
+impl SinkStats {
+    /// The activity, even if a panicking holder poisoned its lock.
+    pub fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How many attempts [`Activity::attempts`] keeps.
+pub const ATTEMPT_LOG: usize = 2048;
+
+/// A sink's recent history, in memory (bounded; lost on restart, unlike dead letters).
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// The latest failed attempts, and deliveries and dead letters that followed a failure,
+    /// oldest first; at most [`ATTEMPT_LOG`].
+    pub attempts: VecDeque<Attempt>,
+    /// Events waiting for their next attempt, by seq.
+    pub retrying: BTreeMap<u64, Retrying>,
+    /// The last failed attempt.
+    pub last_error: Option<Attempt>,
+}
+
+impl Activity {
+    fn record(&mut self, attempt: Attempt) {
+        if attempt.error.is_some() {
+            self.last_error = Some(attempt.clone());
+        }
+        if self.attempts.len() >= ATTEMPT_LOG {
+            self.attempts.pop_front();
+        }
+        self.attempts.push_back(attempt);
+    }
+}
+
+/// One delivery attempt worth remembering.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    /// The event.
+    pub seq: u64,
+    /// Which attempt, from 1.
+    pub attempt: u32,
+    /// When it ended, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// `failed`, `delivered` or `dead`.
+    pub outcome: &'static str,
+    /// The sink's error (with the status code, for HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An event waiting for its next attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Retrying {
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next one starts, in ms since the Unix epoch.
+    pub next_at_ms: u64,
+    /// The last error.
+    pub error: String,
+}
+
+/// Events per minute over the last hour, lock-free: slot `minute % 60` holds the count of
+/// the minute it is stamped with.
+#[derive(Debug)]
+pub struct Rate {
+    counts: [AtomicU64; 60],
+    minutes: [AtomicU64; 60],
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            minutes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Rate {
+    /// Counts one event now.
+    pub fn add(&self) {
+        self.add_at(now_ms() / 60_000);
+    }
+
+    fn add_at(&self, minute: u64) {
+        let slot = (minute % 60) as usize;
+        if self.minutes[slot].swap(minute, Ordering::Relaxed) != minute {
+            self.counts[slot].store(0, Ordering::Relaxed);
+        }
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The last 60 minutes' counts, oldest first, the current minute last.
+    pub fn last_hour(&self) -> Vec<u64> {
+        let now = now_ms() / 60_000;
+        (0..60u64)
+            .rev()
+            .map(|back| {
+                let minute = now.saturating_sub(back);
+                let slot = (minute % 60) as usize;
+                if self.minutes[slot].load(Ordering::Relaxed) == minute {
+                    self.counts[slot].load(Ordering::Relaxed)
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The router, shared so a reload can swap it under running dispatchers.
@@ -605,6 +725,16 @@ async fn deliver(
         let error = match result {
             Ok(()) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
+                stats.rate.add();
+                if attempt > 1 {
+                    stats.activity().record(Attempt {
+                        seq: job.seq,
+                        attempt,
+                        at_ms: now_ms(),
+                        outcome: "delivered",
+                        error: None,
+                    });
+                }
                 return;
             }
             Err(e) => e,
@@ -613,6 +743,13 @@ async fn deliver(
         let give_up = !error.is_retryable()
             || attempt >= policy.max_attempts
             || first.elapsed() >= policy.max_age;
+        stats.activity().record(Attempt {
+            seq: job.seq,
+            attempt,
+            at_ms: now_ms(),
+            outcome: if give_up { "dead" } else { "failed" },
+            error: Some(error.to_string()),
+        });
         if give_up {
             tracing::warn!(sink = %sink.name(), seq = job.seq, id = %job.delivery.envelope.id, attempts = attempt, error = %error, "dead-lettered");
             let letter = DeadLetter {
@@ -650,9 +787,37 @@ async fn deliver(
         tracing::debug!(sink = %sink.name(), seq = job.seq, attempt, error = %error, retry_in = ?wait, "delivery failed; will retry");
         {
             let _retrying = Gauge::up(&stats.retrying);
+            let _shown = Waiting::new(
+                stats,
+                job.seq,
+                Retrying {
+                    attempts: attempt,
+                    next_at_ms: now_ms() + wait.as_millis() as u64,
+                    error: error.to_string(),
+                },
+            );
             tokio::time::sleep(wait).await;
         }
         attempt += 1;
+    }
+}
+
+/// Shows an event as waiting for a retry while alive (so a cancelled wait leaves nothing).
+struct Waiting<'a> {
+    stats: &'a SinkStats,
+    seq: u64,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(stats: &'a SinkStats, seq: u64, retrying: Retrying) -> Self {
+        stats.activity().retrying.insert(seq, retrying);
+        Waiting { stats, seq }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.stats.activity().retrying.remove(&self.seq);
     }
 }
 

@@ -51,6 +51,8 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const DEAD_LETTERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead_letters");
 const REQUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("requeued");
 const REWINDS: TableDefinition<&str, u64> = TableDefinition::new("rewinds");
+/// How each request arrived (peer, rule, headers), for the console; never sent to sinks.
+const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
 
 /// How far ahead of the clock the newest event's receive time may be and still be carried
 /// forward (a clock that stepped back); beyond it the stored time is taken for a corrupt
@@ -130,6 +132,12 @@ pub enum JournalError {
         from: u64,
         /// The newest seq held.
         last: u64,
+    },
+    /// An event the journal does not hold (never written, or pruned).
+    #[error("the journal holds no event at seq {seq}")]
+    NoSuchEvent {
+        /// The seq.
+        seq: u64,
     },
     /// A dead letter that does not exist.
     #[error("no dead letter for sink {sink:?} at seq {seq}")]
@@ -233,6 +241,19 @@ pub fn one_line(json: &str) -> String {
     }
 }
 
+/// How a request arrived, as [`Journal::append_received`] kept it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// The TCP peer (a trusted proxy when it differs from `client`).
+    pub peer: IpAddr,
+    /// The client address the source check decided on.
+    pub client: IpAddr,
+    /// The allowlist entry that admitted the client.
+    pub rule: Option<String>,
+    /// The request's headers, in order, as received (bounded by the caller).
+    pub headers: Vec<(String, String)>,
+}
+
 /// An event a sink gave up on, with the last error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -310,6 +331,7 @@ struct AppendRequest {
     prefix: String,
     suffix: String,
     source: IpAddr,
+    received: Option<Vec<u8>>,
     reply: oneshot::Sender<Result<Appended, JournalError>>,
 }
 
@@ -547,6 +569,36 @@ impl Journal {
         payload: &[u8],
         parsed: impl Into<Parsed>,
     ) -> Result<Appended, JournalError> {
+        self.append_with(source, payload, parsed, None).await
+    }
+
+    /// [`Journal::append`], keeping also how the request arrived: its peer, the allowlist
+    /// rule that admitted it and its headers (read back by [`Journal::received`], in the same
+    /// transaction as the event, pruned with it).
+    pub async fn append_received(
+        &self,
+        source: Verified,
+        payload: &[u8],
+        parsed: impl Into<Parsed>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Appended, JournalError> {
+        let received = Received {
+            peer: source.peer(),
+            client: source.client(),
+            rule: source.rule().map(|r| r.to_string()),
+            headers,
+        };
+        let bytes = serde_json::to_vec(&received).map_err(write_err)?;
+        self.append_with(source, payload, parsed, Some(bytes)).await
+    }
+
+    async fn append_with(
+        &self,
+        source: Verified,
+        payload: &[u8],
+        parsed: impl Into<Parsed>,
+        received: Option<Vec<u8>>,
+    ) -> Result<Appended, JournalError> {
         let text = std::str::from_utf8(payload)
             .map_err(|e| JournalError::Write(format!("payload is not UTF-8: {e}")))?;
         let is_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
@@ -562,6 +614,7 @@ impl Journal {
             prefix: prefix.to_owned(),
             suffix: suffix.to_owned(),
             source: source.client(),
+            received,
             reply,
         };
         match self.inner.tx.try_send(Msg::Append(Box::new(request))) {
@@ -666,6 +719,40 @@ impl Journal {
             out.push(decode_event(k.value(), v.value()));
         }
         Ok(out)
+    }
+
+    /// Up to `limit` records before `before`, newest first (each read on its own, as in
+    /// [`Journal::read_records`]): the console pages backwards with it.
+    pub fn read_back(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Result<StoredEvent, JournalError>>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(EVENTS).map_err(read_err)?;
+        let mut out = Vec::new();
+        for entry in table.range(..before).map_err(read_err)?.rev().take(limit) {
+            let (k, v) = entry.map_err(read_err)?;
+            out.push(decode_event(k.value(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// How event `seq` arrived, if it was kept ([`Journal::append_received`]).
+    pub fn received(&self, seq: u64) -> Result<Option<Received>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(REQUESTS).map_err(read_err)?;
+        let Some(value) = table.get(seq).map_err(read_err)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| JournalError::Corrupt {
+                seq,
+                message: format!("request record: {e}"),
+            })
     }
 
     /// One event by seq.
@@ -920,6 +1007,52 @@ impl Journal {
         Ok(out)
     }
 
+    /// `sink`'s dead letters for events `from..=to`, by seq.
+    pub fn dead_letters_between(
+        &self,
+        sink: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(DEAD_LETTERS).map_err(read_err)?;
+        let mut out = Vec::new();
+        for entry in table.range((sink, from)..=(sink, to)).map_err(read_err)? {
+            let (_, v) = entry.map_err(read_err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Queues event `seq` for `sink` once more, as a requeued dead letter is (same id, the
+    /// sink's cursor does not move): the console's "send again". Fails with
+    /// [`JournalError::NoSuchEvent`] when the journal no longer holds it.
+    pub fn resend(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        let event = self.get(seq)?.ok_or(JournalError::NoSuchEvent { seq })?;
+        let envelope = event.envelope()?;
+        let letter = DeadLetter {
+            sink: sink.to_owned(),
+            seq,
+            id: envelope.id.0.clone(),
+            error: "sent again from the console".to_owned(),
+            attempts: 0,
+            failed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            body: event.body(&envelope),
+            envelope: event.json,
+        };
+        let bytes = serde_json::to_vec(&letter).map_err(write_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(REQUEUED)
+            .map_err(write_err)?
+            .insert((sink, seq), bytes.as_slice())
+            .map_err(write_err)?;
+        self.inner.health.commit(txn)?;
+        self.notify();
+        Ok(())
+    }
+
     /// Moves a dead letter back to its sink's queue; it is delivered again (same id).
     pub fn requeue(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
         let db = self.db()?;
@@ -1050,6 +1183,22 @@ impl Journal {
                 for entry in removed {
                     entry.map_err(write_err)?;
                     pruned.events += 1;
+                }
+                drop(table);
+                // What arrived with the pruned events goes too (they go as a prefix: the
+                // conditions only grow with seq, receive times never go back).
+                let first_kept = txn
+                    .open_table(EVENTS)
+                    .map_err(write_err)?
+                    .first()
+                    .map_err(write_err)?
+                    .map_or(next, |(seq, _)| seq.value());
+                let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
+                let gone = requests
+                    .extract_from_if(..first_kept, |_, _| true)
+                    .map_err(write_err)?;
+                for entry in gone {
+                    entry.map_err(write_err)?;
                 }
             }
             self.inner.health.commit(txn)?;
@@ -1244,6 +1393,7 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
         txn.open_table(DEAD_LETTERS).map_err(write_err)?;
         txn.open_table(REQUEUED).map_err(write_err)?;
         txn.open_table(REWINDS).map_err(write_err)?;
+        txn.open_table(REQUESTS).map_err(write_err)?;
     }
     txn.commit().map_err(write_err)?;
     Ok(db)
@@ -1465,6 +1615,7 @@ fn commit_batch(
     let mut out = Vec::with_capacity(batch.len());
     {
         let mut events = txn.open_table(EVENTS).map_err(write_err)?;
+        let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
         let mut history = txn.open_table(HISTORY).map_err(write_err)?;
         let mut meta = txn.open_table(META).map_err(write_err)?;
         let mut next = meta
@@ -1521,6 +1672,11 @@ fn commit_batch(
                 &envelope,
             )?;
             events.insert(next, record.as_slice()).map_err(write_err)?;
+            if let Some(received) = &request.received {
+                requests
+                    .insert(next, received.as_slice())
+                    .map_err(write_err)?;
+            }
             if let (Some(k), Some(state)) = (&key, state) {
                 let bytes = encode_history(received_at_ms, &state)?;
                 history

@@ -8,10 +8,10 @@ pub mod router;
 pub mod sink;
 pub mod source;
 
-pub use dispatch::{Dispatcher, RetryPolicy, SinkStats};
+pub use dispatch::{Activity, Attempt, Dispatcher, Rate, RetryPolicy, Retrying, SinkStats};
 pub use journal::{
-    Appended, DeadLetter, Health, Journal, JournalConfig, JournalError, Parsed, Pruned, ReplayFrom,
-    StoredEvent,
+    Appended, DeadLetter, Health, Journal, JournalConfig, JournalError, Parsed, Pruned, Received,
+    ReplayFrom, StoredEvent,
 };
 pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
 pub use sink::{Delivery, Held, Sink, SinkError};

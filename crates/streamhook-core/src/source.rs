@@ -153,6 +153,8 @@ pub struct Unverified<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verified {
     client: IpAddr,
+    peer: IpAddr,
+    rule: Option<Cidr>,
 }
 
 impl Verified {
@@ -161,10 +163,24 @@ impl Verified {
         self.client
     }
 
+    /// The TCP peer (a trusted proxy when it differs from [`Verified::client`]).
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    /// The allowlist entry that admitted the client (None for [`Verified::trusted_local`]).
+    pub fn rule(&self) -> Option<Cidr> {
+        self.rule
+    }
+
     /// For embedding and tests: a request accepted without a filter (e.g. the CLI reading a
     /// file). Servers must use [`SourceFilter::verify`].
     pub fn trusted_local(client: IpAddr) -> Self {
-        Verified { client }
+        Verified {
+            client,
+            peer: client,
+            rule: None,
+        }
     }
 }
 
@@ -235,11 +251,15 @@ impl SourceFilter {
     pub fn verify(&self, request: &Unverified<'_>) -> Result<Verified, SourceError> {
         // The source first: a stranger learns nothing about the token.
         let client = self.client_ip(request.peer, &request.headers)?;
-        if !self.allow.iter().any(|c| c.contains(client)) {
+        let Some(rule) = self.allow.iter().find(|c| c.contains(client)) else {
             return Err(SourceError::NotAllowed(client));
-        }
+        };
         self.check_token(request.token)?;
-        Ok(Verified { client })
+        Ok(Verified {
+            client,
+            peer: canonical(request.peer),
+            rule: Some(*rule),
+        })
     }
 
     /// Whether a TCP peer could ever pass [`SourceFilter::verify`]: it is allowed itself, or

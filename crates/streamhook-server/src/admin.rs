@@ -13,6 +13,16 @@
 //! | `POST /admin/replay` | `{"sink", "from_seq"}` or `{"sink", "since": "2026-11-28T09:00:00Z" or "2h"}` |
 //! | `GET /admin/events?from=SEQ&limit=N&wait=SECS` | envelopes from SEQ on, as NDJSON; waits up to SECS for new ones |
 //! | `POST /admin/reload` | re-reads the config (as SIGHUP does) |
+//! | `GET /admin/session` | the CSRF token and sink names, for the console |
+//! | `GET /admin/events/search?type&kind&resource&q&since&until&before&limit` | newest first, filtered |
+//! | `GET /admin/events/live?after=SEQ&...` | server-sent events: new events as they commit |
+//! | `GET /admin/events/states?seqs=1,2` | each sink's state of these events |
+//! | `GET /admin/events/{seq}` | one event: envelope, body, how it arrived, each sink's attempts |
+//! | `POST /admin/events/{seq}/resend` | `{"sink"}`: deliver this event to the sink again |
+//! | `GET /admin/resources/{type}/{id}` | a resource's events, oldest first (its timeline) |
+//!
+//! The console (`GET /`, see [`crate::console`]) calls the same API with a session cookie;
+//! then every `POST` must carry its CSRF token. docs/admin-api.md describes each call.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,74 +39,129 @@ use streamhook_core::{Journal, JournalError, ReplayFrom};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::intake::Intake;
+use crate::{console, explore};
+use streamhook_core::dispatch::SharedRouter;
 
 /// A request to reload, answered with a summary or the reason it was refused.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
 #[derive(Clone)]
-struct Admin {
-    intake: Intake,
+pub(crate) struct Admin {
+    pub(crate) intake: Intake,
     token: Arc<str>,
     reload: Option<mpsc::Sender<ReloadRequest>>,
+    router: Option<SharedRouter>,
 }
 
-/// The admin router. `reload` reaches the running server (None: reload unsupported).
+impl Admin {
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The routes in force (None when the server did not share them).
+    pub(crate) fn router(&self) -> Option<Arc<streamhook_core::Router>> {
+        self.router
+            .as_ref()
+            .and_then(|r| r.read().ok().map(|r| Arc::clone(&r)))
+    }
+}
+
+/// The admin router and the console. `reload` reaches the running server (None: reload
+/// unsupported); `router` tells the console which sinks an event is routed to.
 pub fn admin_app(
     intake: Intake,
     token: String,
     reloads: Option<mpsc::Sender<ReloadRequest>>,
+    router: Option<SharedRouter>,
 ) -> axum::Router {
     let state = Admin {
         intake,
         token: token.into(),
         reload: reloads,
+        router,
     };
     let operator = crate::intake::operator_app(state.intake.clone());
     let admin = axum::Router::new()
         .route("/admin/status", get(status))
+        .route("/admin/session", get(session))
         .route("/admin/dead-letters", get(dead_letters))
         .route("/admin/dead-letters/requeue", post(requeue))
         .route("/admin/replay", post(replay))
         .route("/admin/events", get(events))
+        .route("/admin/events/search", get(explore::search))
+        .route("/admin/events/live", get(explore::live))
+        .route("/admin/events/states", get(explore::states))
+        .route("/admin/events/{seq}", get(explore::event))
+        .route("/admin/events/{seq}/resend", post(explore::resend))
+        .route("/admin/resources/{type}/{id}", get(explore::timeline))
         .route("/admin/reload", post(reload))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .with_state(state);
+        .with_state(state.clone());
     operator
         .merge(admin)
+        .merge(console::routes(state))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .layer(middleware::from_fn(console::harden))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn journal_error(e: JournalError) -> Response {
+pub(crate) fn journal_error(e: JournalError) -> Response {
     let status = match e {
-        JournalError::NoSuchDeadLetter { .. } => StatusCode::NOT_FOUND,
+        JournalError::NoSuchDeadLetter { .. } | JournalError::NoSuchEvent { .. } => {
+            StatusCode::NOT_FOUND
+        }
         JournalError::ReplayPastEnd { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }
 
+/// A bearer token (the CLI), or the console's session cookie, which must bring the CSRF
+/// token on anything but GET.
 async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
+    let headers = request.headers();
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        .and_then(|v| v.strip_prefix("Bearer "));
     use subtle::ConstantTimeEq as _;
-    if !bool::from(given.as_bytes().ct_eq(admin.token.as_bytes())) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token (Authorization: Bearer <token>)",
-        );
+    match bearer {
+        Some(given) if bool::from(given.as_bytes().ct_eq(admin.token.as_bytes())) => {}
+        None if console::has_session(headers, &admin.token) => {
+            let reads = matches!(
+                *request.method(),
+                axum::http::Method::GET | axum::http::Method::HEAD
+            );
+            if !reads && !console::csrf_ok(headers, &admin.token) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token (x-csrf-token, from GET /admin/session)",
+                );
+            }
+        }
+        _ => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token (Authorization: Bearer <token>)",
+            );
+        }
     }
     next.run(request).await
 }
 
-async fn blocking<T: Send + 'static>(
+/// `GET /admin/session`: what the console needs to make changes.
+async fn session(State(admin): State<Admin>) -> Response {
+    Json(json!({
+        "csrf": console::csrf_value(&admin.token),
+        "sinks": admin.intake.sink_names(),
+    }))
+    .into_response()
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
     journal: &Journal,
     f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
 ) -> Result<T, Response> {
@@ -120,15 +185,22 @@ async fn status(State(admin): State<Admin>) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let running = admin.intake.sinks();
     let sinks: Vec<serde_json::Value> = cursors
         .iter()
         .map(|(name, cursor)| {
-            json!({
+            let mut sink = json!({
                 "name": name,
                 "cursor": cursor,
                 "lag": (last_seq + 1).saturating_sub(*cursor),
                 "dead_letters": dead.iter().filter(|d| &d.sink == name).count(),
-            })
+                "running": false,
+            });
+            if let Some((_, stats)) = running.iter().find(|(n, _)| n == name) {
+                sink["running"] = json!(true);
+                sink["activity"] = explore::sink_activity(stats);
+            }
+            sink
         })
         .collect();
     Json(json!({ "last_seq": last_seq, "events": events, "sinks": sinks })).into_response()
@@ -137,9 +209,11 @@ async fn status(State(admin): State<Admin>) -> Response {
 #[derive(Deserialize)]
 struct SinkQuery {
     sink: Option<String>,
+    limit: Option<usize>,
 }
 
 async fn dead_letters(State(admin): State<Admin>, Query(q): Query<SinkQuery>) -> Response {
+    let limit = q.limit.unwrap_or(usize::MAX);
     match blocking(admin.intake.journal(), move |j| {
         j.dead_letters(q.sink.as_deref())
     })
@@ -148,6 +222,7 @@ async fn dead_letters(State(admin): State<Admin>, Query(q): Query<SinkQuery>) ->
         Ok(letters) => {
             let out: Vec<serde_json::Value> = letters
                 .into_iter()
+                .take(limit)
                 .map(|l| {
                     let envelope: serde_json::Value = serde_json::from_str(&l.envelope).unwrap_or_default();
                     json!({
@@ -167,27 +242,41 @@ async fn dead_letters(State(admin): State<Admin>, Query(q): Query<SinkQuery>) ->
 struct RequeueBody {
     sink: String,
     seq: Option<u64>,
+    seqs: Option<Vec<u64>>,
     #[serde(default)]
     all: bool,
 }
 
 async fn requeue(State(admin): State<Admin>, Json(body): Json<RequeueBody>) -> Response {
-    if body.seq.is_none() && !body.all {
-        return error(StatusCode::BAD_REQUEST, "give `seq` or `\"all\": true`");
+    let given =
+        usize::from(body.seq.is_some()) + usize::from(body.seqs.is_some()) + usize::from(body.all);
+    if given != 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give one of `seq`, `seqs` and `\"all\": true`",
+        );
     }
+    let single = body.seq.is_some();
     let result = blocking(admin.intake.journal(), move |j| {
-        let seqs: Vec<u64> = match body.seq {
-            Some(seq) => vec![seq],
-            None => j
+        let seqs: Vec<u64> = match (body.seq, body.seqs) {
+            (Some(seq), _) => vec![seq],
+            (None, Some(seqs)) => seqs,
+            (None, None) => j
                 .dead_letters(Some(&body.sink))?
                 .iter()
                 .map(|d| d.seq)
                 .collect(),
         };
-        for seq in &seqs {
-            j.requeue(&body.sink, *seq)?;
+        let mut done = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match j.requeue(&body.sink, seq) {
+                Ok(()) => done.push(seq),
+                // In a list, one already requeued (or never dead) is not an error.
+                Err(JournalError::NoSuchDeadLetter { .. }) if !single => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(seqs)
+        Ok(done)
     })
     .await;
     match result {
@@ -205,7 +294,7 @@ struct ReplayBody {
 }
 
 /// `since`: an RFC 3339 time, or a duration back from now (`"2h"`).
-fn parse_since(since: &str) -> Result<SystemTime, String> {
+pub(crate) fn parse_since(since: &str) -> Result<SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(since) {
         return Ok(t);
     }

@@ -133,7 +133,7 @@ impl Intake {
         self.sinks().into_iter().map(|(n, _)| n).collect()
     }
 
-    fn sinks(&self) -> Vec<(String, Arc<SinkStats>)> {
+    pub(crate) fn sinks(&self) -> Vec<(String, Arc<SinkStats>)> {
         self.inner
             .sinks
             .read()
@@ -254,6 +254,30 @@ async fn handle(intake: Intake, token: Option<String>, request: Request) -> Resp
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// At most this many headers are kept with an event, for the console.
+const KEPT_HEADERS: usize = 64;
+/// And at most this many bytes of them (names and values).
+const KEPT_HEADER_BYTES: usize = 8 * 1024;
+
+/// The request's headers as the console shows them: in order, bounded, credentials redacted.
+fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in headers.iter().take(KEPT_HEADERS) {
+        let value = match name.as_str() {
+            "authorization" | "proxy-authorization" | "cookie" => "(redacted)".to_owned(),
+            _ => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        };
+        bytes += name.as_str().len() + value.len();
+        if bytes > KEPT_HEADER_BYTES {
+            kept.push(("…".to_owned(), "(more headers not kept)".to_owned()));
+            break;
+        }
+        kept.push((name.as_str().to_owned(), value));
+    }
+    kept
 }
 
 async fn receive(
@@ -392,7 +416,7 @@ async fn receive(
     };
     let appended = intake
         .journal()
-        .append(verified, &bytes, parsed)
+        .append_received(verified, &bytes, parsed, kept_headers(&parts.headers))
         .await
         .map_err(|e| match e {
             JournalError::Busy => {

@@ -34,6 +34,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod console;
+mod explore;
 pub mod intake;
 pub mod metrics;
 pub mod serve;

@@ -234,7 +234,12 @@ impl Server {
         let admin_task = match admin {
             Some(listener) => {
                 let token = self.admin_token()?;
-                let app = admin_app(self.intake.clone(), token, Some(self.reload_tx.clone()));
+                let app = admin_app(
+                    self.intake.clone(),
+                    token,
+                    Some(self.reload_tx.clone()),
+                    Some(self.router.clone()),
+                );
                 let mut stop = stop_rx.clone();
                 let limits = self.config.limits.clone();
                 Some(tokio::spawn(async move {

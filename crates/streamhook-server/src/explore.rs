@@ -1,0 +1,613 @@
+//! The admin API's read side for the console: search events newest first, follow them live
+//! (server-sent events), one event in full, a resource's timeline, and per-sink states.
+//!
+//! Searches scan the journal backwards from a seq, at most [`SCAN_BUDGET`] records a call,
+//! and say where they stopped (`next_before`), so a call costs the same on a journal of any
+//! size; the console goes on scanning while the page is not full.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use streamhook_core::{Journal, JournalError, KindPattern, RouteInput, SinkStats, StoredEvent};
+use streamhook_types::Envelope;
+
+use crate::admin::{Admin, blocking, error, parse_since};
+
+/// The most records one search call reads.
+pub const SCAN_BUDGET: usize = 20_000;
+/// The most records a timeline reads (newest first).
+pub const TIMELINE_BUDGET: usize = 200_000;
+/// The most events a timeline returns.
+pub const TIMELINE_MAX: usize = 2_000;
+
+/// What the console filters on. Every field is optional; all given must match.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct FilterQuery {
+    /// The webhook type: `stream`, `video`, ...
+    #[serde(rename = "type", default)]
+    pub type_name: Option<String>,
+    /// A kind glob: `stream.*`, `*.stopped`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The resource id.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Text anywhere in the envelope (body included), case-insensitive.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// From this time (RFC 3339, or a duration back from now: `2h`).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Up to this time (same forms).
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+/// A filter, checked and compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    type_name: Option<String>,
+    kind: Option<KindPattern>,
+    resource: Option<u64>,
+    text: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Filter {
+    /// Reads a query; an unusable value is a message for a 400.
+    pub fn new(q: &FilterQuery) -> Result<Filter, String> {
+        fn some(s: &Option<String>) -> Option<&str> {
+            s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+        }
+        let resource = match some(&q.resource) {
+            Some(r) => Some(
+                r.parse::<u64>()
+                    .map_err(|_| format!("resource {r:?} is not a numeric id"))?,
+            ),
+            None => None,
+        };
+        let kind = match some(&q.kind) {
+            Some(k) => Some(KindPattern::new(k)?),
+            None => None,
+        };
+        let time = |s: Option<&str>| -> Result<Option<u64>, String> {
+            s.map(|s| parse_since(s).map(ms)).transpose()
+        };
+        Ok(Filter {
+            type_name: some(&q.type_name).map(str::to_owned),
+            kind,
+            resource,
+            text: some(&q.q).map(str::to_lowercase),
+            since_ms: time(some(&q.since))?,
+            until_ms: time(some(&q.until))?,
+        })
+    }
+
+    /// Whether the stored record may match, before decoding it (cheap tests first).
+    fn may_match(&self, event: &StoredEvent) -> bool {
+        if self.since_ms.is_some_and(|s| event.received_at_ms < s)
+            || self.until_ms.is_some_and(|u| event.received_at_ms > u)
+        {
+            return false;
+        }
+        if let Some(id) = self.resource
+            && !event.json.contains(&format!("\"id\":{id}"))
+        {
+            return false;
+        }
+        if let Some(text) = &self.text
+            && !contains_lowercase(&event.json, text)
+        {
+            return false;
+        }
+        true
+    }
+
+    fn matches(&self, envelope: &Envelope) -> bool {
+        if let Some(t) = &self.type_name
+            && &envelope.resource.kind != t
+        {
+            return false;
+        }
+        if let Some(id) = self.resource
+            && envelope.resource.id != Some(id)
+        {
+            return false;
+        }
+        if let Some(k) = &self.kind
+            && !envelope.kinds.iter().any(|kind| k.matches(kind.as_str()))
+        {
+            return false;
+        }
+        true
+    }
+}
+
+fn contains_lowercase(haystack: &str, needle_lower: &str) -> bool {
+    if haystack.is_ascii() && needle_lower.is_ascii() {
+        let (h, n) = (haystack.as_bytes(), needle_lower.as_bytes());
+        return n.is_empty()
+            || h.windows(n.len())
+                .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b));
+    }
+    haystack.to_lowercase().contains(needle_lower)
+}
+
+/// One event as a row: what the list shows.
+pub fn row(event: &StoredEvent, envelope: &Envelope) -> Value {
+    let name = serde_json::from_str::<Value>(envelope.payload.get())
+        .ok()
+        .and_then(|p| {
+            p.get("message")
+                .and_then(|m| m.get(&envelope.resource.kind))
+                .and_then(|r| r.get("name"))
+                .and_then(|n| n.as_str().map(str::to_owned))
+        });
+    json!({
+        "seq": event.seq,
+        "id": envelope.id,
+        "received_at": envelope.received_at,
+        "received_at_ms": event.received_at_ms,
+        "kinds": envelope.kinds,
+        "resource": envelope.resource,
+        "name": name,
+        "source_ip": envelope.source_ip,
+    })
+}
+
+/// What one search call found.
+struct Page {
+    rows: Vec<(StoredEvent, Envelope)>,
+    /// Where the next call goes on (None: the start of the journal was reached).
+    next_before: Option<u64>,
+    scanned: usize,
+}
+
+fn search_page(
+    journal: &Journal,
+    filter: &Filter,
+    before: u64,
+    limit: usize,
+) -> Result<Page, JournalError> {
+    let mut rows = Vec::new();
+    let mut scanned = 0;
+    let mut cursor = before;
+    while scanned < SCAN_BUDGET && rows.len() < limit {
+        let chunk = journal.read_back(cursor, 1000.min(SCAN_BUDGET - scanned))?;
+        if chunk.is_empty() {
+            return Ok(Page {
+                rows,
+                next_before: None,
+                scanned,
+            });
+        }
+        for record in chunk {
+            scanned += 1;
+            // An unreadable record is shown nowhere here; delivery dead-letters it.
+            let Ok(event) = record else { continue };
+            cursor = event.seq;
+            // Receive times grow with seq: past `since`, nothing older can match.
+            if filter.since_ms.is_some_and(|s| event.received_at_ms < s) {
+                return Ok(Page {
+                    rows,
+                    next_before: None,
+                    scanned,
+                });
+            }
+            if !filter.may_match(&event) {
+                continue;
+            }
+            let Ok(envelope) = event.envelope() else {
+                continue;
+            };
+            if filter.matches(&envelope) {
+                rows.push((event, envelope));
+                if rows.len() >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    let next_before = if cursor <= 1 { None } else { Some(cursor) };
+    Ok(Page {
+        rows,
+        next_before,
+        scanned,
+    })
+}
+
+/// The state of events for each sink: delivered, pending (with its retry), dead, requeued,
+/// or not routed to it.
+fn sink_states(
+    admin: &Admin,
+    journal: &Journal,
+    rows: &[(StoredEvent, Envelope)],
+) -> Result<Vec<BTreeMap<String, Value>>, JournalError> {
+    let mut out = vec![BTreeMap::new(); rows.len()];
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let lo = rows.iter().map(|(e, _)| e.seq).min().unwrap_or(0);
+    let hi = rows.iter().map(|(e, _)| e.seq).max().unwrap_or(0);
+    let router = admin.router();
+    for (name, stats) in admin.intake.sinks() {
+        let cursor = journal.cursor(&name)?;
+        let dead: HashSet<u64> = journal
+            .dead_letters_between(&name, lo, hi)?
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        let requeued: HashSet<u64> = journal
+            .requeued(&name, 10_000)?
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        let retrying = stats.activity().retrying.clone();
+        for ((event, envelope), states) in rows.iter().zip(out.iter_mut()) {
+            let routed = router.as_ref().is_none_or(|r| {
+                r.wants(
+                    &name,
+                    &RouteInput {
+                        kinds: &envelope.kinds,
+                        type_name: &envelope.resource.kind,
+                        origin: envelope.origin,
+                        id: envelope.resource.id,
+                    },
+                )
+            });
+            let state = if dead.contains(&event.seq) {
+                json!({ "state": "dead" })
+            } else if requeued.contains(&event.seq) {
+                json!({ "state": "requeued" })
+            } else if let Some(r) = retrying.get(&event.seq) {
+                json!({ "state": "pending", "attempts": r.attempts, "next_at_ms": r.next_at_ms, "error": r.error })
+            } else if !routed {
+                json!({ "state": "not routed" })
+            } else if event.seq < cursor {
+                json!({ "state": "delivered" })
+            } else {
+                json!({ "state": "pending", "attempts": 0 })
+            };
+            states.insert(name.clone(), state);
+        }
+    }
+    Ok(out)
+}
+
+fn rows_json(rows: &[(StoredEvent, Envelope)], states: Vec<BTreeMap<String, Value>>) -> Vec<Value> {
+    rows.iter()
+        .zip(states)
+        .map(|((event, envelope), states)| {
+            let mut r = row(event, envelope);
+            r["sinks"] = json!(states);
+            r
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SearchQuery {
+    #[serde(flatten)]
+    filter: FilterQuery,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/events/search`: newest first, filtered, paged by `before`.
+pub(crate) async fn search(State(admin): State<Admin>, Query(q): Query<SearchQuery>) -> Response {
+    let filter = match Filter::new(&q.filter) {
+        Ok(f) => f,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let journal = admin.intake.journal().clone();
+    let before = q.before.unwrap_or(u64::MAX);
+    let a = admin.clone();
+    let result = blocking(&journal, move |j| {
+        let page = search_page(j, &filter, before, limit)?;
+        let states = sink_states(&a, j, &page.rows)?;
+        Ok((page, states))
+    })
+    .await;
+    match result {
+        Ok((page, states)) => Json(json!({
+            "events": rows_json(&page.rows, states),
+            "next_before": page.next_before,
+            "scanned": page.scanned,
+            "last_seq": journal.last_committed(),
+        }))
+        .into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StatesQuery {
+    seqs: String,
+}
+
+/// `GET /admin/events/states?seqs=1,2,3`: the sink states of these events (at most 500).
+pub(crate) async fn states(State(admin): State<Admin>, Query(q): Query<StatesQuery>) -> Response {
+    let seqs: Result<Vec<u64>, _> = q
+        .seqs
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .take(500)
+        .map(str::parse)
+        .collect();
+    let Ok(seqs) = seqs else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "seqs: a comma-separated list of numbers",
+        );
+    };
+    let a = admin.clone();
+    let result = blocking(admin.intake.journal(), move |j| {
+        let mut rows = Vec::new();
+        for seq in seqs {
+            if let Some(event) = j.get(seq)?
+                && let Ok(envelope) = event.envelope()
+            {
+                rows.push((event, envelope));
+            }
+        }
+        let states = sink_states(&a, j, &rows)?;
+        Ok(rows
+            .iter()
+            .zip(states)
+            .map(|((e, _), s)| (e.seq.to_string(), json!(s)))
+            .collect::<serde_json::Map<String, Value>>())
+    })
+    .await;
+    match result {
+        Ok(map) => Json(Value::Object(map)).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+/// `GET /admin/events/{seq}`: the envelope, the body as received, how it arrived, and what
+/// each sink did with it.
+pub(crate) async fn event(State(admin): State<Admin>, Path(seq): Path<u64>) -> Response {
+    let a = admin.clone();
+    let result = blocking(admin.intake.journal(), move |j| {
+        let Some(event) = j.get(seq)? else {
+            return Ok(None);
+        };
+        let envelope = event.envelope()?;
+        let received = j.received(seq)?;
+        let body = event.body(&envelope);
+        let rows = vec![(event, envelope)];
+        let states = sink_states(&a, j, &rows)?;
+        let mut sinks = Vec::new();
+        for (name, stats) in a.intake.sinks() {
+            let attempts: Vec<_> = stats
+                .activity()
+                .attempts
+                .iter()
+                .filter(|t| t.seq == seq)
+                .cloned()
+                .collect();
+            let dead = j.dead_letters_between(&name, seq, seq)?.into_iter().next();
+            sinks.push(json!({
+                "name": name,
+                "state": states[0].get(&name),
+                "attempts": attempts,
+                "dead_letter": dead.map(|d| json!({"error": d.error, "attempts": d.attempts, "failed_at": d.failed_at})),
+            }));
+        }
+        let (event, envelope) = rows.into_iter().next().expect("one row");
+        Ok(Some(json!({
+            "row": row(&event, &envelope),
+            "envelope": serde_json::from_str::<Value>(&event.json).unwrap_or(Value::Null),
+            "body": body,
+            "received": received,
+            "sinks": sinks,
+        })))
+    })
+    .await;
+    match result {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("the journal holds no event at seq {seq} (never written, or pruned)"),
+        ),
+        Err(resp) => resp,
+    }
+}
+
+/// `GET /admin/resources/{type}/{id}`: a resource's events, oldest first, from the newest
+/// [`TIMELINE_BUDGET`] records (at most [`TIMELINE_MAX`] events).
+pub(crate) async fn timeline(
+    State(admin): State<Admin>,
+    Path((type_name, id)): Path<(String, u64)>,
+) -> Response {
+    let t = type_name.clone();
+    let result = blocking(admin.intake.journal(), move |j| {
+        let filter = Filter {
+            type_name: Some(t),
+            resource: Some(id),
+            ..Filter::default()
+        };
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        let mut before = u64::MAX;
+        let mut complete = false;
+        while scanned < TIMELINE_BUDGET && found.len() < TIMELINE_MAX {
+            let page = search_page(j, &filter, before, TIMELINE_MAX - found.len())?;
+            scanned += page.scanned;
+            found.extend(page.rows.iter().map(|(e, env)| row(e, env)));
+            match page.next_before {
+                Some(b) => before = b,
+                None => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        found.reverse();
+        Ok((found, scanned, complete))
+    })
+    .await;
+    match result {
+        Ok((events, scanned, complete)) => Json(json!({
+            "resource": { "type": type_name, "id": id },
+            "events": events,
+            "scanned": scanned,
+            "complete": complete,
+        }))
+        .into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LiveQuery {
+    #[serde(flatten)]
+    filter: FilterQuery,
+    /// Send events after this seq (default: from now on).
+    after: Option<u64>,
+}
+
+/// `GET /admin/events/live`: server-sent events, one `event` message per new event that
+/// matches the filter, as soon as it is committed. Ends when the server shuts down.
+pub(crate) async fn live(State(admin): State<Admin>, Query(q): Query<LiveQuery>) -> Response {
+    let filter = match Filter::new(&q.filter) {
+        Ok(f) => f,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let journal = admin.intake.journal().clone();
+    let changed = journal.subscribe();
+    let after = q.after.unwrap_or_else(|| journal.last_committed());
+    let stopping = admin.intake.stopping();
+    struct Follow {
+        admin: Admin,
+        journal: Journal,
+        changed: tokio::sync::watch::Receiver<u64>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        after: u64,
+        filter: Filter,
+    }
+    let state = Follow {
+        admin,
+        journal,
+        changed,
+        stopping,
+        after,
+        filter,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if *s.stopping.borrow() {
+                return None;
+            }
+            let (from, filter, a) = (s.after + 1, s.filter.clone(), s.admin.clone());
+            let read = blocking(&s.journal, move |j| {
+                let records = j.read_records(from, 200)?;
+                let last = records
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok().map(|e| e.seq))
+                    .max();
+                let rows: Vec<(StoredEvent, Envelope)> = records
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter(|e| filter.may_match(e))
+                    .filter_map(|e| e.envelope().ok().map(|env| (e, env)))
+                    .filter(|(_, env)| filter.matches(env))
+                    .collect();
+                let states = sink_states(&a, j, &rows)?;
+                Ok((last, rows_json(&rows, states)))
+            })
+            .await;
+            match read {
+                Ok((Some(last), rows)) => {
+                    s.after = last;
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let events: Vec<Result<SseEvent, Infallible>> = rows
+                        .iter()
+                        .map(|r| {
+                            Ok(SseEvent::default()
+                                .event("event")
+                                .id(r["seq"].to_string())
+                                .data(r.to_string()))
+                        })
+                        .collect();
+                    return Some((futures_util::stream::iter(events), s));
+                }
+                Ok((None, _)) => {}
+                // A journal error: wait for the next commit and try again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+            tokio::select! {
+                r = s.changed.changed() => if r.is_err() { return None },
+                _ = s.stopping.wait_for(|v| *v) => return None,
+            }
+        }
+    });
+    let stream = futures_util::StreamExt::flatten(stream);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// `POST /admin/events/{seq}/resend` `{"sink"}`: deliver this one event to the sink again.
+pub(crate) async fn resend(
+    State(admin): State<Admin>,
+    Path(seq): Path<u64>,
+    Json(body): Json<SinkBody>,
+) -> Response {
+    if !admin.intake.sink_names().contains(&body.sink) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no sink named {:?}", body.sink),
+        );
+    }
+    let sink = body.sink.clone();
+    match blocking(admin.intake.journal(), move |j| j.resend(&sink, seq)).await {
+        Ok(()) => Json(json!({ "sink": body.sink, "resent": seq })).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SinkBody {
+    sink: String,
+}
+
+/// Per-sink figures beyond the status: rate over the last hour, waiting retries, last error.
+pub(crate) fn sink_activity(stats: &SinkStats) -> Value {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let activity = stats.activity();
+    let retrying: HashMap<String, _> = activity
+        .retrying
+        .iter()
+        .take(100)
+        .map(|(seq, r)| (seq.to_string(), r.clone()))
+        .collect();
+    json!({
+        "delivered": load(&stats.delivered),
+        "failed_attempts": load(&stats.failed_attempts),
+        "retrying": load(&stats.retrying),
+        "paused": load(&stats.paused) == 1,
+        "per_minute": stats.rate.last_hour(),
+        "last_error": activity.last_error,
+        "waiting": retrying,
+    })
+}
