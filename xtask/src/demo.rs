@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the whole product in a minute, on loopback, leaving nothing behind.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a demo prints
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -148,6 +148,20 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })();
+    // The console: open it while the server still runs (a terminal only; a script goes on).
+    let token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap_or_default();
+    let console = format!("http://127.0.0.1:{admin_port}/?token={}", token.trim());
+    if result.is_ok() && std::io::stdin().is_terminal() {
+        println!("\n== the console: every event above, live, with timelines and sinks\n");
+        println!("  open {console}");
+        println!(
+            "  (in a browser on this machine; press Enter here to stop the server and see the rest)"
+        );
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    } else if result.is_ok() {
+        println!("\n(not a terminal: the console was at {console} while the server ran)");
+    }
     let exit = terminate(&mut server)?;
     let printed = printed.join().unwrap_or_default();
     let logged = logged.join().unwrap_or_default();

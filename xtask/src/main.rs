@@ -22,8 +22,9 @@ Tasks:
             fault runs, and the Debian package (built and checked)
   codegen   regenerate docs/schema/*.json from the types
   demo      build, start the server on loopback with a file sink in a temporary
-            folder, send every fixture with `streamhook send`, show what each
-            sink received, stop the server
+            folder, send every fixture with `streamhook send`, print the
+            console's URL (with the token) and wait for Enter while you look
+            (in a terminal), then show what each sink received and stop
   dist      build the Debian package target/dist/streamhook_VERSION_ARCH.deb
             (release binaries, systemd units, /etc/streamhook config, man pages,
             shell completions) with dpkg-deb, and check its file list
@@ -370,6 +371,17 @@ fn bench(rest: &[String]) -> Result<()> {
             "streamhook-core",
             "--bench",
             "journal",
+        ],
+        &[],
+    )?;
+    cargo(
+        &[
+            "bench",
+            "--quiet",
+            "-p",
+            "streamhook-server",
+            "--bench",
+            "console",
         ],
         &[],
     )?;

@@ -427,7 +427,9 @@ function drawTimeline(type, events) {
   const ticks = 5;
   for (let k = 0; k <= ticks; k++) {
     const t = t0 + ((t1 - t0) * k) / ticks;
-    svg.append(s('text', { x: x(t), y: H - 8, 'text-anchor': k === 0 ? 'start' : k === ticks ? 'end' : 'middle' }, new Date(t).toLocaleTimeString()));
+    // A short life reads better as offsets from its first event.
+    const label = k === 0 || t1 - t0 >= 120000 ? new Date(t).toLocaleTimeString() : `+${((t - t0) / 1000).toFixed(t1 - t0 < 10000 ? 2 : 0)} s`;
+    svg.append(s('text', { x: x(t), y: H - 8, 'text-anchor': k === 0 ? 'start' : k === ticks ? 'end' : 'middle' }, label));
   }
   return svg;
 }

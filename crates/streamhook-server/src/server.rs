@@ -402,6 +402,9 @@ impl Server {
                 format!("token in {}", c.data_dir.join(ADMIN_TOKEN_FILE).display())
             };
             info!("admin API on http://{addr}/admin ({token}); /readyz and /metrics there too");
+            info!(
+                "console on http://{addr}/ (log in with the admin token, or open http://{addr}/?token=TOKEN)"
+            );
             let ip = admin.local_addr().map_or(c.admin.listen.ip(), |a| a.ip());
             if !ip.is_loopback() {
                 warn!(
