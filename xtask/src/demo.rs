@@ -160,7 +160,9 @@ pub fn run() -> Result<()> {
         let mut line = String::new();
         let _ = std::io::stdin().read_line(&mut line);
     } else if result.is_ok() {
-        println!("\n(not a terminal: the console was at {console} while the server ran)");
+        println!(
+            "\n(not a terminal, so no pause: run `cargo xtask demo` in one to open the console)"
+        );
     }
     let exit = terminate(&mut server)?;
     let printed = printed.join().unwrap_or_default();

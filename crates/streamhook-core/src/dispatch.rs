@@ -99,9 +99,27 @@ pub struct SinkStats {
     pub activity: Mutex<Activity>,
     /// Deliveries per minute over the last hour.
     pub rate: Rate,
+    /// What the dispatcher has read and still has in flight (refreshed at most every
+    /// 200 ms while busy): events below `next` and not in flight have been passed, even
+    /// while the persisted cursor waits behind one slow event.
+    pub progress: Mutex<Progress>,
+}
+
+/// A dispatcher's progress, as [`SinkStats::progress`] shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The next seq it will read (0: not started).
+    pub next: u64,
+    /// Seqs handed to the sink and not yet done (delivered or dead-lettered), in order.
+    pub in_flight: Vec<u64>,
 }
 
 impl SinkStats {
+    /// The progress, even if a panicking holder poisoned its lock.
+    pub fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The activity, even if a panicking holder poisoned its lock.
     pub fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
         self.activity.lock().unwrap_or_else(|e| e.into_inner())
@@ -162,19 +180,18 @@ pub struct Retrying {
     pub error: String,
 }
 
-/// Events per minute over the last hour, lock-free: slot `minute % 60` holds the count of
-/// the minute it is stamped with.
+/// Events per minute over the last hour, lock-free: slot `minute % 60` holds, in one word,
+/// the minute it counts (high 32 bits) and its count (low 32 bits), updated by compare-and-swap
+/// so a count is never lost to a concurrent new minute.
 #[derive(Debug)]
 pub struct Rate {
-    counts: [AtomicU64; 60],
-    minutes: [AtomicU64; 60],
+    slots: [AtomicU64; 60],
 }
 
 impl Default for Rate {
     fn default() -> Self {
         Rate {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            minutes: std::array::from_fn(|_| AtomicU64::new(0)),
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -185,24 +202,38 @@ impl Rate {
         self.add_at(now_ms() / 60_000);
     }
 
-    fn add_at(&self, minute: u64) {
-        let slot = (minute % 60) as usize;
-        if self.minutes[slot].swap(minute, Ordering::Relaxed) != minute {
-            self.counts[slot].store(0, Ordering::Relaxed);
+    /// Counts one event in `minute` (minutes since the Unix epoch).
+    pub fn add_at(&self, minute: u64) {
+        let slot = &self.slots[(minute % 60) as usize];
+        let stamp = (minute & 0xffff_ffff) << 32;
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let next = if current & !0xffff_ffff == stamp {
+                current.saturating_add(1).min(stamp | 0xffff_ffff)
+            } else {
+                stamp | 1
+            };
+            match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
         }
-        self.counts[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The last 60 minutes' counts, oldest first, the current minute last.
     pub fn last_hour(&self) -> Vec<u64> {
-        let now = now_ms() / 60_000;
+        self.hour_before(now_ms() / 60_000)
+    }
+
+    /// The 60 minutes up to `now` (minutes since the Unix epoch), oldest first.
+    pub fn hour_before(&self, now: u64) -> Vec<u64> {
         (0..60u64)
             .rev()
             .map(|back| {
                 let minute = now.saturating_sub(back);
-                let slot = (minute % 60) as usize;
-                if self.minutes[slot].load(Ordering::Relaxed) == minute {
-                    self.counts[slot].load(Ordering::Relaxed)
+                let word = self.slots[(minute % 60) as usize].load(Ordering::Relaxed);
+                if word >> 32 == minute & 0xffff_ffff {
+                    word & 0xffff_ffff
                 } else {
                     0
                 }
@@ -381,6 +412,11 @@ impl Dispatcher {
             let mut last_persist = Instant::now();
             let mut idle_flushed = true;
             let mut stop = false;
+            let mut shown = (0, Instant::now());
+            *self.stats.progress() = Progress {
+                next,
+                in_flight: Vec::new(),
+            };
             loop {
                 if stop || *shutdown.borrow() {
                     tasks.abort_all();
@@ -489,6 +525,16 @@ impl Dispatcher {
                     self.persist(&name, cursor).await?;
                     persisted = cursor;
                     last_persist = Instant::now();
+                }
+                // Show the progress: at once when idle, at most every 200 ms while busy.
+                if (pending.is_empty() && shown.0 != next)
+                    || shown.1.elapsed() > Duration::from_millis(200)
+                {
+                    *self.stats.progress() = Progress {
+                        next,
+                        in_flight: pending.iter().copied().collect(),
+                    };
+                    shown = (next, Instant::now());
                 }
                 if pending.is_empty() && requeued_in_flight.is_empty() && !idle_flushed {
                     idle_flushed = true;

@@ -53,6 +53,8 @@ const REQUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("requ
 const REWINDS: TableDefinition<&str, u64> = TableDefinition::new("rewinds");
 /// How each request arrived (peer, rule, headers), for the console; never sent to sinks.
 const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
+/// The first seq each sink was given (its cursor when created, lowered by replays).
+const SINK_STARTS: TableDefinition<&str, u64> = TableDefinition::new("sink_starts");
 
 /// How far ahead of the clock the newest event's receive time may be and still be carried
 /// forward (a clock that stepped back); beyond it the stored time is taken for a corrupt
@@ -136,6 +138,14 @@ pub enum JournalError {
     /// An event the journal does not hold (never written, or pruned).
     #[error("the journal holds no event at seq {seq}")]
     NoSuchEvent {
+        /// The seq.
+        seq: u64,
+    },
+    /// The event is already queued to be delivered again to the sink.
+    #[error("event {seq} is already queued for sink {sink:?}; wait until it is delivered")]
+    AlreadyQueued {
+        /// The sink.
+        sink: String,
         /// The seq.
         seq: u64,
     },
@@ -832,8 +842,47 @@ impl Journal {
             }
         }
         let start = last_seq_in(&db)? + 1;
-        self.set_cursor(sink, start)?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(CURSORS)
+            .map_err(write_err)?
+            .insert(sink, start)
+            .map_err(write_err)?;
+        txn.open_table(SINK_STARTS)
+            .map_err(write_err)?
+            .insert(sink, start)
+            .map_err(write_err)?;
+        self.inner.health.commit(txn)?;
         Ok(start)
+    }
+
+    /// The first seq `sink` was given: events before it were journaled before the sink
+    /// existed (and not replayed to it). None for sinks created before this was recorded.
+    pub fn sink_start(&self, sink: &str) -> Result<Option<u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(SINK_STARTS).map_err(read_err)?;
+        Ok(table.get(sink).map_err(read_err)?.map(|v| v.value()))
+    }
+
+    /// For each of `seqs`: whether `sink` holds it as a dead letter, and whether it is queued
+    /// to be delivered again. Point lookups in one read, keys only.
+    pub fn letter_flags(
+        &self,
+        sink: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<(bool, bool)>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let dead = txn.open_table(DEAD_LETTERS).map_err(read_err)?;
+        let requeued = txn.open_table(REQUEUED).map_err(read_err)?;
+        seqs.iter()
+            .map(|&seq| {
+                Ok((
+                    dead.get((sink, seq)).map_err(read_err)?.is_some(),
+                    requeued.get((sink, seq)).map_err(read_err)?.is_some(),
+                ))
+            })
+            .collect()
     }
 
     /// Moves a sink's cursor (durably). Used by the sink's dispatcher.
@@ -945,6 +994,14 @@ impl Journal {
             .map_err(write_err)?
             .insert(sink, seq)
             .map_err(write_err)?;
+        {
+            // A replay gives the sink what came before it too.
+            let mut starts = txn.open_table(SINK_STARTS).map_err(write_err)?;
+            let start = starts.get(sink).map_err(write_err)?.map(|v| v.value());
+            if start.is_some_and(|s| s > seq) {
+                starts.insert(sink, seq).map_err(write_err)?;
+            }
+        }
         txn.open_table(REWINDS)
             .map_err(write_err)?
             .insert(sink, seq)
@@ -1026,9 +1083,21 @@ impl Journal {
     }
 
     /// Queues event `seq` for `sink` once more, as a requeued dead letter is (same id, the
-    /// sink's cursor does not move): the console's "send again". Fails with
-    /// [`JournalError::NoSuchEvent`] when the journal no longer holds it.
+    /// sink's cursor does not move): the console's "send again". A dead letter is requeued;
+    /// an event already queued again is refused ([`JournalError::AlreadyQueued`]); one the
+    /// journal no longer holds too ([`JournalError::NoSuchEvent`]).
     pub fn resend(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        let (dead, queued) = self.letter_flags(sink, &[seq])?[0];
+        if queued {
+            return Err(JournalError::AlreadyQueued {
+                sink: sink.to_owned(),
+                seq,
+            });
+        }
+        if dead {
+            // A dead letter goes back as it is (and stops being one).
+            return self.requeue(sink, seq);
+        }
         let event = self.get(seq)?.ok_or(JournalError::NoSuchEvent { seq })?;
         let envelope = event.envelope()?;
         let letter = DeadLetter {
@@ -1180,25 +1249,17 @@ impl Journal {
                         seq < keep_from_count || header_ms(value) < cutoff_ms
                     })
                     .map_err(write_err)?;
+                let mut gone = Vec::new();
                 for entry in removed {
-                    entry.map_err(write_err)?;
+                    let (seq, _) = entry.map_err(write_err)?;
+                    gone.push(seq.value());
                     pruned.events += 1;
                 }
                 drop(table);
-                // What arrived with the pruned events goes too (they go as a prefix: the
-                // conditions only grow with seq, receive times never go back).
-                let first_kept = txn
-                    .open_table(EVENTS)
-                    .map_err(write_err)?
-                    .first()
-                    .map_err(write_err)?
-                    .map_or(next, |(seq, _)| seq.value());
+                // What arrived with exactly those events goes too.
                 let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
-                let gone = requests
-                    .extract_from_if(..first_kept, |_, _| true)
-                    .map_err(write_err)?;
-                for entry in gone {
-                    entry.map_err(write_err)?;
+                for seq in gone {
+                    requests.remove(seq).map_err(write_err)?;
                 }
             }
             self.inner.health.commit(txn)?;
@@ -1394,6 +1455,7 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
         txn.open_table(REQUEUED).map_err(write_err)?;
         txn.open_table(REWINDS).map_err(write_err)?;
         txn.open_table(REQUESTS).map_err(write_err)?;
+        txn.open_table(SINK_STARTS).map_err(write_err)?;
     }
     txn.commit().map_err(write_err)?;
     Ok(db)

@@ -8,7 +8,9 @@ pub mod router;
 pub mod sink;
 pub mod source;
 
-pub use dispatch::{Activity, Attempt, Dispatcher, Rate, RetryPolicy, Retrying, SinkStats};
+pub use dispatch::{
+    Activity, Attempt, Dispatcher, Progress, Rate, RetryPolicy, Retrying, SinkStats,
+};
 pub use journal::{
     Appended, DeadLetter, Health, Journal, JournalConfig, JournalError, Parsed, Pruned, Received,
     ReplayFrom, StoredEvent,

@@ -51,6 +51,10 @@ function ago(ms) {
   return m >= 0 ? `in ${m} min` : `${-m} min ago`;
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
 class ApiError extends Error {}
 
 async function api(path, options = {}) {
@@ -194,7 +198,10 @@ async function eventsView(params, token) {
     h('td', { 'data-label': 'Source', class: 'mono' }, ev.source_ip),
     h('td', { 'data-label': 'Sinks', class: 'sinks' }, sinkChips(ev.sinks)));
     if (atTop) tbody.prepend(tr); else tbody.append(tr);
-    while (tbody.children.length > MAX_ROWS) tbody.lastElementChild.remove();
+    while (tbody.children.length > MAX_ROWS) {
+      seen.delete(Number(tbody.lastElementChild.dataset.seq));
+      tbody.lastElementChild.remove();
+    }
   };
 
   const describe = () => {
@@ -244,7 +251,10 @@ async function eventsView(params, token) {
   live = new EventSource(`/admin/events/live?${lq}`);
   live.addEventListener('open', () => { liveState.textContent = '● live'; liveState.classList.add('on'); });
   live.addEventListener('error', () => { liveState.textContent = '○ reconnecting'; liveState.classList.remove('on'); });
+  live.addEventListener('problem', (m) => { liveState.textContent = `○ ${m.data}`; liveState.classList.remove('on'); });
   live.addEventListener('event', (m) => {
+    liveState.textContent = '● live';
+    liveState.classList.add('on');
     const ev = JSON.parse(m.data);
     addRow(ev, true);
     describe();
@@ -303,7 +313,7 @@ async function eventView(seq, token) {
       h('td', { 'data-label': 'Sink' }, sk.name),
       h('td', { 'data-label': 'State', class: `st-${((sk.state && sk.state.state) || '').replace(' ', '-')}` }, stateText(sk.state)),
       h('td', { 'data-label': 'Attempts' }, attempts,
-        sk.dead_letter ? h('div', { class: 'error' }, `dead after ${sk.dead_letter.attempts} attempts at ${sk.dead_letter.failed_at}: ${sk.dead_letter.error}`) : null),
+        sk.dead_letter ? h('div', { class: 'error' }, `dead after ${plural(sk.dead_letter.attempts, 'attempt')} at ${sk.dead_letter.failed_at}: ${sk.dead_letter.error}`) : null),
       h('td', { 'data-label': 'Actions' }, h('div', { class: 'row-actions' }, actions)));
   });
   const body = pretty(data.body);
@@ -498,7 +508,7 @@ async function sinksView(token) {
       deadBody.replaceChildren(...shown.map((d) => h('tr', { 'data-seq': d.seq },
         h('td', { 'data-label': 'Event' }, h('a', { href: `#/event/${d.seq}` }, `#${d.seq}`)),
         h('td', { 'data-label': 'Kinds' }, kindChips(d.kinds || [])),
-        h('td', { 'data-label': 'Error', class: 'error' }, `${d.error} (${d.attempts} attempts)`),
+        h('td', { 'data-label': 'Error', class: 'error' }, `${d.error} (${plural(d.attempts, 'attempt')})`),
         h('td', {}, h('button', { type: 'button', 'data-requeue': d.seq, onclick: async () => {
           try { await post('/admin/dead-letters/requeue', { sink: sk.name, seq: d.seq }); say(`Requeued event ${d.seq}.`); await reloadDead(); } catch (e) { say(`Error: ${e.message}`); }
         } }, 'Requeue')))));
@@ -529,7 +539,7 @@ async function sinksView(token) {
         h('dt', {}, 'Delivered'), h('dd', {}, act.delivered !== undefined ? `${act.delivered} since start, ${act.failed_attempts} failed attempts, ${act.retrying} waiting for a retry` : '—'),
         h('dt', {}, 'Last error'), h('dd', { class: last ? 'error' : 'muted' }, last ? `${fmtTime(last.at_ms)}: event ${last.seq}, attempt ${last.attempt}: ${last.error}` : 'none since start'),
         h('dt', {}, 'Dead letters'), h('dd', {}, String(sk.dead_letters))),
-      act.per_minute ? h('div', {}, h('div', { class: 'muted' }, 'Deliveries per minute, last hour'), spark(act.per_minute)) : null,
+      act.per_minute ? h('div', {}, h('div', { class: 'muted' }, `Deliveries per minute, last hour: ${act.per_minute.reduce((a, b) => a + b, 0).toLocaleString()} in all`), spark(act.per_minute)) : null,
       message, replay,
       h('details', { open: sk.dead_letters > 0 }, h('summary', {}, `Dead letters (${sk.dead_letters})`),
         h('div', { class: 'filters' }, deadFilter, requeueAll),

@@ -51,11 +51,16 @@ pub(crate) struct Admin {
     token: Arc<str>,
     reload: Option<mpsc::Sender<ReloadRequest>>,
     router: Option<SharedRouter>,
+    guard: Arc<console::Guard>,
 }
 
 impl Admin {
     pub(crate) fn token(&self) -> &str {
         &self.token
+    }
+
+    pub(crate) fn guard(&self) -> &console::Guard {
+        &self.guard
     }
 
     /// The routes in force (None when the server did not share them).
@@ -79,6 +84,7 @@ pub fn admin_app(
         token: token.into(),
         reload: reloads,
         router,
+        guard: Arc::default(),
     };
     let operator = crate::intake::operator_app(state.intake.clone());
     let admin = axum::Router::new()
@@ -113,14 +119,15 @@ pub(crate) fn journal_error(e: JournalError) -> Response {
         JournalError::NoSuchDeadLetter { .. } | JournalError::NoSuchEvent { .. } => {
             StatusCode::NOT_FOUND
         }
+        JournalError::AlreadyQueued { .. } => StatusCode::CONFLICT,
         JournalError::ReplayPastEnd { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }
 
-/// A bearer token (the CLI), or the console's session cookie, which must bring the CSRF
-/// token on anything but GET.
+/// A bearer token (the CLI), or the console's session cookie, which must bring the session's
+/// CSRF token on anything but GET.
 async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let bearer = headers
@@ -129,33 +136,50 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
         .and_then(|v| v.strip_prefix("Bearer "));
     use subtle::ConstantTimeEq as _;
     match bearer {
+        Some(_) if admin.guard.locked() => return console::locked_out(),
         Some(given) if bool::from(given.as_bytes().ct_eq(admin.token.as_bytes())) => {}
-        None if console::has_session(headers, &admin.token) => {
-            let reads = matches!(
-                *request.method(),
-                axum::http::Method::GET | axum::http::Method::HEAD
-            );
-            if !reads && !console::csrf_ok(headers, &admin.token) {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "missing or wrong CSRF token (x-csrf-token, from GET /admin/session)",
-                );
-            }
-        }
-        _ => {
+        Some(_) => {
+            let peer = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip());
+            admin.guard.failed("admin API", peer);
             return error(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong admin token (Authorization: Bearer <token>)",
+                "wrong admin token (Authorization: Bearer <token>)",
             );
         }
+        None => match console::session(headers, &admin.guard) {
+            Some(id) => {
+                let reads = matches!(
+                    *request.method(),
+                    axum::http::Method::GET | axum::http::Method::HEAD
+                );
+                if !reads && !console::csrf_ok(headers, &admin.token, id) {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "missing or wrong CSRF token (x-csrf-token, from GET /admin/session)",
+                    );
+                }
+            }
+            None => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing admin token (Authorization: Bearer <token>) or console session",
+                );
+            }
+        },
     }
     next.run(request).await
 }
 
-/// `GET /admin/session`: what the console needs to make changes.
-async fn session(State(admin): State<Admin>) -> Response {
+/// `GET /admin/session`: what the console needs to make changes (a bearer caller gets no
+/// CSRF token: it needs none).
+async fn session(State(admin): State<Admin>, headers: axum::http::HeaderMap) -> Response {
+    let csrf =
+        console::session(&headers, &admin.guard).map(|id| console::csrf_value(&admin.token, id));
     Json(json!({
-        "csrf": console::csrf_value(&admin.token),
+        "csrf": csrf,
         "sinks": admin.intake.sink_names(),
     }))
     .into_response()

@@ -1,15 +1,25 @@
 //! The console: a web page on the admin listener to watch, search and replay events.
 //!
-//! Login takes the admin token once (`/?token=TOKEN`, or the form at `/`) and keeps, in an
-//! HttpOnly, SameSite=Strict cookie, a session value derived from it (an HMAC of the token,
-//! never the token itself: changing the token ends every session). The page then calls the
-//! admin API with that cookie; every state-changing call must also carry the CSRF token
-//! (`x-csrf-token`, another HMAC of the admin token) that only a logged-in page can read from
-//! `GET /admin/session`. Bearer-token calls (the CLI) need no CSRF token.
+//! Login takes the admin token once (`/?token=TOKEN`, or the form at `/`) and starts a
+//! session: a random id, kept in the server's memory for 12 hours at most and forgotten at
+//! logout or restart, in an HttpOnly, SameSite=Strict cookie (never the token itself). The page
+//! then calls the admin API with that cookie; every state-changing call must also carry the
+//! session's CSRF token (`x-csrf-token`, an HMAC of the session id under the admin token) that
+//! only a logged-in page can read from `GET /admin/session`. Bearer-token calls (the CLI) need
+//! no CSRF token.
+//!
+//! Against DNS rebinding (a hostile page whose name comes to resolve to 127.0.0.1), login and
+//! cookie calls are answered only for a `Host` that is an IP address or `localhost`. Failed
+//! token checks (login or bearer) are counted: after 10 in 10 seconds, every check answers 429
+//! until the 10 seconds are over, and each failure is logged.
 //!
 //! The HTML, CSS and JavaScript are compiled into the binary (no CDN, nothing fetched at run
 //! time) and served under a strict Content-Security-Policy: scripts and styles only from the
 //! listener itself, no inline script, so a payload that carries markup stays text.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -36,21 +46,97 @@ const ICON: &str = include_str!("../console/icon.svg");
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-fn derive(token: &str, purpose: &str) -> String {
+/// How long a console session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// The most sessions kept at once (the oldest goes first).
+const MAX_SESSIONS: usize = 256;
+/// Failed token checks allowed per [`FAILURE_WINDOW`].
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The console's sessions and the failed-login counter, shared by the admin routes.
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    sessions: Mutex<HashMap<String, Instant>>,
+    failures: Mutex<Option<(Instant, u32)>>,
+}
+
+impl Guard {
+    /// Starts a session; returns its id.
+    fn open(&self) -> String {
+        let id = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        sessions.retain(|_, expires| *expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(id.clone(), now + SESSION_TTL);
+        id
+    }
+
+    /// Whether `id` is a live session.
+    pub(crate) fn valid(&self, id: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(id)
+            .is_some_and(|expires| *expires > Instant::now())
+    }
+
+    fn close(&self, id: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Whether token checks are refused for now (too many failures lately).
+    pub(crate) fn locked(&self) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.is_some_and(|(since, n)| n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+    }
+
+    /// Counts a failed token check (and logs it).
+    pub(crate) fn failed(&self, what: &str, peer: Option<std::net::IpAddr>) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = match *failures {
+            Some((since, n)) if since.elapsed() < FAILURE_WINDOW => {
+                *failures = Some((since, n + 1));
+                n + 1
+            }
+            _ => {
+                *failures = Some((Instant::now(), 1));
+                1
+            }
+        };
+        let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        tracing::warn!(%peer, failures = n, "{what}: wrong admin token");
+    }
+}
+
+/// The 429 answer while token checks are locked.
+pub(crate) fn locked_out() -> Response {
+    crate::admin::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many wrong admin tokens lately; wait 10 seconds",
+    )
+}
+
+/// The CSRF token of a session.
+pub fn csrf_value(token: &str, session: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("HMAC takes any key");
-    mac.update(b"streamhook console ");
-    mac.update(purpose.as_bytes());
+    mac.update(b"streamhook console csrf ");
+    mac.update(session.as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-}
-
-/// The session cookie's value for this admin token.
-pub fn session_value(token: &str) -> String {
-    derive(token, "session")
-}
-
-/// The CSRF token for this admin token.
-pub fn csrf_value(token: &str) -> String {
-    derive(token, "csrf")
 }
 
 fn equal(a: &str, b: &str) -> bool {
@@ -69,17 +155,39 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// Whether the request carries a valid session cookie.
-pub fn has_session(headers: &HeaderMap, token: &str) -> bool {
-    session_cookie(headers).is_some_and(|v| equal(v, &session_value(token)))
+/// The request's live session id, if it has one (and names this listener by address).
+pub(crate) fn session<'a>(headers: &'a HeaderMap, guard: &Guard) -> Option<&'a str> {
+    if !local_host(headers) {
+        return None;
+    }
+    session_cookie(headers).filter(|id| guard.valid(id))
 }
 
-/// Whether a cookie-authenticated state-changing request carries the CSRF token.
-pub fn csrf_ok(headers: &HeaderMap, token: &str) -> bool {
+/// Whether a cookie-authenticated state-changing request carries its session's CSRF token.
+pub fn csrf_ok(headers: &HeaderMap, token: &str, session: &str) -> bool {
     headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| equal(v, &csrf_value(token)))
+        .is_some_and(|v| equal(v, &csrf_value(token, session)))
+}
+
+/// Whether `Host` is an IP address or `localhost` (with any port): a page that reached this
+/// listener under another name (DNS rebinding) gets neither login nor cookie access.
+pub(crate) fn local_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// A browser's cross-site request shows an `Origin` that is not this listener.
@@ -116,12 +224,12 @@ fn login_page(status: StatusCode, message: Option<&str>) -> Response {
     page(status, LOGIN.replace("<!--MESSAGE-->", &message))
 }
 
-fn session_cookie_header(token: &str) -> HeaderValue {
+fn session_cookie_header(id: &str) -> HeaderValue {
     HeaderValue::from_str(&format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        session_value(token)
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_TTL.as_secs()
     ))
-    .expect("base64 is a valid header value")
+    .expect("a hex id is a valid header value")
 }
 
 #[derive(Deserialize)]
@@ -129,36 +237,58 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+fn wrong_host() -> Response {
+    login_page(
+        StatusCode::MISDIRECTED_REQUEST,
+        Some(
+            "Open the console by address (http://127.0.0.1:PORT/) or as localhost: this listener answers no other name.",
+        ),
+    )
+}
+
 /// `GET /`: the console when logged in, the login form otherwise; `?token=` logs in and
 /// redirects to `/` without it.
 async fn index(
     State(admin): State<Admin>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if let Some(given) = q.token {
-        return log_in(&admin, &given);
+    if !local_host(&headers) {
+        return wrong_host();
     }
-    if has_session(&headers, admin.token()) {
+    if let Some(given) = q.token {
+        return log_in(&admin, &given, peer.ip());
+    }
+    if session(&headers, admin.guard()).is_some() {
         page(StatusCode::OK, INDEX.to_owned())
     } else {
         login_page(StatusCode::OK, None)
     }
 }
 
-fn log_in(admin: &Admin, given: &str) -> Response {
+fn log_in(admin: &Admin, given: &str, peer: std::net::IpAddr) -> Response {
+    let guard = admin.guard();
+    if guard.locked() {
+        return login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many wrong tokens lately: wait 10 seconds and try again."),
+        );
+    }
     if !equal(given.trim(), admin.token()) {
+        guard.failed("console login", Some(peer));
         return login_page(
             StatusCode::UNAUTHORIZED,
             Some(
-                "Wrong admin token. Use the token the server printed at start or the one in DATA_DIR/admin.token.",
+                "Wrong admin token. Use the one in DATA_DIR/admin.token, or the config's [admin] token.",
             ),
         );
     }
+    let id = guard.open();
     let mut response = Redirect::to("/").into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, session_cookie_header(admin.token()));
+        .insert(header::SET_COOKIE, session_cookie_header(&id));
     response
 }
 
@@ -170,20 +300,28 @@ struct LoginForm {
 /// `POST /login`: the form's token.
 async fn login(
     State(admin): State<Admin>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if !local_host(&headers) {
+        return wrong_host();
+    }
     if !same_origin(&headers) {
         return login_page(StatusCode::FORBIDDEN, Some("Cross-site login refused."));
     }
-    log_in(&admin, &form.token)
+    log_in(&admin, &form.token, peer.ip())
 }
 
-/// `POST /logout`: forgets the session (needs the CSRF token, like every change).
+/// `POST /logout`: ends the session (needs the CSRF token, like every change).
 async fn logout(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if !csrf_ok(&headers, admin.token()) {
+    let Some(id) = session(&headers, admin.guard()) else {
+        return Redirect::to("/").into_response();
+    };
+    if !csrf_ok(&headers, admin.token(), id) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
+    admin.guard().close(id);
     let mut response = Redirect::to("/").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,

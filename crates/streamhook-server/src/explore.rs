@@ -5,7 +5,7 @@
 //! and say where they stopped (`next_before`), so a call costs the same on a journal of any
 //! size; the console goes on scanning while the page is not full.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -198,8 +198,16 @@ fn search_page(
         }
         for record in chunk {
             scanned += 1;
-            // An unreadable record is shown nowhere here; delivery dead-letters it.
-            let Ok(event) = record else { continue };
+            // An unreadable record is shown nowhere here (delivery dead-letters it), but the
+            // scan goes on past it.
+            let event = match record {
+                Ok(event) => event,
+                Err(JournalError::Corrupt { seq, .. }) => {
+                    cursor = seq;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             cursor = event.seq;
             // Receive times grow with seq: past `since`, nothing older can match.
             if filter.since_ms.is_some_and(|s| event.received_at_ms < s) {
@@ -231,8 +239,8 @@ fn search_page(
     })
 }
 
-/// The state of events for each sink: delivered, pending (with its retry), dead, requeued,
-/// or not routed to it.
+/// The state of events for each running sink: delivered, pending (with its retry), dead,
+/// requeued, not routed (by the routes in force now), or journaled before the sink existed.
 fn sink_states(
     admin: &Admin,
     journal: &Journal,
@@ -242,23 +250,18 @@ fn sink_states(
     if rows.is_empty() {
         return Ok(out);
     }
-    let lo = rows.iter().map(|(e, _)| e.seq).min().unwrap_or(0);
-    let hi = rows.iter().map(|(e, _)| e.seq).max().unwrap_or(0);
+    let seqs: Vec<u64> = rows.iter().map(|(e, _)| e.seq).collect();
     let router = admin.router();
+    let cursors: HashMap<String, u64> = journal.cursors()?.into_iter().collect();
     for (name, stats) in admin.intake.sinks() {
-        let cursor = journal.cursor(&name)?;
-        let dead: HashSet<u64> = journal
-            .dead_letters_between(&name, lo, hi)?
-            .iter()
-            .map(|d| d.seq)
-            .collect();
-        let requeued: HashSet<u64> = journal
-            .requeued(&name, 10_000)?
-            .iter()
-            .map(|d| d.seq)
-            .collect();
+        let cursor = cursors.get(&name).copied().unwrap_or(0);
+        let start = journal.sink_start(&name)?.unwrap_or(1);
+        let flags = journal.letter_flags(&name, &seqs)?;
         let retrying = stats.activity().retrying.clone();
-        for ((event, envelope), states) in rows.iter().zip(out.iter_mut()) {
+        let progress = stats.progress().clone();
+        for (((event, envelope), states), (dead, queued)) in
+            rows.iter().zip(out.iter_mut()).zip(flags)
+        {
             let routed = router.as_ref().is_none_or(|r| {
                 r.wants(
                     &name,
@@ -270,15 +273,20 @@ fn sink_states(
                     },
                 )
             });
-            let state = if dead.contains(&event.seq) {
+            let seq = event.seq;
+            let passed = seq < cursor
+                || (seq < progress.next && progress.in_flight.binary_search(&seq).is_err());
+            let state = if dead {
                 json!({ "state": "dead" })
-            } else if requeued.contains(&event.seq) {
+            } else if queued {
                 json!({ "state": "requeued" })
-            } else if let Some(r) = retrying.get(&event.seq) {
+            } else if let Some(r) = retrying.get(&seq) {
                 json!({ "state": "pending", "attempts": r.attempts, "next_at_ms": r.next_at_ms, "error": r.error })
             } else if !routed {
                 json!({ "state": "not routed" })
-            } else if event.seq < cursor {
+            } else if seq < start {
+                json!({ "state": "before the sink" })
+            } else if passed {
                 json!({ "state": "delivered" })
             } else {
                 json!({ "state": "pending", "attempts": 0 })
@@ -485,14 +493,25 @@ pub(crate) struct LiveQuery {
 
 /// `GET /admin/events/live`: server-sent events, one `event` message per new event that
 /// matches the filter, as soon as it is committed. Ends when the server shuts down.
-pub(crate) async fn live(State(admin): State<Admin>, Query(q): Query<LiveQuery>) -> Response {
+pub(crate) async fn live(
+    State(admin): State<Admin>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<LiveQuery>,
+) -> Response {
     let filter = match Filter::new(&q.filter) {
         Ok(f) => f,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let journal = admin.intake.journal().clone();
     let changed = journal.subscribe();
-    let after = q.after.unwrap_or_else(|| journal.last_committed());
+    // A reconnecting EventSource says where it stopped.
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let after = resumed
+        .or(q.after)
+        .unwrap_or_else(|| journal.last_committed());
     let stopping = admin.intake.stopping();
     struct Follow {
         admin: Admin,
@@ -520,7 +539,11 @@ pub(crate) async fn live(State(admin): State<Admin>, Query(q): Query<LiveQuery>)
                 let records = j.read_records(from, 200)?;
                 let last = records
                     .iter()
-                    .filter_map(|r| r.as_ref().ok().map(|e| e.seq))
+                    .filter_map(|r| match r {
+                        Ok(e) => Some(e.seq),
+                        Err(JournalError::Corrupt { seq, .. }) => Some(*seq),
+                        Err(_) => None,
+                    })
                     .max();
                 let rows: Vec<(StoredEvent, Envelope)> = records
                     .into_iter()
@@ -551,8 +574,14 @@ pub(crate) async fn live(State(admin): State<Admin>, Query(q): Query<LiveQuery>)
                     return Some((futures_util::stream::iter(events), s));
                 }
                 Ok((None, _)) => {}
-                // A journal error: wait for the next commit and try again.
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                // A journal error: tell the page, wait, and try again.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let note = SseEvent::default()
+                        .event("problem")
+                        .data("the journal cannot be read; retrying");
+                    return Some((futures_util::stream::iter(vec![Ok(note)]), s));
+                }
             }
             tokio::select! {
                 r = s.changed.changed() => if r.is_err() { return None },

@@ -260,22 +260,46 @@ async fn handle(intake: Intake, token: Option<String>, request: Request) -> Resp
 const KEPT_HEADERS: usize = 64;
 /// And at most this many bytes of them (names and values).
 const KEPT_HEADER_BYTES: usize = 8 * 1024;
+/// A longer value is cut to this many bytes.
+const KEPT_VALUE_BYTES: usize = 1024;
 
-/// The request's headers as the console shows them: in order, bounded, credentials redacted.
-fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+/// Whether a header may carry a credential: its value is not kept.
+fn secret_header(name: &str) -> bool {
+    const WORDS: [&str; 8] = [
+        "auth", "cookie", "token", "secret", "key", "sig", "pass", "session",
+    ];
+    WORDS.iter().any(|w| name.contains(w))
+}
+
+/// The request's headers as the console shows them: in order, bounded, credentials (by
+/// name: anything with auth, cookie, token, secret, key, sig, pass or session in it) redacted.
+pub(crate) fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
     let mut kept = Vec::new();
     let mut bytes = 0;
-    for (name, value) in headers.iter().take(KEPT_HEADERS) {
-        let value = match name.as_str() {
-            "authorization" | "proxy-authorization" | "cookie" => "(redacted)".to_owned(),
-            _ => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+    for (i, (name, value)) in headers.iter().enumerate() {
+        let name = name.as_str();
+        let mut value = if secret_header(name) {
+            "(redacted)".to_owned()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
         };
-        bytes += name.as_str().len() + value.len();
-        if bytes > KEPT_HEADER_BYTES {
-            kept.push(("…".to_owned(), "(more headers not kept)".to_owned()));
+        if value.len() > KEPT_VALUE_BYTES {
+            let mut cut = KEPT_VALUE_BYTES;
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            value.truncate(cut);
+            value.push_str("…(cut)");
+        }
+        bytes += name.len() + value.len();
+        if i >= KEPT_HEADERS || bytes > KEPT_HEADER_BYTES {
+            kept.push((
+                "…".to_owned(),
+                format!("({} more headers not kept)", headers.len() - i),
+            ));
             break;
         }
-        kept.push((name.as_str().to_owned(), value));
+        kept.push((name.to_owned(), value));
     }
     kept
 }

@@ -10,6 +10,7 @@ use common::{TestServer, client, eventually_async, fixture, post};
 use serde_json::Value;
 
 fn no_redirects() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(20))
@@ -427,4 +428,261 @@ async fn resend_queues_one_event_again() {
         .unwrap();
     assert_eq!(missing.status(), 404);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_on_the_server() {
+    let mut server = TestServer::start(|_| {}).await;
+    let cookie = log_in(&server).await;
+    let (_, session) = get_json(&server, &cookie, "/admin/session").await;
+    let csrf = session["csrf"].as_str().unwrap().to_owned();
+    let out = no_redirects()
+        .post(server.admin_url("/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    // A copy of the cookie kept elsewhere is worthless now.
+    let (status, _) = get_json(&server, &cookie, "/admin/status").await;
+    assert_eq!(status, 401);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_host_name_gets_no_login_and_no_cookie_access() {
+    let mut server = TestServer::start(|_| {}).await;
+    let cookie = log_in(&server).await;
+    let c = no_redirects();
+    // A page reaching the listener under another name (DNS rebinding).
+    let login = c
+        .get(server.admin_url(&format!("/?token={}", server.token)))
+        .header("host", format!("rebound.example:{}", server.admin.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 421);
+    assert!(login.headers().get("set-cookie").is_none());
+    let status = c
+        .get(server.admin_url("/admin/status"))
+        .header("host", "rebound.example")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+    // localhost and addresses are fine.
+    let status = c
+        .get(server.admin_url("/admin/status"))
+        .header("host", format!("localhost:{}", server.admin.port()))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_tokens_lock_token_checks_for_a_while() {
+    let mut server = TestServer::start(|_| {}).await;
+    let c = no_redirects();
+    for _ in 0..10 {
+        let resp = c
+            .get(server.admin_url("/admin/status"))
+            .bearer_auth("wrong-token-wrong-token-wrong-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    // Even the right token waits now, by bearer or by login.
+    let resp = c
+        .get(server.admin_url("/admin/status"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let login = c
+        .get(server.admin_url(&format!("/?token={}", server.token)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 429);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn credential_headers_are_not_kept_and_many_headers_are_cut() {
+    let mut server = TestServer::start(|_| {}).await;
+    let mut req = client()
+        .post(server.url("/webhook"))
+        .header("x-api-key", "k-123")
+        .header("x-signature", "s-123")
+        .header("x-my-token", "t-123")
+        .header("x-trace", "visible");
+    for i in 0..80 {
+        req = req.header(format!("x-extra-{i}"), "v");
+    }
+    let resp = req
+        .body(fixture("seed/01-stream-started.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = log_in(&server).await;
+    let (_, ev) = get_json(&server, &cookie, "/admin/events/1").await;
+    let headers: Vec<(String, String)> =
+        serde_json::from_value(ev["received"]["headers"].clone()).unwrap();
+    let value = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(value("x-api-key"), Some("(redacted)"));
+    assert_eq!(value("x-signature"), Some("(redacted)"));
+    assert_eq!(value("x-my-token"), Some("(redacted)"));
+    assert_eq!(value("x-trace"), Some("visible"));
+    assert_eq!(headers.len(), 65, "64 headers and a marker");
+    assert!(
+        headers[64].1.contains("more headers not kept"),
+        "{:?}",
+        headers[64]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sink_states_tell_dead_pending_not_routed_and_before_the_sink() {
+    use streamhook_sinks::SinkConfig;
+    use streamhook_sinks::http::HttpConfig;
+    // An app that refuses (400: a dead letter at once) and one that is down (503: retried).
+    let refuse = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refuse_url = format!("http://{}/", refuse.local_addr().unwrap());
+    let app =
+        axum::Router::new().fallback(|| async { (axum::http::StatusCode::BAD_REQUEST, "no") });
+    tokio::spawn(async move { axum::serve(refuse, app).await });
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down_url = format!("http://{}/", down.local_addr().unwrap());
+    let app = axum::Router::new()
+        .fallback(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "later") });
+    tokio::spawn(async move { axum::serve(down, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    // First run: only the archive; one event.
+    let config = common::test_config(dir.path());
+    let mut first = TestServer::start_with(dir, config.clone()).await;
+    assert_eq!(
+        post(
+            &client(),
+            &first.url("/webhook"),
+            fixture("seed/01-stream-started.json")
+        )
+        .await
+        .0,
+        200
+    );
+    first.shutdown().await;
+    // Second run: two more sinks, and a route that sends videos only to the archive.
+    let mut config = config;
+    let mut refusing = HttpConfig::new(&refuse_url);
+    refusing.name = Some("refusing".into());
+    let mut waiting = HttpConfig::new(&down_url);
+    waiting.name = Some("waiting".into());
+    config.sinks.push(SinkConfig::Http(refusing));
+    config.sinks.push(SinkConfig::Http(waiting));
+    config.retry.initial_backoff = Duration::from_secs(30);
+    config.routes = vec![streamhook_core::RouteConfig {
+        name: None,
+        kinds: Vec::new(),
+        types: vec!["video".into()],
+        origin: None,
+        ids: Vec::new(),
+        sinks: vec!["archive".into()],
+        is_final: true,
+    }];
+    config.default_sinks = vec!["archive".into(), "refusing".into(), "waiting".into()];
+    let dir = first.dir;
+    let mut server = TestServer::start_with(dir, config).await;
+    let c = client();
+    assert_eq!(
+        post(
+            &c,
+            &server.url("/webhook"),
+            fixture("seed/03-stream-recording-started.json")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        post(
+            &c,
+            &server.url("/webhook"),
+            fixture("seed/12-video-uploaded.json")
+        )
+        .await
+        .0,
+        200
+    );
+    let cookie = log_in(&server).await;
+    eventually_async(
+        "every state",
+        || async {
+            let (_, v) = get_json(&server, &cookie, "/admin/events/states?seqs=1,2,3").await;
+            let st = |seq: u64, sink: &str| {
+                v[seq.to_string()][sink]["state"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (
+                st(1, "refusing"),
+                st(2, "archive"),
+                st(2, "refusing"),
+                st(2, "waiting"),
+                v["2"]["waiting"]["attempts"].as_u64().unwrap_or(0) >= 1,
+                st(3, "waiting"),
+            )
+        },
+        (
+            "before the sink".to_owned(),
+            "delivered".to_owned(),
+            "dead".to_owned(),
+            "pending".to_owned(),
+            true,
+            "not routed".to_owned(),
+        ),
+    )
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_an_open_live_stream() {
+    let mut server = TestServer::start(|_| {}).await;
+    let cookie = log_in(&server).await;
+    let mut stream = no_redirects()
+        .get(server.admin_url("/admin/events/live"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // The drain does not wait for the stream (shutdown() fails the test after 30 s).
+    server.shutdown().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the live stream stayed open after shutdown");
 }

@@ -483,6 +483,36 @@ async fn the_console_in_a_real_browser() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     screenshot(&browser, "phone").await;
 
+    // A payload that carries markup stays text: no element, no script.
+    browser.set_window_size(1280, 900).await.unwrap();
+    let hostile = String::from_utf8(fixture("seed/12-video-uploaded.json"))
+        .unwrap()
+        .replace("SampleVideo", r#"<img src=x onerror=\"window.__xss=1\">"#);
+    assert_eq!(post(&c, &webhook, hostile.into_bytes()).await.0, 200);
+    let row = wait_text(
+        &browser,
+        "#events tr[data-seq='6']",
+        "the hostile row",
+        |t| t.contains("<img"),
+    )
+    .await;
+    assert!(
+        row.contains(r#"<img src=x onerror="window.__xss=1">"#),
+        "{row}"
+    );
+    let injected = browser
+        .execute(
+            "return document.querySelectorAll('#view img').length + (window.__xss ? 100 : 0)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        injected,
+        json!(0),
+        "markup from a payload became page content"
+    );
+
     browser.close().await.unwrap();
     drop(driver);
     server.shutdown().await;
