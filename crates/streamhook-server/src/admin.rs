@@ -146,7 +146,7 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
             admin.guard.failed("admin API", peer);
             return error(
                 StatusCode::UNAUTHORIZED,
-                "wrong admin token (Authorization: Bearer <token>)",
+                "missing or wrong admin token (Authorization: Bearer <token>)",
             );
         }
         None => match console::session(headers, &admin.guard) {
@@ -165,7 +165,7 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
             None => {
                 return error(
                     StatusCode::UNAUTHORIZED,
-                    "missing admin token (Authorization: Bearer <token>) or console session",
+                    "missing or wrong admin token (Authorization: Bearer <token>), and no console session",
                 );
             }
         },
