@@ -286,7 +286,7 @@ impl Dispatcher {
             sink,
             router,
             policy,
-            window: 256,
+            window: 1024,
             stats: Arc::new(SinkStats::default()),
         }
     }
@@ -453,21 +453,21 @@ impl Dispatcher {
                             }
                             Err(e) => return Err(e),
                         };
-                        next = event.seq + 1;
-                        let delivery = match self.routed(&event) {
+                        let seq = event.seq;
+                        next = seq + 1;
+                        let delivery = match self.routed(event) {
                             Routed::Skip => continue,
                             Routed::Deliver(delivery) => *delivery,
-                            Routed::Unreadable(message) => {
-                                self.dead_letter_unreadable(event.seq, &message, event.json)
-                                    .await?;
+                            Routed::Unreadable(message, json) => {
+                                self.dead_letter_unreadable(seq, &message, json).await?;
                                 continue;
                             }
                         };
                         idle_flushed = false;
-                        pending.insert(event.seq);
+                        pending.insert(seq);
                         let lane = lane_of(&delivery, lanes.len());
                         let job = Job {
-                            seq: event.seq,
+                            seq,
                             requeued: false,
                             delivery,
                         };
@@ -609,12 +609,21 @@ impl Dispatcher {
     }
 
     /// The delivery for `event` if the router sends it to this sink.
-    fn routed(&self, event: &StoredEvent) -> Routed {
+    fn routed(&self, event: StoredEvent) -> Routed {
         let envelope = match event.envelope() {
             Ok(e) => e,
-            Err(e) => return Routed::Unreadable(e.to_string()),
+            Err(e) => return Routed::Unreadable(e.to_string(), event.json),
         };
-        let type_name = payload_type(&envelope);
+        // The resource's type is the payload's, but for an invalid event whose `type` is
+        // not a string (its resource type is then `invalid`): read that one from the payload.
+        let type_name = if envelope
+            .kinds
+            .contains(&streamhook_types::EventKind::Invalid)
+        {
+            std::borrow::Cow::Owned(payload_type(&envelope))
+        } else {
+            std::borrow::Cow::Borrowed(envelope.resource.kind.as_str())
+        };
         let input = RouteInput {
             kinds: &envelope.kinds,
             type_name: &type_name,
@@ -631,7 +640,7 @@ impl Dispatcher {
         }
         let body = event.body(&envelope);
         Routed::Deliver(Box::new(Delivery {
-            json: event.json_line(),
+            json: crate::journal::one_line_owned(event.json),
             body,
             envelope,
             attempt: 1,
@@ -645,8 +654,8 @@ enum Routed {
     /// Not for this sink.
     Skip,
     Deliver(Box<Delivery>),
-    /// The record's envelope cannot be read.
-    Unreadable(String),
+    /// The record's envelope cannot be read (why, and the record's text).
+    Unreadable(String, String),
 }
 
 /// What happened to a job handed to a lane.
@@ -667,6 +676,12 @@ async fn hand_over(
     journal: &Journal,
     name: &str,
 ) -> Result<Handed, JournalError> {
+    // Room in the lane (the usual case): no waiting, nothing to watch.
+    let job = match lane.try_send(job) {
+        Ok(()) => return Ok(Handed::Sent),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(JournalError::Closed),
+        Err(mpsc::error::TrySendError::Full(job)) => job,
+    };
     let mut changed = journal.subscribe();
     let replay = async {
         loop {
@@ -728,6 +743,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| JournalError::Read(format!("journal task failed: {e}")))?
 }
 
+/// The most jobs a lane hands its sink in one [`Sink::send_batch`].
+const LANE_BATCH: usize = 256;
+
 async fn lane(
     mut rx: mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Done>,
@@ -736,37 +754,82 @@ async fn lane(
     policy: RetryPolicy,
     stats: Arc<SinkStats>,
 ) {
-    while let Some(mut job) = rx.recv().await {
-        deliver(&mut job, &*sink, &journal, &policy, &stats).await;
-        if job.requeued {
-            let (name, seq) = (sink.name().to_owned(), job.seq);
-            // If this fails the letter is delivered again later: at least once.
-            let _ = blocking(&journal, move |j| j.finish_requeued(&name, seq)).await;
-            let _ = done.send(Done::Requeued(job.seq));
+    let finish = |job: &Job| {
+        let (done, journal, name, seq, requeued) = (
+            done.clone(),
+            journal.clone(),
+            sink.name().to_owned(),
+            job.seq,
+            job.requeued,
+        );
+        async move {
+            if requeued {
+                // If this fails the letter is delivered again later: at least once.
+                let _ = blocking(&journal, move |j| j.finish_requeued(&name, seq)).await;
+                let _ = done.send(Done::Requeued(seq));
+            } else {
+                let _ = done.send(Done::Event(seq));
+            }
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        // What is already waiting goes as one batch: one hand-off to the sink for many events.
+        let mut jobs = vec![first];
+        while jobs.len() < LANE_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (delivered, failure) = if jobs.len() == 1 {
+            (0, None)
         } else {
-            let _ = done.send(Done::Event(job.seq));
+            let batch: Vec<&Delivery> = jobs.iter().map(|j| &j.delivery).collect();
+            match tokio::time::timeout(policy.send_timeout, sink.send_batch(&batch)).await {
+                Ok(Ok(())) => (jobs.len(), None),
+                Ok(Err((n, e))) => (n.min(jobs.len()), Some(e)),
+                // Which of them arrived is unknown: each goes again on its own (at least once).
+                Err(_) => (0, None),
+            }
+        };
+        for job in &jobs[..delivered] {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            stats.rate.add();
+            finish(job).await;
+        }
+        let mut failure = failure;
+        for job in &mut jobs[delivered..] {
+            deliver(job, &*sink, &journal, &policy, &stats, failure.take()).await;
+            finish(job).await;
         }
     }
 }
 
+/// Delivers one job, retrying with backoff; `first` is the error of a first attempt already
+/// made (in a batch), if any.
 async fn deliver(
     job: &mut Job,
     sink: &dyn Sink,
     journal: &Journal,
     policy: &RetryPolicy,
     stats: &SinkStats,
+    mut first_error: Option<SinkError>,
 ) {
     let first = Instant::now();
     let mut attempt = 1;
     loop {
         job.delivery.attempt = attempt;
-        let result = match tokio::time::timeout(policy.send_timeout, sink.send(&job.delivery)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(SinkError::retryable(format!(
-                "timed out after {:?}",
-                policy.send_timeout
-            ))),
+        let result = match first_error.take() {
+            Some(e) => Err(e),
+            None => {
+                match tokio::time::timeout(policy.send_timeout, sink.send(&job.delivery)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SinkError::retryable(format!(
+                        "timed out after {:?}",
+                        policy.send_timeout
+                    ))),
+                }
+            }
         };
         let error = match result {
             Ok(()) => {

@@ -244,10 +244,19 @@ impl StoredEvent {
 
 /// JSON on one line: raw CR and LF become spaces (they can only be whitespace).
 pub fn one_line(json: &str) -> String {
-    if json.contains(['\n', '\r']) {
+    if memchr::memchr2(b'\n', b'\r', json.as_bytes()).is_some() {
         json.replace(['\n', '\r'], " ")
     } else {
         json.to_owned()
+    }
+}
+
+/// [`one_line`], keeping the string when it already is one line (no copy).
+pub fn one_line_owned(json: String) -> String {
+    if memchr::memchr2(b'\n', b'\r', json.as_bytes()).is_some() {
+        json.replace(['\n', '\r'], " ")
+    } else {
+        json
     }
 }
 

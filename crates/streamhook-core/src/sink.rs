@@ -37,6 +37,18 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     /// Delivers one event. Return only when it is delivered (or failed).
     async fn send(&self, delivery: &Delivery) -> Result<(), SinkError>;
 
+    /// Delivers several events, in this order, as [`Sink::send`] would one by one. On a
+    /// failure, returns how many were delivered before it, with the error: the dispatcher
+    /// retries from there, one event at a time. The default sends them one by one; a sink that
+    /// can write several at once (the file sink: one write and one position record per file)
+    /// overrides it.
+    async fn send_batch(&self, deliveries: &[&Delivery]) -> Result<(), (usize, SinkError)> {
+        for (i, delivery) in deliveries.iter().enumerate() {
+            self.send(delivery).await.map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
     /// How many events the dispatcher may hand this sink at once. Events of one resource are
     /// never sent concurrently, so per-resource order holds whatever this is.
     fn concurrency(&self) -> usize {

@@ -343,7 +343,7 @@ struct Row {
 
 /// Fills a journal with `n` events through the real append path (group commit), and leaves
 /// the cursor of `sink` (if any) at the start, so a server finds them all as a backlog.
-async fn fill_journal(data: &Path, n: u64, sink: Option<&str>) -> Result<Duration> {
+pub async fn fill_journal(data: &Path, n: u64, sink: Option<&str>) -> Result<Duration> {
     let journal = Journal::open(JournalConfig::new(data))?;
     if let Some(s) = sink {
         journal.set_cursor(s, journal.last_seq()? + 1)?;

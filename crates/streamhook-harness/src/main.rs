@@ -75,6 +75,19 @@ enum Run {
         #[arg(long)]
         rate: Option<u64>,
     },
+    /// Fill a journal with N events through the real append path, leaving SINK's cursor at
+    /// the start (a backlog for profiling a drain).
+    Fill {
+        /// The data folder.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How many events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// The sink whose cursor starts before them.
+        #[arg(long)]
+        sink: Option<String>,
+    },
     /// The bench's ceiling: an axum server that reads the body and answers 200.
     Bare {
         /// The port on 127.0.0.1.
@@ -103,6 +116,13 @@ async fn main() -> std::process::ExitCode {
             bench::run(&options).await
         }
         Run::Bare { port } => bench::bare_server(port).await,
+        Run::Fill {
+            data_dir,
+            events,
+            sink,
+        } => bench::fill_journal(&data_dir, events, sink.as_deref())
+            .await
+            .map(|took| println!("{events} events in {:.1} s", took.as_secs_f64())),
         Run::Load {
             url,
             connections,

@@ -532,3 +532,74 @@ async fn a_restart_after_a_kill_writes_nothing_twice() {
         "the new journal's 25 events were all written"
     );
 }
+
+#[tokio::test]
+async fn a_batch_writes_runs_in_order_and_resumes_inside_a_torn_run() {
+    use streamhook_core::Held;
+    let held = |seq: u64| {
+        Some(Held {
+            seq,
+            id: format!("0193-test-{seq}"),
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("{type}.jsonl");
+    let s = sink(&template, 0, FsyncPolicy::Always);
+    // Streams 1-3, videos 4-5, stream 6: three runs, in order.
+    let batch: Vec<Delivery> = (1..=6)
+        .map(|seq| {
+            let payload = if (4..=5).contains(&seq) {
+                video(seq, "ready")
+            } else {
+                stream(seq)
+            };
+            delivery(seq, &payload, "2026-11-28T10:00:00.000Z")
+        })
+        .collect();
+    let refs: Vec<&Delivery> = batch.iter().collect();
+    s.send_batch(&refs).await.unwrap();
+    let streams = dir.path().join("stream.jsonl");
+    let videos = dir.path().join("video.jsonl");
+    assert_eq!(seqs(&streams), vec![1, 2, 3, 6]);
+    assert_eq!(seqs(&videos), vec![4, 5]);
+    assert_eq!(s.delivered_through().await, held(6));
+
+    // A run of 7-9 recorded (its last line, where it starts), then killed after line 8.
+    let more: Vec<Delivery> = (7..=9)
+        .map(|seq| delivery(seq, &stream(seq), "2026-11-28T10:00:00.000Z"))
+        .collect();
+    let start = std::fs::metadata(&streams).unwrap().len();
+    let refs: Vec<&Delivery> = more.iter().collect();
+    s.send_batch(&refs).await.unwrap();
+    let text = std::fs::read_to_string(&streams).unwrap();
+    let cut = text.match_indices('\n').nth(5).unwrap().0 + 1; // 1, 2, 3, 6, 7, 8
+    std::fs::write(&streams, &text[..cut]).unwrap();
+    std::fs::write(
+        s.position_path(),
+        format!(
+            "9 0193-test-9 {}\n6 0193-test-6\n@ {start}\n",
+            streams.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(s.delivered_through().await, held(8), "resumes after line 8");
+    // The same, killed before any line of the run: the line before the run.
+    std::fs::write(
+        &streams,
+        &text[..text.match_indices('\n').nth(3).unwrap().0 + 1],
+    )
+    .unwrap();
+    assert_eq!(s.delivered_through().await, held(6));
+    // A line before the run's start never counts, even with a seq inside the run's range
+    // (an older line, written before a replay moved the sink back).
+    std::fs::write(
+        s.position_path(),
+        format!(
+            "9 0193-test-9 {}\n2 0193-test-2\n@ {}\n",
+            streams.display(),
+            std::fs::metadata(&streams).unwrap().len()
+        ),
+    )
+    .unwrap();
+    assert_eq!(s.delivered_through().await, held(2));
+}
