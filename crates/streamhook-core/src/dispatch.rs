@@ -291,7 +291,7 @@ impl Dispatcher {
         }
     }
 
-    /// The most events in flight at once (default 256).
+    /// The most events in flight at once (default 1,024).
     pub fn with_window(mut self, window: usize) -> Self {
         self.window = window.max(1);
         self
@@ -420,6 +420,17 @@ impl Dispatcher {
             loop {
                 if stop || *shutdown.borrow() {
                     tasks.abort_all();
+                    // What the lanes finished before stopping counts.
+                    while let Ok(done) = done_rx.try_recv() {
+                        match done {
+                            Done::Event(seq) => {
+                                pending.remove(&seq);
+                            }
+                            Done::Requeued(seq) => {
+                                requeued_in_flight.remove(&seq);
+                            }
+                        }
+                    }
                     let cursor = pending.first().copied().unwrap_or(next);
                     self.persist(&name, cursor).await?;
                     return Ok(());
@@ -617,16 +628,9 @@ impl Dispatcher {
             Ok(e) => e,
             Err(e) => return Routed::Unreadable(e.to_string(), event.json),
         };
-        // The resource's type is the payload's, but for an invalid event whose `type` is
-        // not a string (its resource type is then `invalid`): read that one from the payload.
-        let type_name = if envelope
-            .kinds
-            .contains(&streamhook_types::EventKind::Invalid)
-        {
-            std::borrow::Cow::Owned(payload_type(&envelope))
-        } else {
-            std::borrow::Cow::Borrowed(envelope.resource.kind.as_str())
-        };
+        // The payload's `type` (`video_delete` is a `video` resource: the resource's type
+        // would not do).
+        let type_name = payload_type(&envelope);
         let input = RouteInput {
             kinds: &envelope.kinds,
             type_name: &type_name,
@@ -787,15 +791,17 @@ async fn lane(
                 Err(_) => break,
             }
         }
-        let (delivered, failure) = if jobs.len() == 1 {
+        // Only a sink that writes a batch at once gets one (each of its sends would be as
+        // quick as the batch); others get each event on its own, under its own time limit.
+        // A batching sink bounds its own time (a local write: a timeout could not say which
+        // lines were written, and sending them again would write them twice).
+        let (delivered, failure) = if jobs.len() == 1 || !sink.batches() {
             (0, None)
         } else {
             let batch: Vec<&Delivery> = jobs.iter().map(|j| &j.delivery).collect();
-            match tokio::time::timeout(policy.send_timeout, sink.send_batch(&batch)).await {
-                Ok(Ok(())) => (jobs.len(), None),
-                Ok(Err((n, e))) => (n.min(jobs.len()), Some(e)),
-                // Which of them arrived is unknown: each goes again on its own (at least once).
-                Err(_) => (0, None),
+            match sink.send_batch(&batch).await {
+                Ok(()) => (jobs.len(), None),
+                Err((n, e)) => (n.min(jobs.len()), Some(e)),
             }
         };
         for job in &jobs[..delivered] {

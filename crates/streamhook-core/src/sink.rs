@@ -37,11 +37,18 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     /// Delivers one event. Return only when it is delivered (or failed).
     async fn send(&self, delivery: &Delivery) -> Result<(), SinkError>;
 
+    /// Whether [`Sink::send_batch`] writes several events at once. When true, a lane hands
+    /// the sink every event waiting for it in one call, without the dispatcher's per-send
+    /// timeout (the sink bounds its own time). Default false: one event per call.
+    fn batches(&self) -> bool {
+        false
+    }
+
     /// Delivers several events, in this order, as [`Sink::send`] would one by one. On a
     /// failure, returns how many were delivered before it, with the error: the dispatcher
-    /// retries from there, one event at a time. The default sends them one by one; a sink that
-    /// can write several at once (the file sink: one write and one position record per file)
-    /// overrides it.
+    /// retries from there, one event at a time. Called only when [`Sink::batches`] is true;
+    /// the default sends them one by one; a sink that can write several at once (the file
+    /// sink: one write and one position record per file) overrides both.
     async fn send_batch(&self, deliveries: &[&Delivery]) -> Result<(), (usize, SinkError)> {
         for (i, delivery) in deliveries.iter().enumerate() {
             self.send(delivery).await.map_err(|e| (i, e))?;

@@ -290,3 +290,94 @@ fn backoff_doubles_with_jitter_and_honours_hints() {
     // Huge attempt numbers do not overflow.
     assert!(p.backoff(u32::MAX, None) <= Duration::from_secs(60));
 }
+
+/// A sink that writes batches, and fails the first batch part-way (the 4th of it, once).
+#[derive(Debug, Default)]
+struct BatchingSink {
+    got: std::sync::Mutex<Vec<u64>>,
+    batches: std::sync::Mutex<Vec<usize>>,
+    failed_once: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Sink for BatchingSink {
+    fn name(&self) -> &str {
+        "batching"
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn send(&self, d: &streamhook_core::Delivery) -> Result<(), streamhook_core::SinkError> {
+        self.got.lock().unwrap().push(d.envelope.seq);
+        Ok(())
+    }
+
+    async fn send_batch(
+        &self,
+        deliveries: &[&streamhook_core::Delivery],
+    ) -> Result<(), (usize, streamhook_core::SinkError)> {
+        self.batches.lock().unwrap().push(deliveries.len());
+        for (i, d) in deliveries.iter().enumerate() {
+            if i == 3
+                && !self
+                    .failed_once
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err((i, streamhook_core::SinkError::retryable("disk hiccup")));
+            }
+            self.got.lock().unwrap().push(d.envelope.seq);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_part_way_is_retried_from_the_failed_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    // A backlog, so the lane finds many events waiting at once.
+    journal.set_cursor("batching", 1).unwrap();
+    for i in 0..200 {
+        append(&journal, &video(i, "ready")).await;
+    }
+    let sink = Arc::new(BatchingSink::default());
+    let (stop, rx) = watch::channel(false);
+    let d = Dispatcher::new(
+        journal.clone(),
+        sink.clone(),
+        everything(&["batching"]),
+        fast_policy(),
+    );
+    let stats = d.stats();
+    let handle = tokio::spawn(async move { d.run(rx).await });
+    eventually("200 deliveries", || sink.got.lock().unwrap().len() == 200).await;
+    assert_eq!(
+        *sink.got.lock().unwrap(),
+        (1..=200).collect::<Vec<u64>>(),
+        "every event once, in order, the failed one retried where it failed"
+    );
+    assert!(
+        sink.batches.lock().unwrap().iter().any(|&n| n > 1),
+        "events went in batches: {:?}",
+        sink.batches.lock().unwrap()
+    );
+    assert_eq!(
+        stats
+            .failed_attempts
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        stats.delivered.load(std::sync::atomic::Ordering::SeqCst),
+        200
+    );
+    stop.send(true).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        journal.cursor("batching").unwrap(),
+        201,
+        "the cursor after the last"
+    );
+}

@@ -438,10 +438,13 @@ impl Sink for FileSink {
         .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
     }
 
-    /// Many events in one hand-off: consecutive lines for the same file are recorded once
-    /// in the position file (the last of them) and written with one `write` (one sync with
-    /// `fsync = "always"`). Without `max_bytes`; with it, line by line, so rotation stays
-    /// exact.
+    /// Many events in one hand-off: consecutive lines for the same file (at most `max_bytes`
+    /// of them) are recorded once in the position file (the last of them, and where the run
+    /// starts) and written with one `write` (one sync with `fsync = "always"`).
+    fn batches(&self) -> bool {
+        true
+    }
+
     async fn send_batch(&self, deliveries: &[&Delivery]) -> Result<(), (usize, SinkError)> {
         /// Consecutive lines for one file, written at once.
         struct Run {
@@ -457,11 +460,14 @@ impl Sink for FileSink {
         for (i, d) in deliveries.iter().enumerate() {
             let path = self.path_for(d);
             let in_order = !d.requeued;
-            // One line at a time when files rotate by size, so rotation stays exact.
-            let joins = self.max_bytes == 0
-                && runs
-                    .last()
-                    .is_some_and(|r| r.path == path && r.in_order == in_order);
+            // A run never holds more than `max_bytes` (files rotate before a run that would
+            // take them past it, so no file grows past it but by a single longer line).
+            let joins = runs.last().is_some_and(|r| {
+                r.path == path
+                    && r.in_order == in_order
+                    && (self.max_bytes == 0
+                        || (r.lines.len() + d.json.len() + 1) as u64 <= self.max_bytes)
+            });
             if !joins {
                 runs.push(Run {
                     path,
@@ -490,6 +496,12 @@ impl Sink for FileSink {
                 .map_err(|_| (0, SinkError::retryable("file sink state poisoned")))?;
             for run in &runs {
                 let record = run.in_order && state.generation == generation;
+                // Recorded before a rotation or a reopen can start a new file (a crash
+                // between them must not leave the position naming lines the new file lacks
+                // with a run start it never had), then again with where the run starts.
+                if record && let Some(position) = state.position.as_mut() {
+                    position.record(run.last_seq, &run.last_id, &run.path, None);
+                }
                 let start = state
                     .prepare(&run.path, run.lines.len() as u64, max_bytes, fsync)
                     .map_err(|e| (run.first, e))?;

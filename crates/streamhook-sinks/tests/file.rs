@@ -603,3 +603,42 @@ async fn a_batch_writes_runs_in_order_and_resumes_inside_a_torn_run() {
     .unwrap();
     assert_eq!(s.delivered_through().await, held(2));
 }
+
+#[tokio::test]
+async fn a_batch_rotates_before_a_run_would_pass_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let one = delivery(1, &stream(1), "2026-11-28T10:00:00.000Z")
+        .json
+        .len() as u64
+        + 1;
+    // Room for three lines a file.
+    let s = sink(&path, one * 3 + 10, FsyncPolicy::Never);
+    let batch: Vec<Delivery> = (1..=10)
+        .map(|seq| delivery(seq, &stream(seq), "2026-11-28T10:00:00.000Z"))
+        .collect();
+    let refs: Vec<&Delivery> = batch.iter().collect();
+    s.send_batch(&refs).await.unwrap();
+    let mut all = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("events.jsonl"))
+        .collect();
+    // Oldest first: .1, .2, ..., then the live file.
+    files.sort_by_key(|p| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .and_then(|e| e.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    });
+    for f in &files {
+        assert!(
+            std::fs::metadata(f).unwrap().len() <= one * 3 + 10,
+            "{} grew past max_bytes",
+            f.display()
+        );
+        all.extend(seqs(f));
+    }
+    assert_eq!(all, (1..=10).collect::<Vec<_>>());
+}
