@@ -729,15 +729,30 @@ impl Journal {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Result<StoredEvent, JournalError>>, JournalError> {
+        self.read_range(from.., limit, false)
+    }
+
+    /// Up to `limit` records in `range`, oldest or newest first, each read on its own.
+    fn read_range(
+        &self,
+        range: impl std::ops::RangeBounds<u64> + 'static,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<Result<StoredEvent, JournalError>>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
         let table = txn.open_table(EVENTS).map_err(read_err)?;
-        let mut out = Vec::new();
-        for entry in table.range(from..).map_err(read_err)?.take(limit) {
-            let (k, v) = entry.map_err(read_err)?;
-            out.push(decode_event(k.value(), v.value()));
+        let entries = table.range::<u64>(range).map_err(read_err)?;
+        let decode = |entry: Result<_, redb::StorageError>| -> Result<_, JournalError> {
+            let (k, v): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) =
+                entry.map_err(read_err)?;
+            Ok(decode_event(k.value(), v.value()))
+        };
+        if newest_first {
+            entries.rev().take(limit).map(decode).collect()
+        } else {
+            entries.take(limit).map(decode).collect()
         }
-        Ok(out)
     }
 
     /// Up to `limit` records before `before`, newest first (each read on its own, as in
@@ -747,15 +762,7 @@ impl Journal {
         before: u64,
         limit: usize,
     ) -> Result<Vec<Result<StoredEvent, JournalError>>, JournalError> {
-        let db = self.db()?;
-        let txn = db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(EVENTS).map_err(read_err)?;
-        let mut out = Vec::new();
-        for entry in table.range(..before).map_err(read_err)?.rev().take(limit) {
-            let (k, v) = entry.map_err(read_err)?;
-            out.push(decode_event(k.value(), v.value()));
-        }
-        Ok(out)
+        self.read_range(..before, limit, true)
     }
 
     /// How event `seq` arrived, if it was kept ([`Journal::append_received`]).

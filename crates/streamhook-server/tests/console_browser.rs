@@ -181,6 +181,17 @@ async fn wait_text(
     panic!("timed out waiting for {what} in {css:?}; last text: {last:?}");
 }
 
+/// Clicks the element the selector finds now.
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css:?} to click: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("cannot click {css:?}: {e}"));
+}
+
 async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
     for _ in 0..200 {
         if let Ok(el) = browser.find(Locator::Css(css)).await {
@@ -272,13 +283,7 @@ async fn the_console_in_a_real_browser() {
     // Filter: the URL holds it, and only videos stay.
     let kind = browser.find(Locator::Css("#f-type")).await.unwrap();
     kind.send_keys("video").await.unwrap();
-    browser
-        .find(Locator::Css("#apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#apply").await;
     wait_text(&browser, "#events-status", "the filtered list", |t| {
         t.starts_with("1 event shown")
     })
@@ -325,11 +330,8 @@ async fn the_console_in_a_real_browser() {
 
     // Open an event: body, envelope, source check, sinks.
     // (The time cell: the resource cell's link leads to the timeline.)
-    wait_for(&browser, "#events tr[data-seq='1'] td:first-child")
-        .await
-        .click()
-        .await
-        .unwrap();
+    wait_for(&browser, "#events tr[data-seq='1'] td:first-child").await;
+    click(&browser, "#events tr[data-seq='1'] td:first-child").await;
     wait_text(&browser, "#event-title", "the event", |t| {
         t.contains("Event 1")
     })
@@ -364,13 +366,7 @@ async fn the_console_in_a_real_browser() {
     screenshot(&browser, "event").await;
 
     // Its stream's timeline: live and recording spans, marks linking to events.
-    browser
-        .find(Locator::Css("#timeline-link"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#timeline-link").await;
     wait_text(&browser, "#timeline-title", "the timeline", |t| {
         t.contains("stream 12345")
     })
@@ -398,15 +394,11 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     screenshot(&browser, "sinks").await;
-    browser
-        .find(Locator::Css(
-            "section[data-sink='app'] button[data-requeue='3']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &browser,
+        "section[data-sink='app'] button[data-requeue='3']",
+    )
+    .await;
     wait_text(
         &browser,
         "section[data-sink='app'] .notice",
@@ -440,15 +432,11 @@ async fn the_console_in_a_real_browser() {
         |t| t.contains("Requeue all 4"),
     )
     .await;
-    browser
-        .find(Locator::Css(
-            "section[data-sink='app'] button[data-requeue-all]",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &browser,
+        "section[data-sink='app'] button[data-requeue-all]",
+    )
+    .await;
     wait_text(
         &browser,
         "section[data-sink='app'] .notice",
@@ -471,13 +459,7 @@ async fn the_console_in_a_real_browser() {
     // Dark theme and a phone's width.
     browser.goto(&format!("{admin}/#/events")).await.unwrap();
     wait_for(&browser, "#events tr[data-seq='5']").await;
-    browser
-        .find(Locator::Css("#theme"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#theme").await;
     screenshot(&browser, "events-dark").await;
     browser.set_window_size(390, 844).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
