@@ -5,9 +5,9 @@
 //! - `max_bytes` rotates a file before it would grow past the size: `events.jsonl` is renamed
 //!   `events.jsonl.1` (then `.2`, ...: the highest number is the newest) and a new one starts.
 //! - `fsync`: `always` syncs each event before the dispatcher counts it delivered (nothing
-//!   acknowledged is lost, slowest); `batch` (default) syncs when the dispatcher goes idle and
-//!   at least once a second (a power loss may lose the last second of lines, which the
-//!   journal still holds and a replay restores); `never` leaves it to the OS.
+//!   acknowledged is lost, slowest); `batch` (default) syncs when the dispatcher goes idle, at
+//!   least once a second and every 4 MiB written (a power loss may lose the last second of
+//!   lines, which the journal still holds and a replay restores); `never` leaves it to the OS.
 //! - A file moved away (logrotate) is noticed before the next write and a new one opened.
 //! - Lines are whole: each is written with one `write`, a failed write is cut back off, and
 //!   on opening a file whose last line was torn by a crash, the torn tail is cut off (the
@@ -97,6 +97,10 @@ impl fmt::Display for FsyncPolicy {
 const MAX_OPEN: usize = 32;
 /// With `fsync = "batch"`, the longest a written line waits for its sync.
 const BATCH_SYNC: Duration = Duration::from_secs(1);
+/// With `fsync = "batch"`, the most bytes written between syncs. A drain writes tens of MB in a
+/// moment; on ext4 (ordered mode) the journal's next fsync would have to write them first,
+/// stalling every request waiting on it. Syncing every few MB keeps that burst small.
+const BATCH_SYNC_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Appends envelopes to NDJSON files.
 #[derive(Debug)]
@@ -115,6 +119,8 @@ const MAX_TYPE_LEN: usize = 64;
 struct State {
     open: HashMap<PathBuf, Open>,
     last_sync: Option<Instant>,
+    /// Bytes written since the last sync (`fsync = "batch"`).
+    unsynced: u64,
     /// Where the seq and file of the line being written are recorded.
     position: Option<Position>,
     /// Bumped by each rewind: a write handed over before it records no position.
@@ -658,7 +664,10 @@ impl State {
                 open.dirty = false;
             }
             FsyncPolicy::Batch => {
-                if self.last_sync.is_none_or(|t| t.elapsed() >= BATCH_SYNC) {
+                self.unsynced += line.len() as u64;
+                if self.unsynced >= BATCH_SYNC_BYTES
+                    || self.last_sync.is_none_or(|t| t.elapsed() >= BATCH_SYNC)
+                {
                     self.sync_all()?;
                 }
             }
@@ -675,6 +684,7 @@ impl State {
             }
         }
         self.last_sync = Some(Instant::now());
+        self.unsynced = 0;
         Ok(())
     }
 
