@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 mod demo;
 mod dist;
+mod tools;
 
 const HELP: &str = "\
 cargo xtask TASK
@@ -20,6 +21,10 @@ Tasks:
   ci        what CI runs: fmt check, clippy -D warnings, the tests (pending or
             unreferenced snapshots fail), the architecture checks, the short
             fault runs, and the Debian package (built and checked)
+  test      what README.md gives: install the pinned nats-server into .tools/
+            when absent, then `cargo test --workspace --locked` (extra ARGS go to
+            cargo test)
+  tools     install the pinned nats-server into .tools/ when absent, print its path
   codegen   regenerate docs/schema/*.json from the types
   demo      build, start the server on loopback with a file sink in a temporary
             folder, send every fixture with `streamhook send`, print the
@@ -64,6 +69,11 @@ fn main() -> Result<()> {
     std::env::set_current_dir(project_root())?;
     match task.as_str() {
         "ci" => ci(&rest),
+        "test" => test(&rest),
+        "tools" => {
+            println!("{}", tools::ensure_nats_server()?.display());
+            Ok(())
+        }
         "codegen" => codegen(),
         "demo" => demo::run(),
         "crash-test" => harness(&["crash"], &rest).map(drop),
@@ -125,6 +135,7 @@ fn ci(args: &[String]) -> Result<()> {
         )?;
     }
     check_types_crate_is_pure()?;
+    tools::ensure_nats_server()?;
     test_with_snapshot_checks()?;
     let skipped = faults_short(&[])?;
     dist::dist()?;
@@ -139,6 +150,15 @@ fn ci(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test`: the pinned nats-server, then `cargo test --workspace --locked`.
+fn test(args: &[String]) -> Result<()> {
+    let nats = tools::ensure_nats_server()?;
+    let nats = nats.to_string_lossy().into_owned();
+    let mut cmd = vec!["test", "--workspace", "--locked"];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(&cmd, &[("STREAMHOOK_NATS_SERVER", &nats)])
+}
+
 /// Runs `cargo test --workspace --locked` so that a snapshot that differs, is pending, or is
 /// referenced by no test fails the run.
 fn test_with_snapshot_checks() -> Result<()> {
@@ -146,9 +166,11 @@ fn test_with_snapshot_checks() -> Result<()> {
     std::fs::create_dir_all(refs.parent().expect("has a parent"))?;
     let _ = std::fs::remove_file(&refs);
     let refs_str = refs.to_string_lossy().into_owned();
+    let nats = tools::nats_server_path().to_string_lossy().into_owned();
     cargo(
         &["test", "--workspace", "--locked"],
         &[
+            ("STREAMHOOK_NATS_SERVER", &nats),
             ("INSTA_UPDATE", "no"),
             ("INSTA_FORCE_PASS", "0"),
             ("INSTA_SNAPSHOT_REFERENCES_FILE", &refs_str),

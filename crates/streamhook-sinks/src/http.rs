@@ -15,7 +15,6 @@
 //! - HTTPS uses rustls with the platform's roots: no OpenSSL needed.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -140,25 +139,7 @@ const COMPUTED_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook
 /// How much of an error answer's body is read (and quoted in the error).
 const ERROR_BODY_LIMIT: usize = 4096;
 
-/// What the forwarded request's body is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BodyMode {
-    /// Gcore's body, byte for byte.
-    #[default]
-    Original,
-    /// The envelope JSON.
-    Envelope,
-}
-
-impl fmt::Display for BodyMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BodyMode::Original => "original",
-            BodyMode::Envelope => "envelope",
-        })
-    }
-}
+pub use crate::BodyMode;
 
 /// Forwards events over HTTP.
 #[derive(Debug)]

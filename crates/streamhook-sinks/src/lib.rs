@@ -9,12 +9,14 @@
 //!   (NDJSON envelopes) for pipes.
 //! - [`file`]: NDJSON envelopes appended to a (templated) path, with rotation and an fsync
 //!   policy; a reader only ever sees whole lines.
+//! - [`nats`]: publishes each event to a NATS subject (`gcore.{type}.{id}`), acknowledged by
+//!   JetStream or on core NATS.
 //! - [`http`]: forwards each event to a URL (Gcore's original body byte for byte, or the
 //!   envelope), signed with the Standard Webhooks scheme, with retries driven by the
 //!   dispatcher.
 //!
 //! Sinks are chosen at run time: each is one variant of [`SinkConfig`], read from config
-//! (`type = "stdout" | "file" | "http"`), and [`SinkConfig::build`] returns it ready to use.
+//! (`type = "stdout" | "file" | "http" | "nats"`), and [`SinkConfig::build`] returns it ready to use.
 //!
 //! # Example
 //!
@@ -43,6 +45,8 @@ use streamhook_core::Sink;
 pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "stdout")]
 pub mod stdout;
 
@@ -60,6 +64,29 @@ pub enum SinkConfig {
     /// HTTP forwarding.
     #[cfg(feature = "http")]
     Http(http::HttpConfig),
+    /// NATS publishing.
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsConfig),
+}
+
+/// What a forwarding sink sends as the body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyMode {
+    /// Gcore's body, byte for byte.
+    #[default]
+    Original,
+    /// The envelope JSON.
+    Envelope,
+}
+
+impl std::fmt::Display for BodyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyMode::Original => "original",
+            BodyMode::Envelope => "envelope",
+        })
+    }
 }
 
 /// A sink that cannot be built from its configuration.
@@ -82,6 +109,8 @@ impl SinkConfig {
             SinkConfig::File(c) => c.name.as_deref().unwrap_or("file"),
             #[cfg(feature = "http")]
             SinkConfig::Http(c) => c.name.as_deref().unwrap_or("http"),
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(c) => c.name.as_deref().unwrap_or("nats"),
         }
     }
 
@@ -95,6 +124,8 @@ impl SinkConfig {
             SinkConfig::File(c) => Ok(Arc::new(file::FileSink::new(name, c)?)),
             #[cfg(feature = "http")]
             SinkConfig::Http(c) => Ok(Arc::new(http::HttpSink::new(name, c)?)),
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(c) => Ok(Arc::new(nats::NatsSink::new(name, c)?)),
         }
     }
 
@@ -103,6 +134,12 @@ impl SinkConfig {
         match self {
             #[cfg(feature = "http")]
             SinkConfig::Http(c) => SinkConfig::Http(c.redacted()),
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(c) => {
+                let mut c = c.clone();
+                c.urls = c.urls.iter().map(|u| http_redact(u)).collect();
+                SinkConfig::Nats(c)
+            }
             #[allow(unreachable_patterns)]
             other => other.clone(),
         }
@@ -126,7 +163,27 @@ impl SinkConfig {
                     ", signed"
                 }
             ),
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(c) => format!(
+                "nats {} subject {} ({} publish, {} body)",
+                c.urls.iter().map(|u| http_redact(u)).collect::<Vec<_>>().join(","),
+                c.subject,
+                c.publish,
+                c.body
+            ),
         };
         format!("{}: {what}", self.name())
+    }
+}
+
+/// A URL with any password (or token in the user part) replaced by `<redacted>`.
+#[cfg(feature = "nats")]
+fn http_redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
