@@ -95,6 +95,8 @@ pub struct SinkStats {
     pub journal_errors: AtomicU64,
     /// 1 while delivery is paused by a journal error, else 0.
     pub paused: AtomicU64,
+    /// On a replicated journal: 1 while this receiver holds the sink's lease (delivers it).
+    pub leased: AtomicU64,
     /// Recent attempts, events waiting for a retry, the last error: what the console shows.
     pub activity: Mutex<Activity>,
     /// Deliveries per minute over the last hour.
@@ -306,7 +308,112 @@ impl Dispatcher {
     /// abandoned then (they are delivered again after a restart); the cursor of what completed
     /// is persisted. A journal error never ends it: delivery pauses and resumes from the
     /// persisted cursor after a backoff (100 ms doubling to 30 s).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    ///
+    /// On a [replicated](Journal::is_replicated) journal, it delivers only while this
+    /// receiver holds the sink's lease (see [`crate::jetstream`]): it waits for the lease,
+    /// resumes from the shared cursor, writes the cursor back every second, stops delivering
+    /// when the lease is lost, and lets it go on shutdown.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        #[cfg(feature = "jetstream")]
+        if let Some(remote) = self.journal.remote().cloned() {
+            return self.run_leased(remote, shutdown).await;
+        }
+        self.run_owned(shutdown).await;
+    }
+
+    #[cfg(feature = "jetstream")]
+    async fn run_leased(
+        self,
+        remote: Arc<crate::jetstream::Remote>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        use crate::jetstream::LEASE_RENEW;
+        let name = self.sink.name().to_owned();
+        loop {
+            let mut revision = loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                if let Some(revision) = remote.try_lease(&name).await {
+                    break revision;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(LEASE_RENEW) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            };
+            match remote.shared_cursor(&name).await {
+                Ok(Some(seq)) => {
+                    let sink = name.clone();
+                    if let Err(e) = blocking(&self.journal, move |j| j.set_cursor(&sink, seq)).await {
+                        tracing::error!(sink = %name, error = %e, "cannot set the shared cursor locally; letting the lease go");
+                        remote.release_lease(&name, revision).await;
+                        tokio::time::sleep(LEASE_RENEW).await;
+                        continue;
+                    }
+                }
+                // The sink's first holder: its local cursor stands.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(sink = %name, error = %e, "cannot read the shared cursor; letting the lease go");
+                    remote.release_lease(&name, revision).await;
+                    tokio::time::sleep(LEASE_RENEW).await;
+                    continue;
+                }
+            }
+            tracing::info!(sink = %name, instance = %remote.instance(), "delivering: this receiver holds the sink's lease");
+            self.stats.leased.store(1, Ordering::Relaxed);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let dispatch = self.run_owned(stop_rx);
+            tokio::pin!(dispatch);
+            let mut pushed = None;
+            let stopping = loop {
+                tokio::select! {
+                    _ = &mut dispatch => break false,
+                    _ = shutdown.wait_for(|s| *s) => break true,
+                    _ = tokio::time::sleep(LEASE_RENEW) => {}
+                }
+                self.push_cursor(&remote, &name, &mut pushed).await;
+                match remote.renew_lease(&name, revision).await {
+                    Some(r) => revision = r,
+                    None => {
+                        tracing::warn!(sink = %name, "lost the sink's lease (another receiver may hold it now); delivery stops here");
+                        break false;
+                    }
+                }
+            };
+            let _ = stop_tx.send(true);
+            dispatch.await;
+            self.stats.leased.store(0, Ordering::Relaxed);
+            if stopping || shutdown.has_changed().is_err() {
+                // Still ours: write the final cursor, then let the next receiver take over
+                // at once instead of after the lease's expiry.
+                self.push_cursor(&remote, &name, &mut pushed).await;
+                remote.release_lease(&name, revision).await;
+                return;
+            }
+        }
+    }
+
+    #[cfg(feature = "jetstream")]
+    async fn push_cursor(
+        &self,
+        remote: &crate::jetstream::Remote,
+        name: &str,
+        pushed: &mut Option<u64>,
+    ) {
+        let sink = name.to_owned();
+        match blocking(&self.journal, move |j| j.cursor(&sink)).await {
+            Ok(seq) if *pushed != Some(seq) => match remote.put_cursor(name, seq).await {
+                Ok(()) => *pushed = Some(seq),
+                Err(e) => tracing::warn!(sink = %name, error = %e, "cannot write the shared cursor"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(sink = %name, error = %e, "cannot read the local cursor"),
+        }
+    }
+
+    async fn run_owned(&self, mut shutdown: watch::Receiver<bool>) {
         let name = self.sink.name().to_owned();
         // Unregistered when dropped: when this returns, and when its task is aborted.
         let _registration = self.journal.register_dispatcher(&name);

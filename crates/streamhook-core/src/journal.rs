@@ -356,6 +356,12 @@ struct AppendRequest {
 
 enum Msg {
     Append(Box<AppendRequest>),
+    /// Records a replicated journal's mirror copies from the shared stream, with their seqs.
+    #[cfg(feature = "jetstream")]
+    Import(
+        Vec<(u64, bytes::Bytes)>,
+        oneshot::Sender<Result<u64, JournalError>>,
+    ),
     /// A one-key commit, to learn whether the journal can write again.
     Probe,
     /// Test only: the writer panics, as a bug would make it.
@@ -467,6 +473,9 @@ pub struct Journal {
 struct Inner {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
+    /// Set when the journal is a replica of a JetStream stream: appends go there.
+    #[cfg(feature = "jetstream")]
+    remote: Option<Arc<crate::jetstream::Remote>>,
 }
 
 impl std::ops::Deref for Inner {
@@ -561,8 +570,55 @@ impl Journal {
                 message: format!("cannot start the writer thread: {e}"),
             })?;
         Ok(Journal {
-            inner: Arc::new(Inner { tx, shared }),
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                #[cfg(feature = "jetstream")]
+                remote: None,
+            }),
         })
+    }
+
+    /// The same journal, its appends going to `remote` (the local file becomes its mirror).
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn with_remote(self, remote: Arc<crate::jetstream::Remote>) -> Journal {
+        Journal {
+            inner: Arc::new(Inner {
+                tx: self.inner.tx.clone(),
+                shared: Arc::clone(&self.inner.shared),
+                remote: Some(remote),
+            }),
+        }
+    }
+
+    /// The shared JetStream stream this journal mirrors, when it is replicated.
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn remote(&self) -> Option<&Arc<crate::jetstream::Remote>> {
+        self.inner.remote.as_ref()
+    }
+
+    /// Whether events are journaled in a shared JetStream stream (this file is its mirror).
+    pub fn is_replicated(&self) -> bool {
+        #[cfg(feature = "jetstream")]
+        {
+            self.inner.remote.is_some()
+        }
+        #[cfg(not(feature = "jetstream"))]
+        {
+            false
+        }
+    }
+
+    /// Hands records copied from the shared stream to the writer; returns the last seq held.
+    #[cfg(feature = "jetstream")]
+    pub(crate) async fn import(&self, items: Vec<(u64, bytes::Bytes)>) -> Result<u64, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Import(items, reply))
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
     }
 
     /// The database file.
@@ -626,6 +682,29 @@ impl Journal {
         let (prefix, suffix) = (&text[..start], &text[start + json.len()..]);
         let payload = RawValue::from_string(json.to_owned())
             .map_err(|e| JournalError::Write(format!("payload is not JSON: {e}")))?;
+        #[cfg(feature = "jetstream")]
+        if let Some(remote) = &self.inner.remote {
+            let appended = remote
+                .append(crate::jetstream::Draft {
+                    parsed: parsed.into(),
+                    payload,
+                    prefix: prefix.to_owned(),
+                    suffix: suffix.to_owned(),
+                    source: source.client(),
+                    received,
+                })
+                .await?;
+            // The stream holds it (a quorum acknowledged it); wait, briefly, until this
+            // receiver's mirror does too, so what it shows and delivers includes it.
+            let mut changed = self.subscribe();
+            let seq = appended.seq;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                changed.wait_for(|last| *last >= seq),
+            )
+            .await;
+            return Ok(appended);
+        }
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             parsed: parsed.into(),
@@ -1512,7 +1591,7 @@ fn header_ms(value: &[u8]) -> u64 {
 
 /// An event record: received-at in ms (u64), the lengths of the body's leading and trailing
 /// whitespace (u32 each), those bytes, then the envelope JSON. All integers big endian.
-fn encode_record(
+pub(crate) fn encode_record(
     out: &mut Vec<u8>,
     received_at_ms: u64,
     prefix: &str,
@@ -1528,7 +1607,7 @@ fn encode_record(
     serde_json::to_writer(out, envelope).map_err(write_err)
 }
 
-fn decode_event(seq: u64, value: &[u8]) -> Result<StoredEvent, JournalError> {
+pub(crate) fn decode_event(seq: u64, value: &[u8]) -> Result<StoredEvent, JournalError> {
     let corrupt = |message: &str| JournalError::Corrupt {
         seq,
         message: message.to_owned(),
@@ -1559,7 +1638,7 @@ fn decode_event(seq: u64, value: &[u8]) -> Result<StoredEvent, JournalError> {
 
 /// A UUIDv7: the receive time in ms, then 74 random bits. fastrand (seeded from the OS) is
 /// enough for uniqueness and costs no system call, unlike the uuid crate's default generator.
-fn event_id(received_at_ms: u64) -> EventId {
+pub(crate) fn event_id(received_at_ms: u64) -> EventId {
     let random = fastrand::u128(..).to_le_bytes();
     let mut bytes = [0u8; 10];
     bytes.copy_from_slice(&random[..10]);
@@ -1601,6 +1680,24 @@ fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mu
     loop {
         match rx.blocking_recv() {
             Some(Msg::Append(r)) => batch.push(*r),
+            #[cfg(feature = "jetstream")]
+            Some(Msg::Import(items, reply)) => {
+                let result = inner
+                    .db()
+                    .and_then(|db| commit_import(inner, &db, &items, &mut last_ms));
+                inner.health.record(&result);
+                if let Ok(last) = &result {
+                    inner
+                        .stats
+                        .appended
+                        .fetch_add(items.len() as u64, Ordering::Relaxed);
+                    inner.changed.send_replace(*last);
+                } else if let Err(e) = inner.reopen() {
+                    tracing::error!(error = %e, "journal reopen failed; will retry");
+                }
+                let _ = reply.send(result);
+                continue;
+            }
             Some(Msg::Probe) => probe = true,
             Some(Msg::Panic) => panic!("journal writer: panic injected by a test"),
             Some(Msg::Close(done)) => closing = Some(done),
@@ -1609,6 +1706,12 @@ fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mu
         while closing.is_none() && batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Append(r)) => batch.push(*r),
+                #[cfg(feature = "jetstream")]
+                Ok(Msg::Import(_, reply)) => {
+                    // Imports and local appends never mix: a replicated journal has no
+                    // local appends.
+                    let _ = reply.send(Err(JournalError::Busy));
+                }
                 Ok(Msg::Probe) => probe = true,
                 Ok(Msg::Panic) => panic!("journal writer: panic injected by a test"),
                 Ok(Msg::Close(done)) => closing = Some(done),
@@ -1772,4 +1875,74 @@ fn commit_batch(
     }
     inner.health.commit(txn)?;
     Ok(out)
+}
+
+/// Records what a replicated journal's mirror copied from the shared stream, each at the
+/// stream's seq, in one transaction. Records it holds already are skipped, so a mirror that
+/// restarts may copy again from any point. The receive time never goes back (as for local
+/// appends): a record stamped earlier than the one before it by another receiver's clock is
+/// given the previous time.
+#[cfg(feature = "jetstream")]
+fn commit_import(
+    inner: &Shared,
+    db: &Database,
+    items: &[(u64, bytes::Bytes)],
+    last_ms: &mut u64,
+) -> Result<u64, JournalError> {
+    let txn = db.begin_write().map_err(write_err)?;
+    let last;
+    {
+        let mut events = txn.open_table(EVENTS).map_err(write_err)?;
+        let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
+        let mut history = txn.open_table(HISTORY).map_err(write_err)?;
+        let mut meta = txn.open_table(META).map_err(write_err)?;
+        let mut next = meta
+            .get(NEXT_SEQ)
+            .map_err(write_err)?
+            .map_or(1, |v| v.value());
+        let mut record = Vec::new();
+        for (seq, payload) in items {
+            if *seq < next {
+                continue;
+            }
+            let message = crate::jetstream::decode_message(payload).map_err(|message| {
+                JournalError::Corrupt {
+                    seq: *seq,
+                    message,
+                }
+            })?;
+            let stored = decode_event(*seq, message.record)?;
+            let mut envelope = stored.envelope()?;
+            envelope.seq = *seq;
+            let mut ms = stored.received_at_ms;
+            if ms < *last_ms {
+                ms = *last_ms;
+                envelope.received_at =
+                    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
+                        .to_string();
+            }
+            *last_ms = ms;
+            encode_record(
+                &mut record,
+                ms,
+                &stored.body_prefix,
+                &stored.body_suffix,
+                &envelope,
+            )?;
+            events.insert(*seq, record.as_slice()).map_err(write_err)?;
+            if let Some(received) = message.received {
+                requests.insert(*seq, received).map_err(write_err)?;
+            }
+            if let (Some(key), Some(state)) = (message.key, message.state) {
+                let mut bytes = ms.to_be_bytes().to_vec();
+                bytes.extend_from_slice(state);
+                history.insert(key, bytes.as_slice()).map_err(write_err)?;
+            }
+            next = seq + 1;
+        }
+        meta.insert(NEXT_SEQ, next).map_err(write_err)?;
+        last = next - 1;
+    }
+    inner.health.commit(txn)?;
+    Ok(last)
 }

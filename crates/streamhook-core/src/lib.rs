@@ -3,6 +3,8 @@
 
 pub mod dispatch;
 pub mod duration;
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
 pub mod journal;
 pub mod router;
 pub mod sink;

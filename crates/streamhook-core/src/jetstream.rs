@@ -1,0 +1,763 @@
+//! The replicated journal: events journaled in a NATS JetStream stream shared by several
+//! receivers, each keeping a local redb mirror of it (feature `jetstream`).
+//!
+//! # How an event is journaled
+//!
+//! Each event is one message on its resource's subject, `<STREAM>.ev.<hex of "stream:12345">`
+//! (`<STREAM>.ev._` for events without a resource). The message carries, besides the event
+//! record, the resource's classifier state *after* the event. To append, a receiver reads the
+//! subject's last message (from the stream's leader, never a possibly stale follower),
+//! classifies against the state it carries, and publishes with
+//! `Nats-Expected-Last-Subject-Sequence` set to that message's sequence (0: none). If another
+//! receiver appended to the resource in between, the server refuses the publish ("wrong last
+//! sequence") and the receiver reads and classifies again. Per resource this serialises writers
+//! exactly as the single-file journal's write transaction does, so every receiver classifies
+//! as one would. `Nats-Msg-Id` is the event id: a publish retried after a lost ack is
+//! dropped by the stream's duplicate window and answered with the first one's sequence.
+//!
+//! An answer of 2xx follows the stream's ack: the event is stored on a quorum of the stream's
+//! replicas (their disks are synced every `sync_interval` of the NATS servers; see docs/ha.md).
+//! The journal's seq is the stream's sequence: one order for all receivers.
+//!
+//! # The local mirror
+//!
+//! Every receiver copies the stream, in order, into its own redb file (the same tables as a
+//! single-host journal: events at the stream's seqs, the requests table, the history), so that
+//! dispatchers, the admin API, the console and the CLI read locally, unchanged. A receiver
+//! answers an append once the stream acknowledged it and (within 5 s) its own mirror holds it.
+//!
+//! # Delivery
+//!
+//! Each sink is delivered by one receiver at a time: the holder of the sink's lease, a key in
+//! the `<STREAM>_leases` bucket that expires unless renewed (every second; it lapses after
+//! [`LEASE_TTL`]). The holder resumes from the sink's cursor in the `<STREAM>_cursors` bucket
+//! and writes it back every second, so when it dies another receiver takes the lease and
+//! resumes from there: at least once, the same ids.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
+use async_nats::jetstream::{self as js};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde_json::value::RawValue;
+use streamhook_types::classify::classify_with;
+use streamhook_types::{Envelope, EventKind, ResourceState};
+
+use crate::journal::{
+    Appended, Journal, JournalConfig, JournalError, Parsed, encode_record, event_id, history_key,
+};
+
+/// The oldest NATS server the replicated journal accepts: 2.9 accepted concurrent publishes
+/// that expected the same last subject sequence (the compare-and-set everything rests on).
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 10, 0);
+
+/// How long a sink's lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+
+/// How often a lease is renewed and the sink's cursor written back.
+pub const LEASE_RENEW: Duration = Duration::from_secs(1);
+
+/// How many times an append reads and classifies again after losing a race.
+const MAX_CONFLICTS: u32 = 1000;
+
+/// How the replicated journal reaches JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConfig {
+    /// Server URLs; the client fails over between them.
+    pub urls: Vec<String>,
+    /// The stream's name (default `STREAMHOOK`); the buckets are named after it.
+    pub stream: String,
+    /// Replicas of the stream and buckets (default 3; 1 for a single server).
+    pub replicas: usize,
+    /// A credentials file (JWT and NKey seed).
+    pub credentials: Option<PathBuf>,
+    /// A PEM file of CA certificates for `tls://` servers.
+    pub tls_ca: Option<PathBuf>,
+    /// How long an append may take, retries included (default 10 s).
+    pub timeout: Duration,
+}
+
+impl JetStreamConfig {
+    /// The defaults for `urls`.
+    pub fn new(urls: Vec<String>) -> Self {
+        JetStreamConfig {
+            urls,
+            stream: "STREAMHOOK".into(),
+            replicas: 3,
+            credentials: None,
+            tls_ca: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What an append hands the stream (built by [`Journal::append`]).
+pub(crate) struct Draft {
+    pub(crate) parsed: Parsed,
+    pub(crate) payload: Box<RawValue>,
+    pub(crate) prefix: String,
+    pub(crate) suffix: String,
+    pub(crate) source: IpAddr,
+    pub(crate) received: Option<Vec<u8>>,
+}
+
+/// The connection to the shared stream and buckets.
+pub(crate) struct Remote {
+    context: js::Context,
+    stream: stream::Stream,
+    name: String,
+    leases: kv::Store,
+    cursors: kv::Store,
+    instance: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("stream", &self.name)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+fn remote_err(what: &str, e: impl std::fmt::Display) -> JournalError {
+    JournalError::Write(format!("JetStream: {what}: {e}"))
+}
+
+/// Parses `2.15.1` (also `v2.10.0-beta.1`) into numbers.
+pub fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>());
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next().unwrap_or(Ok(0)).ok()?,
+    ))
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`].
+pub fn check_version(version: &str) -> Result<(), String> {
+    let (a, b, c) = MIN_SERVER_VERSION;
+    match parse_version(version) {
+        Some(v) if v >= MIN_SERVER_VERSION => Ok(()),
+        Some(_) => Err(format!(
+            "NATS server {version} is too old for the replicated journal: it needs {a}.{b}.{c} \
+             or newer (older servers accept concurrent publishes that expect the same last \
+             subject sequence, so two receivers could both extend one resource's history)"
+        )),
+        None => Err(format!("cannot read the NATS server's version {version:?}")),
+    }
+}
+
+impl Remote {
+    /// Connects, checks the server's version, creates the stream and buckets if missing.
+    pub(crate) async fn connect(config: &JetStreamConfig) -> Result<Remote, JournalError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("streamhook journal")
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(creds) = &config.credentials {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| remote_err(&format!("credentials {}", creds.display()), e))?;
+        }
+        if let Some(ca) = &config.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        let addrs: Vec<async_nats::ServerAddr> = config
+            .urls
+            .iter()
+            .map(|u| u.parse().map_err(|e| remote_err(&format!("URL {u:?}"), e)))
+            .collect::<Result<_, _>>()?;
+        if addrs.is_empty() {
+            return Err(remote_err("configuration", "no server URL given"));
+        }
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| remote_err("cannot connect", e))?;
+        let version = client.server_info().version;
+        check_version(&version).map_err(JournalError::Write)?;
+        let context = js::ContextBuilder::new()
+            .timeout(config.timeout.min(Duration::from_secs(5)))
+            .build(client);
+        let name = config.stream.clone();
+        let replicas = config.replicas.max(1);
+        let stream = retry_setup(|| {
+            context.get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{name}.ev.>")],
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                description: Some("streamhook: the shared journal".into()),
+                ..Default::default()
+            })
+        })
+        .await
+        .map_err(|e| remote_err(&format!("stream {name}"), e))?;
+        let bucket = |suffix: &str, max_age: Duration| kv::Config {
+            bucket: format!("{name}_{suffix}"),
+            history: 1,
+            max_age,
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let leases = retry_setup(|| context.create_key_value(bucket("leases", LEASE_TTL)))
+            .await
+            .map_err(|e| remote_err("bucket leases", e))?;
+        let cursors = retry_setup(|| context.create_key_value(bucket("cursors", Duration::ZERO)))
+            .await
+            .map_err(|e| remote_err("bucket cursors", e))?;
+        let instance = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        Ok(Remote {
+            context,
+            stream,
+            name,
+            leases,
+            cursors,
+            instance,
+            timeout: config.timeout,
+        })
+    }
+
+    fn subject(&self, key: Option<&str>) -> String {
+        match key {
+            Some(key) => {
+                let mut subject = format!("{}.ev.", self.name);
+                for b in key.as_bytes() {
+                    subject.push_str(&format!("{b:02x}"));
+                }
+                subject
+            }
+            None => format!("{}.ev._", self.name),
+        }
+    }
+
+    /// The resource's last message: its sequence and the state it carries.
+    async fn last_state(&self, subject: &str) -> Result<(u64, Option<ResourceState>), JournalError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(subject)
+            .await
+        {
+            Ok(msg) => {
+                let decoded = decode_message(&msg.payload).map_err(|m| JournalError::Corrupt {
+                    seq: msg.sequence,
+                    message: m,
+                })?;
+                let state = match decoded.state {
+                    Some(bytes) => Some(serde_json::from_slice(bytes).map_err(|e| {
+                        JournalError::Corrupt {
+                            seq: msg.sequence,
+                            message: format!("classifier state: {e}"),
+                        }
+                    })?),
+                    None => None,
+                };
+                Ok((msg.sequence, state))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, None)),
+            Err(e) => Err(remote_err("reading the resource's last event", e)),
+        }
+    }
+
+    /// Journals one event in the stream (see the module's docs).
+    pub(crate) async fn append(&self, draft: Draft) -> Result<Appended, JournalError> {
+        let deadline = Instant::now() + self.timeout;
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let received_at =
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(received_at_ms))
+                .to_string();
+        let id = event_id(received_at_ms);
+        let key = match &draft.parsed {
+            Parsed::Webhook(webhook) => history_key(webhook),
+            Parsed::Invalid { .. } => None,
+        };
+        let subject = self.subject(key.as_deref());
+        let mut conflicts = 0;
+        loop {
+            let (last, prior) = match &key {
+                Some(_) => match self.last_state(&subject).await {
+                    Ok(found) => found,
+                    // A leader election (a node died) stalls reads for a few seconds.
+                    Err(JournalError::Write(e)) if Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "reading a resource's last event; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => (0, None),
+            };
+            let (envelope, state) = match &draft.parsed {
+                Parsed::Webhook(webhook) => {
+                    let (meaning, state) = classify_with(webhook, prior.as_ref());
+                    let envelope = Envelope {
+                        id: id.clone(),
+                        seq: 0,
+                        received_at: received_at.clone(),
+                        source_ip: draft.source,
+                        kinds: meaning.kinds,
+                        origin: meaning.origin,
+                        resource: meaning.resource,
+                        problems: Vec::new(),
+                        payload: draft.payload.clone(),
+                    };
+                    // A resource's newest message always carries its state: an event that
+                    // changes nothing carries the previous one forward.
+                    (envelope, state.or(prior))
+                }
+                Parsed::Invalid { resource, problems } => (
+                    Envelope {
+                        id: id.clone(),
+                        seq: 0,
+                        received_at: received_at.clone(),
+                        source_ip: draft.source,
+                        kinds: vec![EventKind::Invalid],
+                        origin: None,
+                        resource: resource.clone(),
+                        problems: problems.clone(),
+                        payload: draft.payload.clone(),
+                    },
+                    None,
+                ),
+            };
+            let kinds = envelope.kinds.clone();
+            let payload = encode_message(
+                key.as_deref(),
+                state.as_ref(),
+                draft.received.as_deref(),
+                received_at_ms,
+                &draft.prefix,
+                &draft.suffix,
+                &envelope,
+            )?;
+            let mut publish = js::message::PublishMessage::build()
+                .payload(payload)
+                .message_id(&id.0);
+            if key.is_some() {
+                publish = publish.expected_last_subject_sequence(last);
+            }
+            let result = match self.context.send_publish(subject.clone(), publish).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(ack) if ack.duplicate => {
+                    // A retry of a publish that was stored: answer with what was stored.
+                    let msg = self
+                        .stream
+                        .get_raw_message(ack.sequence)
+                        .await
+                        .map_err(|e| remote_err("reading a duplicate back", e))?;
+                    let decoded = decode_message(&msg.payload).map_err(|m| {
+                        JournalError::Corrupt {
+                            seq: ack.sequence,
+                            message: m,
+                        }
+                    })?;
+                    let stored = crate::journal::decode_event(ack.sequence, decoded.record)?;
+                    return Ok(Appended {
+                        id,
+                        seq: ack.sequence,
+                        kinds: stored.envelope()?.kinds,
+                    });
+                }
+                Ok(ack) => {
+                    return Ok(Appended {
+                        id,
+                        seq: ack.sequence,
+                        kinds,
+                    });
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS || Instant::now() > deadline {
+                        return Err(remote_err(
+                            "append",
+                            format!("{conflicts} conflicting writers on one resource"),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    // A timeout or a lost connection: the publish may have been stored. Try
+                    // again with the same id until the deadline; the duplicate window
+                    // answers with the stored one.
+                    if Instant::now() > deadline {
+                        return Err(remote_err("no acknowledgement", e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// The stream's last sequence now.
+    pub(crate) async fn last_seq(&self) -> Result<u64, JournalError> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| remote_err("stream info", e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// This receiver's name in leases.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Takes the sink's lease if nobody holds it; returns its revision.
+    pub(crate) async fn try_lease(&self, sink: &str) -> Option<u64> {
+        let key = kv_key(sink);
+        match self
+            .leases
+            .create(&key, Bytes::from(self.instance.clone()))
+            .await
+        {
+            Ok(revision) => Some(revision),
+            Err(_) => None,
+        }
+    }
+
+    /// Renews a held lease; `None` when it was lost.
+    pub(crate) async fn renew_lease(&self, sink: &str, revision: u64) -> Option<u64> {
+        self.leases
+            .update(kv_key(sink), Bytes::from(self.instance.clone()), revision)
+            .await
+            .ok()
+    }
+
+    /// Lets a held lease go at once (on a clean stop), so another receiver takes over now.
+    pub(crate) async fn release_lease(&self, sink: &str, revision: u64) {
+        let _ = self
+            .leases
+            .delete_expect_revision(kv_key(sink), Some(revision))
+            .await;
+    }
+
+    /// Who holds the sink's lease.
+    pub(crate) async fn lease_holder(&self, sink: &str) -> Option<String> {
+        let value = self.leases.get(kv_key(sink)).await.ok()??;
+        Some(String::from_utf8_lossy(&value).into_owned())
+    }
+
+    /// The sink's shared cursor.
+    pub(crate) async fn shared_cursor(&self, sink: &str) -> Result<Option<u64>, JournalError> {
+        let value = self
+            .cursors
+            .get(kv_key(sink))
+            .await
+            .map_err(|e| JournalError::Read(format!("JetStream cursor: {e}")))?;
+        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
+    /// Writes the sink's shared cursor.
+    pub(crate) async fn put_cursor(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        self.cursors
+            .put(kv_key(sink), Bytes::from(seq.to_string()))
+            .await
+            .map(drop)
+            .map_err(|e| remote_err("cursor", e))
+    }
+}
+
+/// A sink name as a key (keys allow `A-Z a-z 0-9 - _ = .`; anything else is hex-escaped).
+fn kv_key(sink: &str) -> String {
+    let mut key = String::with_capacity(sink.len());
+    for c in sink.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            key.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                key.push_str(&format!("={b:02x}"));
+            }
+        }
+    }
+    key
+}
+
+async fn retry_setup<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    // A cluster that just started may not have elected its meta leader yet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// A stream message's parts (see [`encode_message`]).
+pub(crate) struct Message<'a> {
+    pub(crate) key: Option<&'a str>,
+    pub(crate) state: Option<&'a [u8]>,
+    pub(crate) received: Option<&'a [u8]>,
+    pub(crate) record: &'a [u8],
+}
+
+/// A message: version 1 (u8), then three length-prefixed parts (u32 big endian, `u32::MAX`
+/// for none): the resource's history key, its classifier state after the event (JSON), how
+/// the request arrived (JSON); then the event record as the redb journal stores it (its
+/// envelope's seq is 0: the stream's sequence is the seq).
+fn encode_message(
+    key: Option<&str>,
+    state: Option<&ResourceState>,
+    received: Option<&[u8]>,
+    received_at_ms: u64,
+    prefix: &str,
+    suffix: &str,
+    envelope: &Envelope,
+) -> Result<Bytes, JournalError> {
+    let state = state
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|e| JournalError::Write(e.to_string()))?;
+    let mut out = vec![1u8];
+    for part in [key.map(str::as_bytes), state.as_deref(), received] {
+        match part {
+            Some(bytes) => {
+                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+        }
+    }
+    let mut record = Vec::new();
+    encode_record(&mut record, received_at_ms, prefix, suffix, envelope)?;
+    out.extend_from_slice(&record);
+    Ok(Bytes::from(out))
+}
+
+/// Reads a message [`encode_message`] wrote.
+pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message<'_>, String> {
+    if bytes.first() != Some(&1) {
+        return Err("not a streamhook journal message (version byte)".into());
+    }
+    let mut at = 1;
+    let mut parts: [Option<&[u8]>; 3] = [None; 3];
+    for part in &mut parts {
+        let len = bytes
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or("message too short")?;
+        at += 4;
+        if len != u32::MAX {
+            let len = len as usize;
+            *part = Some(bytes.get(at..at + len).ok_or("message too short")?);
+            at += len;
+        }
+    }
+    let key = parts[0]
+        .map(std::str::from_utf8)
+        .transpose()
+        .map_err(|_| "history key is not UTF-8")?;
+    Ok(Message {
+        key,
+        state: parts[1],
+        received: parts[2],
+        record: &bytes[at..],
+    })
+}
+
+impl Journal {
+    /// Opens a replicated journal: `config.dir` holds this receiver's mirror of the shared
+    /// stream `remote.stream`. Connects (refusing a server older than
+    /// [`MIN_SERVER_VERSION`]), creates the stream and buckets when missing, copies what the
+    /// mirror lacks, and keeps copying in the background until the journal is closed.
+    pub async fn open_replicated(
+        config: JournalConfig,
+        remote: &JetStreamConfig,
+    ) -> Result<Journal, JournalError> {
+        let local = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Journal::open(config))
+                .await
+                .map_err(|e| JournalError::Write(e.to_string()))??
+        };
+        let remote = Arc::new(Remote::connect(remote).await?);
+        let journal = local.with_remote(Arc::clone(&remote));
+        let target = remote.last_seq().await?;
+        let from = journal.last_committed() + 1;
+        let mirror = journal.clone();
+        let stream = remote.stream.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            run_mirror(mirror, stream, from, target, ready_tx).await;
+        });
+        if target >= from {
+            tracing::info!(from, to = target, "copying the shared journal into the local mirror");
+        }
+        let _ = ready_rx.await;
+        if journal.last_committed() < target {
+            return Err(JournalError::Write(
+                "the local mirror could not copy the shared journal".into(),
+            ));
+        }
+        Ok(journal)
+    }
+
+    /// Who holds a sink's delivery lease, on a replicated journal.
+    pub async fn lease_holder(&self, sink: &str) -> Option<String> {
+        self.remote()?.lease_holder(sink).await
+    }
+}
+
+/// Copies the stream into the local mirror, in order, for as long as the journal is open.
+async fn run_mirror(
+    journal: Journal,
+    stream: stream::Stream,
+    mut from: u64,
+    target: u64,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    if from > target
+        && let Some(r) = ready.take()
+    {
+        let _ = r.send(());
+    }
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let consumer = stream
+            .create_consumer(js::consumer::pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..Default::default()
+            })
+            .await;
+        let messages = match consumer {
+            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut messages = match messages {
+            Ok(m) => m.ready_chunks(512),
+            Err(e) => {
+                if journal.health() == crate::journal::Health::Closed {
+                    return;
+                }
+                tracing::warn!(error = %e, retry_in = ?wait, "journal mirror: cannot read the shared stream");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        while let Some(chunk) = messages.next().await {
+            let mut items = Vec::with_capacity(chunk.len());
+            let mut failed = false;
+            for msg in chunk {
+                match msg {
+                    Ok(msg) => match msg.info() {
+                        Ok(info) => items.push((info.stream_sequence, msg.payload.clone())),
+                        Err(_) => failed = true,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "journal mirror: stream read failed; resuming");
+                        failed = true;
+                    }
+                }
+            }
+            if !items.is_empty() {
+                match journal.import(items).await {
+                    Ok(last) => {
+                        from = last + 1;
+                        wait = Duration::from_millis(100);
+                        if last >= target
+                            && let Some(r) = ready.take()
+                        {
+                            let _ = r.send(());
+                        }
+                    }
+                    Err(JournalError::Closed) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "journal mirror: cannot record; retrying");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        if journal.health() == crate::journal::Health::Closed {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_below_2_10_are_refused() {
+        assert!(check_version("2.15.1").is_ok());
+        assert!(check_version("v2.10.0").is_ok());
+        assert!(check_version("2.11.0-beta.2").is_ok());
+        assert!(check_version("3.0").is_ok());
+        let err = check_version("2.9.10").unwrap_err();
+        assert!(err.contains("2.10.0 or newer"), "{err}");
+        assert!(check_version("banana").is_err());
+    }
+
+    #[test]
+    fn sink_names_become_valid_keys() {
+        assert_eq!(kv_key("app-1_x"), "app-1_x");
+        assert_eq!(kv_key("a b.c"), "a=20b=2ec");
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let envelope: Envelope = serde_json::from_str(
+            r#"{"id":"x","seq":0,"received_at":"2026-11-28T00:00:00.000Z","source_ip":"127.0.0.1","kinds":["video.ready"],"resource":{"type":"video","id":5},"payload":{"type":"video"}}"#,
+        )
+        .unwrap();
+        let bytes = encode_message(Some("video:5"), None, Some(b"{}"), 7, " ", "\n", &envelope)
+            .unwrap();
+        let m = decode_message(&bytes).unwrap();
+        assert_eq!(m.key, Some("video:5"));
+        assert_eq!(m.state, None);
+        assert_eq!(m.received, Some(&b"{}"[..]));
+        let stored = crate::journal::decode_event(1, m.record).unwrap();
+        assert_eq!(stored.body_suffix, "\n");
+        assert!(decode_message(&bytes[..5]).is_err());
+        assert!(decode_message(b"").is_err());
+    }
+}

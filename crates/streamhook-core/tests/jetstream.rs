@@ -1,0 +1,232 @@
+//! The replicated journal against real nats-server processes on loopback: the compare-and-set
+//! it rests on (one of N concurrent writers wins each step), receivers that interleave writes
+//! on the same resources classifying exactly as one redb journal would, mirrors that agree,
+//! a 3-node cluster losing a node, and sink leases that fail over.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use common::{RecordingSink, append, eventually, everything, fast_policy, open, stream as stream_body};
+use streamhook_core::jetstream::JetStreamConfig;
+use streamhook_core::{Dispatcher, Journal, JournalConfig};
+use streamhook_testkit::{Nats, nats_server_or_skip};
+use tokio::sync::watch;
+
+async fn replica(nats: &Nats, dir: &std::path::Path, replicas: usize) -> Journal {
+    let mut config = JetStreamConfig::new(nats.url_list());
+    config.replicas = replicas;
+    config.timeout = Duration::from_secs(20);
+    Journal::open_replicated(JournalConfig::new(dir), &config)
+        .await
+        .unwrap()
+}
+
+/// Every event of a mirror, as (seq, id, kinds, payload).
+fn events(journal: &Journal) -> Vec<(u64, String, Vec<String>, String)> {
+    journal
+        .read_from(1, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let env = e.envelope().unwrap();
+            assert_eq!(env.seq, e.seq, "the envelope carries the stream's seq");
+            (
+                e.seq,
+                env.id.0.clone(),
+                env.kinds.iter().map(|k| k.to_string()).collect(),
+                env.payload.get().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A stream's lifecycle: start, recording on, recording off, stop.
+fn lifecycle(id: u64) -> Vec<Vec<u8>> {
+    vec![
+        stream_body(id, true, false),
+        stream_body(id, true, true),
+        stream_body(id, true, false),
+        stream_body(id, false, false),
+    ]
+}
+
+#[tokio::test]
+async fn exactly_one_of_sixteen_concurrent_writers_wins_each_step() {
+    let Some(bin) = nats_server_or_skip("jetstream: compare-and-set") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let js = jetstream::new(async_nats::connect(nats.urls()).await.unwrap());
+    js.create_stream(stream::Config {
+        name: "CAS".into(),
+        subjects: vec!["cas.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut last = 0;
+    for step in 0..5 {
+        let mut tasks = Vec::new();
+        for writer in 0..16 {
+            let js = js.clone();
+            tasks.push(tokio::spawn(async move {
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(format!("step {step} writer {writer}").into())
+                    .expected_last_subject_sequence(last);
+                match js.send_publish("cas.resource", publish).await {
+                    Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.kind()),
+                    Err(e) => Err(e.kind()),
+                }
+            }));
+        }
+        let mut won = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(seq) => won.push(seq),
+                Err(kind) => assert_eq!(kind, PublishErrorKind::WrongLastSequence),
+            }
+        }
+        assert_eq!(won.len(), 1, "step {step}: exactly one writer wins, got {won:?}");
+        last = won[0];
+    }
+}
+
+#[tokio::test]
+async fn interleaved_receivers_classify_as_one_journal_would() {
+    let Some(bin) = nats_server_or_skip("jetstream: equivalence") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&nats, da.path(), 1).await;
+    let b = replica(&nats, db.path(), 1).await;
+    // 12 streams; each one's four events are sent at once, alternately through both
+    // receivers, so writers race on every resource.
+    let mut tasks = Vec::new();
+    for id in 1..=12u64 {
+        for (i, body) in lifecycle(id).into_iter().enumerate() {
+            let journal = if (id as usize + i) % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move { append(&journal, &body).await }));
+        }
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    let total = acked.len() as u64;
+    eventually("both mirrors hold every event", || {
+        a.last_committed() >= total && b.last_committed() >= total
+    })
+    .await;
+    let in_a = events(&a);
+    assert_eq!(in_a, events(&b), "the mirrors agree, seq for seq");
+    assert_eq!(in_a.len() as u64, total);
+    // Each receiver answered with what the stream holds.
+    for ack in &acked {
+        let stored = in_a.iter().find(|e| e.0 == ack.seq).unwrap();
+        assert_eq!(stored.1, ack.id.0);
+        let kinds: Vec<String> = ack.kinds.iter().map(|k| k.to_string()).collect();
+        assert_eq!(stored.2, kinds, "the kinds answered are the kinds stored");
+    }
+    // One redb journal fed the same bodies in the stream's order classifies the same.
+    let single_dir = tempfile::tempdir().unwrap();
+    let single = open(single_dir.path());
+    for (seq, _, kinds, payload) in &in_a {
+        let got = append(&single, payload.as_bytes()).await;
+        let got: Vec<String> = got.kinds.iter().map(|k| k.to_string()).collect();
+        assert_eq!(&got, kinds, "event {seq}: {payload}");
+    }
+    for id in [1u64, 7, 12] {
+        let key = format!("stream:{id}");
+        assert_eq!(a.history(&key).unwrap(), single.history(&key).unwrap());
+        assert_eq!(b.history(&key).unwrap(), single.history(&key).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_keeps_journaling_when_a_node_dies_and_a_new_receiver_copies_everything() {
+    let Some(bin) = nats_server_or_skip("jetstream: cluster") else {
+        return;
+    };
+    let mut nats = Nats::cluster(&bin, 3);
+    let da = tempfile::tempdir().unwrap();
+    let a = replica(&nats, da.path(), 3).await;
+    for id in 1..=5u64 {
+        append(&a, &stream_body(id, true, false)).await;
+    }
+    nats.kill(1);
+    for id in 1..=5u64 {
+        let got = append(&a, &stream_body(id, true, true)).await;
+        assert_eq!(
+            got.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["stream.recording_started"],
+            "history survives a node's loss"
+        );
+    }
+    nats.restart(1);
+    let db = tempfile::tempdir().unwrap();
+    let b = replica(&nats, db.path(), 3).await;
+    assert_eq!(b.last_committed(), 10, "a new receiver copies the whole journal at start");
+    assert_eq!(events(&a), events(&b));
+    let got = append(&b, &stream_body(3, true, false)).await;
+    assert_eq!(
+        got.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+        ["stream.recording_stopped"]
+    );
+}
+
+#[tokio::test]
+async fn a_sink_is_delivered_by_one_receiver_and_fails_over_with_its_cursor() {
+    let Some(bin) = nats_server_or_skip("jetstream: leases") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&nats, da.path(), 1).await;
+    let b = replica(&nats, db.path(), 1).await;
+    let router = everything(&["app"]);
+    a.set_cursor("app", 1).unwrap();
+    b.set_cursor("app", 1).unwrap();
+    let sink_a = RecordingSink::new("app", common::Behaviour::Accept);
+    let sink_b = RecordingSink::new("app", common::Behaviour::Accept);
+    let (stop_a, rx_a) = watch::channel(false);
+    let (stop_b, rx_b) = watch::channel(false);
+    let task_a = tokio::spawn(
+        Dispatcher::new(a.clone(), sink_a.clone(), Arc::clone(&router), fast_policy()).run(rx_a),
+    );
+    let mut holder = None;
+    for _ in 0..200 {
+        holder = a.lease_holder("app").await;
+        if holder.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(holder.is_some(), "A takes the free lease");
+    let task_b = tokio::spawn(
+        Dispatcher::new(b.clone(), sink_b.clone(), Arc::clone(&router), fast_policy()).run(rx_b),
+    );
+    for id in 1..=10u64 {
+        append(if id % 2 == 0 { &a } else { &b }, &stream_body(id, true, false)).await;
+    }
+    eventually("A delivers all ten", || sink_a.count() == 10).await;
+    assert_eq!(sink_b.count(), 0, "only the lease holder delivers");
+    // A stops cleanly: it writes its cursor back and lets the lease go; B resumes after it.
+    stop_a.send(true).unwrap();
+    task_a.await.unwrap();
+    for id in 11..=15u64 {
+        append(&b, &stream_body(id, true, false)).await;
+    }
+    eventually("B delivers what came after", || sink_b.count() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink_b.seqs(),
+        (11..=15).collect::<Vec<u64>>(),
+        "B resumed at A's cursor: nothing twice, nothing missed"
+    );
+    stop_b.send(true).unwrap();
+    task_b.await.unwrap();
+}
