@@ -48,7 +48,14 @@ Fault runs against the real server binary (add --release to build optimised):
                                     systemd does) and restarts the server N times
                                     (default 20) under load, one connection per
                                     request: 0 failed requests, 0 lost events
-  faults                            all five, short (what CI runs)
+  ha-test [--cycles N] [--clients N]  a 3-node NATS JetStream cluster (the pinned
+                                    nats-server, installed if missing), two receivers
+                                    sharing its journal, clients posting stream
+                                    lifecycles through both; SIGKILL and restart a
+                                    receiver, then a NATS node, N times (default 6):
+                                    nothing acknowledged lost, every event delivered,
+                                    order per resource, classification as one journal
+  faults                            all six, short (what CI runs)
   bench [ARGS]                      build release binaries, run the criterion
                                     benches, then measure intake (vs a bare axum
                                     server), memory, drain, restart and validate
@@ -81,6 +88,10 @@ fn main() -> Result<()> {
         "disk-full-test" => harness(&["disk-full"], &rest).map(drop),
         "slow-clients-test" => harness(&["slow-clients"], &rest).map(drop),
         "restart-test" => harness(&["restart"], &rest).map(drop),
+        "ha-test" => {
+            tools::ensure_nats_server()?;
+            harness(&["ha"], &rest).map(drop)
+        }
         "dist" => dist::dist().map(drop),
         "faults" => faults_short(&rest).map(drop),
         "fuzz" => fuzz(&rest),
@@ -288,6 +299,7 @@ fn harness(run: &[&str], rest: &[String]) -> Result<Outcome> {
     let line = format!("streamhook-harness {} {}", run.join(" "), args.join(" "));
     eprintln!("$ {line}");
     let status = Command::new(dir.join("streamhook-harness"))
+        .env("STREAMHOOK_NATS_SERVER", tools::nats_server_path())
         .arg("--server-bin")
         .arg(&server)
         .args(run)
@@ -321,12 +333,14 @@ fn faults_short(rest: &[String]) -> Result<Vec<String>> {
             .chain(release.iter().cloned())
             .collect()
     };
-    let runs: [(&str, Vec<String>); 5] = [
+    tools::ensure_nats_server()?;
+    let runs: [(&str, Vec<String>); 6] = [
         ("crash", with(&["--cycles", "3"])),
         ("outage", with(&["--seconds", "6"])),
         ("disk-full", with(&[])),
         ("slow-clients", with(&["--connections", "100"])),
         ("restart", with(&["--restarts", "5"])),
+        ("ha", with(&["--cycles", "4", "--clients", "6"])),
     ];
     let mut summary = Vec::new();
     let mut skipped = Vec::new();

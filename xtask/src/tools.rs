@@ -39,7 +39,10 @@ pub(crate) fn ensure_nats_server() -> Result<PathBuf> {
             path.display()
         );
     }
-    eprintln!("installing nats-server {NATS_SERVER_VERSION} into {}", rel(&path));
+    eprintln!(
+        "installing nats-server {NATS_SERVER_VERSION} into {}",
+        rel(&path)
+    );
     let dir = path.parent().expect("has a parent").to_path_buf();
     let download = dir.with_extension("download");
     let _ = std::fs::remove_dir_all(&download);

@@ -345,7 +345,8 @@ impl Dispatcher {
             match remote.shared_cursor(&name).await {
                 Ok(Some(seq)) => {
                     let sink = name.clone();
-                    if let Err(e) = blocking(&self.journal, move |j| j.set_cursor(&sink, seq)).await {
+                    if let Err(e) = blocking(&self.journal, move |j| j.set_cursor(&sink, seq)).await
+                    {
                         tracing::error!(sink = %name, error = %e, "cannot set the shared cursor locally; letting the lease go");
                         remote.release_lease(&name, revision).await;
                         tokio::time::sleep(LEASE_RENEW).await;
@@ -406,7 +407,9 @@ impl Dispatcher {
         match blocking(&self.journal, move |j| j.cursor(&sink)).await {
             Ok(seq) if *pushed != Some(seq) => match remote.put_cursor(name, seq).await {
                 Ok(()) => *pushed = Some(seq),
-                Err(e) => tracing::warn!(sink = %name, error = %e, "cannot write the shared cursor"),
+                Err(e) => {
+                    tracing::warn!(sink = %name, error = %e, "cannot write the shared cursor")
+                }
             },
             Ok(_) => {}
             Err(e) => tracing::warn!(sink = %name, error = %e, "cannot read the local cursor"),

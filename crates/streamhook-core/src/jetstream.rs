@@ -250,26 +250,26 @@ impl Remote {
     }
 
     /// The resource's last message: its sequence and the state it carries.
-    async fn last_state(&self, subject: &str) -> Result<(u64, Option<ResourceState>), JournalError> {
-        match self
-            .stream
-            .get_last_raw_message_by_subject(subject)
-            .await
-        {
+    async fn last_state(
+        &self,
+        subject: &str,
+    ) -> Result<(u64, Option<ResourceState>), JournalError> {
+        match self.stream.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
                 let decoded = decode_message(&msg.payload).map_err(|m| JournalError::Corrupt {
                     seq: msg.sequence,
                     message: m,
                 })?;
-                let state = match decoded.state {
-                    Some(bytes) => Some(serde_json::from_slice(bytes).map_err(|e| {
-                        JournalError::Corrupt {
-                            seq: msg.sequence,
-                            message: format!("classifier state: {e}"),
-                        }
-                    })?),
-                    None => None,
-                };
+                let state =
+                    match decoded.state {
+                        Some(bytes) => Some(serde_json::from_slice(bytes).map_err(|e| {
+                            JournalError::Corrupt {
+                                seq: msg.sequence,
+                                message: format!("classifier state: {e}"),
+                            }
+                        })?),
+                        None => None,
+                    };
                 Ok((msg.sequence, state))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, None)),
@@ -368,12 +368,11 @@ impl Remote {
                         .get_raw_message(ack.sequence)
                         .await
                         .map_err(|e| remote_err("reading a duplicate back", e))?;
-                    let decoded = decode_message(&msg.payload).map_err(|m| {
-                        JournalError::Corrupt {
+                    let decoded =
+                        decode_message(&msg.payload).map_err(|m| JournalError::Corrupt {
                             seq: ack.sequence,
                             message: m,
-                        }
-                    })?;
+                        })?;
                     let stored = crate::journal::decode_event(ack.sequence, decoded.record)?;
                     return Ok(Appended {
                         id,
@@ -620,7 +619,11 @@ impl Journal {
             run_mirror(mirror, stream, from, target, ready_tx).await;
         });
         if target >= from {
-            tracing::info!(from, to = target, "copying the shared journal into the local mirror");
+            tracing::info!(
+                from,
+                to = target,
+                "copying the shared journal into the local mirror"
+            );
         }
         let _ = ready_rx.await;
         if journal.last_committed() < target {
@@ -629,6 +632,30 @@ impl Journal {
             ));
         }
         Ok(journal)
+    }
+
+    /// On a replicated journal, lowers each local cursor that is ahead of the sink's shared
+    /// one (a receiver that does not deliver a sink has only an old copy of its cursor), so
+    /// pruning the local mirror never drops what the sink's deliverer has not passed. Does
+    /// nothing on a single-host journal.
+    pub async fn follow_shared_cursors(&self, sinks: &[String]) -> Result<(), JournalError> {
+        let Some(remote) = self.remote() else {
+            return Ok(());
+        };
+        for sink in sinks {
+            if let Some(shared) = remote.shared_cursor(sink).await? {
+                let (journal, name) = (self.clone(), sink.clone());
+                tokio::task::spawn_blocking(move || {
+                    if journal.cursor(&name)? > shared {
+                        journal.set_cursor(&name, shared)?;
+                    }
+                    Ok::<_, JournalError>(())
+                })
+                .await
+                .map_err(|e| JournalError::Write(e.to_string()))??;
+            }
+        }
+        Ok(())
     }
 
     /// Who holds a sink's delivery lease, on a replicated journal.
@@ -749,8 +776,8 @@ mod tests {
             r#"{"id":"x","seq":0,"received_at":"2026-11-28T00:00:00.000Z","source_ip":"127.0.0.1","kinds":["video.ready"],"resource":{"type":"video","id":5},"payload":{"type":"video"}}"#,
         )
         .unwrap();
-        let bytes = encode_message(Some("video:5"), None, Some(b"{}"), 7, " ", "\n", &envelope)
-            .unwrap();
+        let bytes =
+            encode_message(Some("video:5"), None, Some(b"{}"), 7, " ", "\n", &envelope).unwrap();
         let m = decode_message(&bytes).unwrap();
         assert_eq!(m.key, Some("video:5"));
         assert_eq!(m.state, None);

@@ -611,7 +611,10 @@ impl Journal {
 
     /// Hands records copied from the shared stream to the writer; returns the last seq held.
     #[cfg(feature = "jetstream")]
-    pub(crate) async fn import(&self, items: Vec<(u64, bytes::Bytes)>) -> Result<u64, JournalError> {
+    pub(crate) async fn import(
+        &self,
+        items: Vec<(u64, bytes::Bytes)>,
+    ) -> Result<u64, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
@@ -1905,12 +1908,8 @@ fn commit_import(
             if *seq < next {
                 continue;
             }
-            let message = crate::jetstream::decode_message(payload).map_err(|message| {
-                JournalError::Corrupt {
-                    seq: *seq,
-                    message,
-                }
-            })?;
+            let message = crate::jetstream::decode_message(payload)
+                .map_err(|message| JournalError::Corrupt { seq: *seq, message })?;
             let stored = decode_event(*seq, message.record)?;
             let mut envelope = stored.envelope()?;
             envelope.seq = *seq;

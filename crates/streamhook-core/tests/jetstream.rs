@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
-use common::{RecordingSink, append, eventually, everything, fast_policy, open, stream as stream_body};
+use common::{
+    RecordingSink, append, eventually, everything, fast_policy, open, stream as stream_body,
+};
 use streamhook_core::jetstream::JetStreamConfig;
 use streamhook_core::{Dispatcher, Journal, JournalConfig};
 use streamhook_testkit::{Nats, nats_server_or_skip};
@@ -89,7 +91,11 @@ async fn exactly_one_of_sixteen_concurrent_writers_wins_each_step() {
                 Err(kind) => assert_eq!(kind, PublishErrorKind::WrongLastSequence),
             }
         }
-        assert_eq!(won.len(), 1, "step {step}: exactly one writer wins, got {won:?}");
+        assert_eq!(
+            won.len(),
+            1,
+            "step {step}: exactly one writer wins, got {won:?}"
+        );
         last = won[0];
     }
 }
@@ -108,7 +114,11 @@ async fn interleaved_receivers_classify_as_one_journal_would() {
     let mut tasks = Vec::new();
     for id in 1..=12u64 {
         for (i, body) in lifecycle(id).into_iter().enumerate() {
-            let journal = if (id as usize + i) % 2 == 0 { a.clone() } else { b.clone() };
+            let journal = if (id as usize + i) % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
             tasks.push(tokio::spawn(async move { append(&journal, &body).await }));
         }
     }
@@ -169,7 +179,11 @@ async fn a_cluster_keeps_journaling_when_a_node_dies_and_a_new_receiver_copies_e
     nats.restart(1);
     let db = tempfile::tempdir().unwrap();
     let b = replica(&nats, db.path(), 3).await;
-    assert_eq!(b.last_committed(), 10, "a new receiver copies the whole journal at start");
+    assert_eq!(
+        b.last_committed(),
+        10,
+        "a new receiver copies the whole journal at start"
+    );
     assert_eq!(events(&a), events(&b));
     let got = append(&b, &stream_body(3, true, false)).await;
     assert_eq!(
@@ -195,7 +209,13 @@ async fn a_sink_is_delivered_by_one_receiver_and_fails_over_with_its_cursor() {
     let (stop_a, rx_a) = watch::channel(false);
     let (stop_b, rx_b) = watch::channel(false);
     let task_a = tokio::spawn(
-        Dispatcher::new(a.clone(), sink_a.clone(), Arc::clone(&router), fast_policy()).run(rx_a),
+        Dispatcher::new(
+            a.clone(),
+            sink_a.clone(),
+            Arc::clone(&router),
+            fast_policy(),
+        )
+        .run(rx_a),
     );
     let mut holder = None;
     for _ in 0..200 {
@@ -207,10 +227,20 @@ async fn a_sink_is_delivered_by_one_receiver_and_fails_over_with_its_cursor() {
     }
     assert!(holder.is_some(), "A takes the free lease");
     let task_b = tokio::spawn(
-        Dispatcher::new(b.clone(), sink_b.clone(), Arc::clone(&router), fast_policy()).run(rx_b),
+        Dispatcher::new(
+            b.clone(),
+            sink_b.clone(),
+            Arc::clone(&router),
+            fast_policy(),
+        )
+        .run(rx_b),
     );
     for id in 1..=10u64 {
-        append(if id % 2 == 0 { &a } else { &b }, &stream_body(id, true, false)).await;
+        append(
+            if id % 2 == 0 { &a } else { &b },
+            &stream_body(id, true, false),
+        )
+        .await;
     }
     eventually("A delivers all ten", || sink_a.count() == 10).await;
     assert_eq!(sink_b.count(), 0, "only the lease holder delivers");

@@ -6,6 +6,7 @@
 
 mod bench;
 mod faults;
+mod ha;
 mod load;
 mod receiver;
 mod restart;
@@ -54,6 +55,16 @@ enum Run {
         /// How many restarts.
         #[arg(long, default_value_t = 20)]
         restarts: usize,
+        /// How many clients post at once.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
+    /// Two receivers on a 3-node NATS JetStream cluster under load; SIGKILL and restart a
+    /// receiver, then a NATS node, alternately; nothing acknowledged may be lost.
+    Ha {
+        /// How many kill-and-restart cycles.
+        #[arg(long, default_value_t = 6)]
+        cycles: usize,
         /// How many clients post at once.
         #[arg(long, default_value_t = 8)]
         clients: usize,
@@ -111,6 +122,7 @@ async fn main() -> std::process::ExitCode {
         Run::SlowClients { connections } => {
             faults::slow_clients(&cli.server_bin, connections).await
         }
+        Run::Ha { cycles, clients } => ha::run(&cli.server_bin, cycles, clients).await,
         Run::Bench(mut options) => {
             options.server_bin = cli.server_bin;
             bench::run(&options).await

@@ -223,11 +223,27 @@ async fn status(State(admin): State<Admin>) -> Response {
             if let Some((_, stats)) = running.iter().find(|(n, _)| n == name) {
                 sink["running"] = json!(true);
                 sink["activity"] = explore::sink_activity(stats);
+                if journal.is_replicated() {
+                    // Only the lease holder delivers; the others' cursors are copies.
+                    sink["delivering_here"] =
+                        json!(stats.leased.load(std::sync::atomic::Ordering::Relaxed) == 1);
+                }
             }
             sink
         })
         .collect();
-    Json(json!({ "last_seq": last_seq, "events": events, "sinks": sinks })).into_response()
+    let backend = if journal.is_replicated() {
+        "jetstream"
+    } else {
+        "redb"
+    };
+    Json(json!({
+        "backend": backend,
+        "last_seq": last_seq,
+        "events": events,
+        "sinks": sinks,
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

@@ -66,6 +66,15 @@ pub struct Args {
     /// Folder of the journal [default: ./streamhook-data].
     #[arg(long, env = "STREAMHOOK_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Journal in a NATS JetStream cluster shared by several receivers (high availability),
+    /// with the `[journal]` defaults: stream STREAMHOOK, 3 replicas. Comma-separated URLs.
+    #[arg(
+        long,
+        env = "STREAMHOOK_NATS",
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
+    )]
+    pub nats: Vec<String>,
     /// Adds a file sink writing NDJSON envelopes to PATH ({date} and {type} allowed); repeatable.
     #[arg(long = "file", env = "STREAMHOOK_FILE", value_name = "PATH")]
     pub file: Vec<String>,
@@ -171,6 +180,8 @@ pub struct Config {
     pub limits: Limits,
     /// Delivery retries.
     pub retry: RetryConfig,
+    /// Where events are journaled: this host's redb file (default) or a JetStream cluster.
+    pub journal: JournalSection,
     /// How long the journal keeps delivered events.
     pub retention: Retention,
     /// The admin API.
@@ -201,6 +212,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             limits: Limits::default(),
             retry: RetryConfig::default(),
+            journal: JournalSection::default(),
             retention: Retention::default(),
             admin: AdminConfig::default(),
             tls: None,
@@ -302,6 +314,73 @@ impl RetryConfig {
             max_age: self.max_age,
             send_timeout: self.send_timeout,
         }
+    }
+}
+
+/// `[journal]`: which backend journals events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalSection {
+    /// `redb` (default: a file in `data_dir`, one receiver) or `jetstream` (a stream in a NATS
+    /// cluster shared by every receiver; `data_dir` then holds this receiver's mirror).
+    pub backend: JournalBackend,
+    /// The NATS servers (`nats://host:4222`, `tls://...`), for `jetstream`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nats_urls: Vec<String>,
+    /// The stream's name (default `STREAMHOOK`).
+    pub stream: String,
+    /// Replicas of the stream and its buckets (default 3; 1 for a single NATS server).
+    pub replicas: usize,
+    /// A NATS credentials file (JWT and NKey seed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// A PEM file of CA certificates for `tls://` NATS servers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// How long one append may take in JetStream, retries through a leader election
+    /// included (default 10s); then the request gets 503.
+    #[serde(with = "streamhook_core::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            backend: JournalBackend::Redb,
+            nats_urls: Vec::new(),
+            stream: "STREAMHOOK".into(),
+            replicas: 3,
+            credentials: None,
+            tls_ca: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The journal's backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalBackend {
+    /// A redb file in `data_dir`.
+    #[default]
+    Redb,
+    /// A NATS JetStream stream shared by several receivers.
+    Jetstream,
+}
+
+impl JournalSection {
+    /// The JetStream settings, when that is the backend.
+    pub fn jetstream(&self) -> Option<streamhook_core::jetstream::JetStreamConfig> {
+        if self.backend != JournalBackend::Jetstream {
+            return None;
+        }
+        let mut c = streamhook_core::jetstream::JetStreamConfig::new(self.nats_urls.clone());
+        c.stream = self.stream.clone();
+        c.replicas = self.replicas;
+        c.credentials = self.credentials.clone();
+        c.tls_ca = self.tls_ca.clone();
+        c.timeout = self.timeout;
+        Some(c)
     }
 }
 
@@ -449,6 +528,10 @@ impl Config {
         if let Some(dir) = &args.data_dir {
             self.data_dir = dir.clone();
         }
+        if !args.nats.is_empty() {
+            self.journal.backend = JournalBackend::Jetstream;
+            self.journal.nats_urls = args.nats.clone();
+        }
         if let Some(token) = &args.path_token {
             self.path_token = Some(token.clone());
         }
@@ -495,6 +578,36 @@ impl Config {
                 "path {:?} must start with / and not end with one, like \"/webhook\"",
                 self.path
             ));
+        }
+        if self.journal.backend == JournalBackend::Jetstream {
+            if self.journal.nats_urls.is_empty() {
+                return invalid(
+                    "[journal] backend = \"jetstream\" needs nats_urls (or --nats URL)".into(),
+                );
+            }
+            for url in &self.journal.nats_urls {
+                if url.parse::<async_nats::ServerAddr>().is_err() {
+                    return invalid(format!("[journal] nats_urls: {url:?} is not a NATS URL"));
+                }
+            }
+            let name_ok = !self.journal.stream.is_empty()
+                && self
+                    .journal
+                    .stream
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !name_ok {
+                return invalid(format!(
+                    "[journal] stream {:?}: use letters, digits, _ and - only",
+                    self.journal.stream
+                ));
+            }
+            if !(1..=5).contains(&self.journal.replicas) {
+                return invalid(format!(
+                    "[journal] replicas = {}: JetStream allows 1 to 5",
+                    self.journal.replicas
+                ));
+            }
         }
         if self.allow.is_empty() {
             return invalid("the allowlist is empty: no request could ever be accepted".into());

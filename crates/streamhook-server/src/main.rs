@@ -116,7 +116,9 @@ async fn run(
         signal(SignalKind::hangup()).map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
     let listen = config.listen;
     let admin_enabled = config.admin.enabled;
-    let server = Server::new(config)?.with_config_source(Arc::new(move || Config::load(&args)));
+    let server = Server::open(config)
+        .await?
+        .with_config_source(Arc::new(move || Config::load(&args)));
     let journal = server.intake().journal().clone();
     let server = server.with_on_ready(move || {
         streamhook_server::systemd::notify_ready();

@@ -359,7 +359,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "streamhook_journal_commit_seconds_count {cumulative}");
 
-        let sink_metrics: [SinkMetric; 8] = [
+        let sink_metrics: [SinkMetric; 9] = [
             (
                 "streamhook_sink_journal_errors_total",
                 "counter",
@@ -371,6 +371,12 @@ impl Metrics {
                 "gauge",
                 "1 while delivery waits to retry after a journal error, by sink.",
                 |s, _| s.stats.paused.load(Ordering::Relaxed),
+            ),
+            (
+                "streamhook_sink_leased",
+                "gauge",
+                "On a JetStream journal, 1 while this receiver holds the sink's lease (delivers it), by sink.",
+                |s, _| s.stats.leased.load(Ordering::Relaxed),
             ),
             (
                 "streamhook_sink_delivered_total",

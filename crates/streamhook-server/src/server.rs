@@ -84,13 +84,53 @@ impl ReloadHandle {
 }
 
 impl Server {
-    /// Opens the journal and checks the configuration. Nothing listens yet.
+    /// Opens the journal and checks the configuration. Nothing listens yet. For the
+    /// `jetstream` backend (which connects to NATS) use [`Server::open`].
     pub fn new(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        if config.journal.backend == crate::config::JournalBackend::Jetstream {
+            return Err(ServerError::Journal(streamhook_core::JournalError::Write(
+                "the jetstream journal connects to NATS: open the server with Server::open".into(),
+            )));
+        }
+        let journal = Journal::open(Self::journal_config(&config))?;
+        Self::with_journal(config, journal)
+    }
+
+    /// Opens the journal of either backend (connecting to NATS for `jetstream`, copying the
+    /// shared journal into the local mirror) and checks the configuration.
+    pub async fn open(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let journal = match config.journal.jetstream() {
+            Some(remote) => {
+                info!(
+                    urls = %config.journal.nats_urls.join(","),
+                    stream = %remote.stream,
+                    replicas = remote.replicas,
+                    "journal: JetStream (shared by every receiver); the local mirror is in the data folder"
+                );
+                Journal::open_replicated(Self::journal_config(&config), &remote).await?
+            }
+            None => {
+                let journal_config = Self::journal_config(&config);
+                tokio::task::spawn_blocking(move || Journal::open(journal_config))
+                    .await
+                    .map_err(|e| {
+                        ServerError::Journal(streamhook_core::JournalError::Write(e.to_string()))
+                    })??
+            }
+        };
+        Self::with_journal(config, journal)
+    }
+
+    fn journal_config(config: &Config) -> JournalConfig {
         let mut journal_config = JournalConfig::new(&config.data_dir);
         journal_config.queue = config.limits.journal_queue;
         journal_config.cache_bytes = config.limits.journal_cache_mb.max(1) * 1024 * 1024;
-        let journal = Journal::open(journal_config)?;
+        journal_config
+    }
+
+    fn with_journal(config: Config, journal: Journal) -> Result<Server, ServerError> {
         let intake = Intake::new(
             journal.clone(),
             config.source_filter()?,
@@ -494,6 +534,7 @@ impl SinkSet {
             ("listen", old.listen != new.listen),
             ("path", old.path != new.path),
             ("data_dir", old.data_dir != new.data_dir),
+            ("journal", old.journal != new.journal),
             ("tls", old.tls != new.tls),
             ("admin", old.admin != new.admin),
             ("limits", old.limits != new.limits),
@@ -578,6 +619,10 @@ async fn prune_loop(
             _ = stop.wait_for(|s| *s) => return,
         }
         let sinks = intake.sink_names();
+        if let Err(e) = intake.journal().follow_shared_cursors(&sinks).await {
+            warn!(error = %e, "cannot read the shared cursors; not pruning this time");
+            continue;
+        }
         let (j, s, r) = (intake.journal().clone(), sinks, retention.clone());
         let history_max_age = if tokio::time::Instant::now() >= histories_due {
             histories_due = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);

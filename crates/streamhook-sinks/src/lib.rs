@@ -166,7 +166,11 @@ impl SinkConfig {
             #[cfg(feature = "nats")]
             SinkConfig::Nats(c) => format!(
                 "nats {} subject {} ({} publish, {} body)",
-                c.urls.iter().map(|u| http_redact(u)).collect::<Vec<_>>().join(","),
+                c.urls
+                    .iter()
+                    .map(|u| http_redact(u))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 c.subject,
                 c.publish,
                 c.body

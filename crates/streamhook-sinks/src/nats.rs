@@ -129,7 +129,9 @@ impl NatsSink {
             message,
         };
         if config.urls.is_empty() {
-            return Err(fail("`urls` is empty: give at least one nats:// URL".into()));
+            return Err(fail(
+                "`urls` is empty: give at least one nats:// URL".into(),
+            ));
         }
         for url in &config.urls {
             url.parse::<async_nats::ServerAddr>()
@@ -301,7 +303,10 @@ pub fn check_template(template: &str) -> Result<(), String> {
 /// reduced to one safe token.
 pub fn subject_for(template: &str, delivery: &Delivery) -> String {
     let envelope = &delivery.envelope;
-    let type_name = token(&streamhook_core::dispatch::payload_type(envelope), "unknown");
+    let type_name = token(
+        &streamhook_core::dispatch::payload_type(envelope),
+        "unknown",
+    );
     let id = envelope
         .resource
         .id
@@ -336,7 +341,9 @@ mod tests {
     fn templates_are_checked() {
         assert!(check_template(DEFAULT_SUBJECT).is_ok());
         assert!(check_template("a.{type}-x.{id}").is_ok());
-        for bad in ["", "a..b", ".a", "a.", "a.*", "a.>", "a b", "a.{kind}", "a.{type"] {
+        for bad in [
+            "", "a..b", ".a", "a.", "a.*", "a.>", "a b", "a.{kind}", "a.{type",
+        ] {
             assert!(check_template(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -110,12 +110,16 @@ async fn publishes_to_jetstream_with_subject_headers_and_the_original_body() {
     let second = append(&rig.journal, &video(5, "ready")).await;
     wait_for_messages(&mut stream, 2).await;
     let msg = stream.get_raw_message(1).await.unwrap();
-    let video_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["message"]["video"]
-        ["id"]
-        .as_u64()
-        .unwrap();
+    let video_id =
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["message"]["video"]["id"]
+            .as_u64()
+            .unwrap();
     assert_eq!(msg.subject.as_str(), format!("gcore.video.{video_id}"));
-    assert_eq!(&msg.payload[..], body.as_bytes(), "Gcore's body, byte for byte");
+    assert_eq!(
+        &msg.payload[..],
+        body.as_bytes(),
+        "Gcore's body, byte for byte"
+    );
     let h = |name: &str| {
         msg.headers
             .get(name)

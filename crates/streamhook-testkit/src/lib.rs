@@ -46,7 +46,12 @@ fn check(path: &Path) -> Result<(), String> {
         .output()
         .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.trim().rsplit(' ').next().unwrap_or("").trim_start_matches('v');
+    let version = text
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('v');
     let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if (major, minor) < MIN_VERSION {
@@ -130,7 +135,10 @@ impl Node {
                 .map(|p| format!("nats://127.0.0.1:{p}"))
                 .collect();
             cmd.args(["--cluster_name", "streamhook"])
-                .args(["--cluster", &format!("nats://127.0.0.1:{}", self.cluster_port)])
+                .args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", self.cluster_port),
+                ])
                 .args(["--routes", &routes.join(",")]);
         }
         self.child = Some(cmd.spawn().expect("nats-server starts"));
