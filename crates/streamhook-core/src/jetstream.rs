@@ -110,6 +110,7 @@ pub(crate) struct Draft {
 
 /// The connection to the shared stream and buckets.
 pub(crate) struct Remote {
+    client: async_nats::Client,
     context: js::Context,
     stream: stream::Stream,
     name: String,
@@ -189,7 +190,7 @@ impl Remote {
         check_version(&version).map_err(JournalError::Write)?;
         let context = js::ContextBuilder::new()
             .timeout(config.timeout.min(Duration::from_secs(5)))
-            .build(client);
+            .build(client.clone());
         let name = config.stream.clone();
         let replicas = config.replicas.max(1);
         let stream = retry_setup(|| {
@@ -226,6 +227,7 @@ impl Remote {
             fastrand::u32(..)
         );
         Ok(Remote {
+            client,
             context,
             stream,
             name,
@@ -409,6 +411,11 @@ impl Remote {
         }
     }
 
+    /// Whether the client is connected to a NATS server now (it reconnects by itself).
+    pub(crate) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// The stream's last sequence now.
     pub(crate) async fn last_seq(&self) -> Result<u64, JournalError> {
         let mut stream = self.stream.clone();
@@ -427,14 +434,10 @@ impl Remote {
     /// Takes the sink's lease if nobody holds it; returns its revision.
     pub(crate) async fn try_lease(&self, sink: &str) -> Option<u64> {
         let key = kv_key(sink);
-        match self
-            .leases
+        self.leases
             .create(&key, Bytes::from(self.instance.clone()))
             .await
-        {
-            Ok(revision) => Some(revision),
-            Err(_) => None,
-        }
+            .ok()
     }
 
     /// Renews a held lease; `None` when it was lost.

@@ -758,6 +758,13 @@ impl Journal {
     /// recorded: no database access, no lock held, so readiness checks may call it often.
     pub fn health(&self) -> Health {
         let h = &self.inner.health;
+        #[cfg(feature = "jetstream")]
+        if let Some(remote) = &self.inner.remote
+            && !remote.connected()
+            && !self.inner.closed.load(Ordering::SeqCst)
+        {
+            return Health::CannotWrite("not connected to any NATS server".into());
+        }
         if self.inner.closed.load(Ordering::SeqCst) {
             Health::Closed
         } else if !h.writer_alive.load(Ordering::SeqCst) {

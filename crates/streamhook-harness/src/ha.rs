@@ -22,6 +22,9 @@ use crate::faults::Skipped;
 use crate::receiver::Receiver;
 use crate::server::{ServerProcess, free_port};
 
+/// A journaled event as the checks compare it: seq, id, kinds, payload.
+type Row = (u64, String, Vec<String>, String);
+
 /// One acknowledged event: its id and the kinds the receiver answered.
 #[derive(Debug, Clone)]
 struct Acked {
@@ -252,7 +255,7 @@ pub async fn run(server_bin: &Path, cycles: usize, clients: usize) -> Result<()>
     for s in &mut servers {
         s.terminate()?;
     }
-    let mirror = |name: &str| -> Result<Vec<(u64, String, Vec<String>, String)>> {
+    let mirror = |name: &str| -> Result<Vec<Row>> {
         let journal = Journal::open(JournalConfig::new(dir.path().join(name).join("data")))?;
         let mut out = Vec::new();
         let mut from = 1;

@@ -27,6 +27,43 @@ fn the_example_states_the_defaults() {
     assert_eq!(example.retention, default.retention);
     assert_eq!(example.admin, default.admin);
     assert_eq!(example.strict, default.strict);
+    assert_eq!(example.journal, default.journal);
+}
+
+#[test]
+fn a_jetstream_journal_needs_urls_a_stream_name_and_sane_replicas() {
+    let check = |toml: &str| {
+        Config::from_toml(toml)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map_err(|e| e.to_string()))
+    };
+    assert_eq!(
+        check("[journal]\nbackend = \"jetstream\"").unwrap_err(),
+        "[journal] backend = \"jetstream\" needs nats_urls (or --nats URL)"
+    );
+    let ok = "[journal]\nbackend = \"jetstream\"\nnats_urls = [\"nats://127.0.0.1:4222\"]";
+    check(ok).unwrap();
+    let js = Config::from_toml(ok).unwrap().journal.jetstream().unwrap();
+    assert_eq!((js.stream.as_str(), js.replicas), ("STREAMHOOK", 3));
+    assert!(
+        check(&format!("{ok}\nreplicas = 7"))
+            .unwrap_err()
+            .contains("1 to 5")
+    );
+    assert!(
+        check(&format!("{ok}\nstream = \"a.b\""))
+            .unwrap_err()
+            .contains("letters, digits")
+    );
+    assert!(
+        check("[journal]\nbackend = \"jetstream\"\nnats_urls = [\"nats://[::1\"]")
+            .unwrap_err()
+            .contains("not a NATS URL")
+    );
+    assert!(
+        Config::default().journal.jetstream().is_none(),
+        "redb by default"
+    );
 }
 
 #[test]
@@ -50,7 +87,7 @@ fn config_errors_name_the_problem() {
     );
     let err = check("[[sinks]]\ntype = \"s3\"").unwrap_err();
     assert!(
-        err.contains("unknown variant `s3`, expected one of `stdout`, `file`, `http`"),
+        err.contains("unknown variant `s3`, expected one of `stdout`, `file`, `http`, `nats`"),
         "{err}"
     );
     let err = check("[retry]\nmax_age = \"soon\"").unwrap_err();
