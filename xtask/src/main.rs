@@ -19,8 +19,9 @@ cargo xtask TASK
 
 Tasks:
   ci        what CI runs: fmt check, clippy -D warnings, the tests (pending or
-            unreferenced snapshots fail), the architecture checks, the short
-            fault runs, and the Debian package (built and checked)
+            unreferenced snapshots fail), the server's suites again on the
+            JetStream journal, the architecture checks, the short fault runs,
+            and the Debian package (built and checked)
   test      what README.md gives: install the pinned nats-server into .tools/
             when absent, then `cargo test --workspace --locked` (extra ARGS go to
             cargo test)
@@ -148,6 +149,7 @@ fn ci(args: &[String]) -> Result<()> {
     check_types_crate_is_pure()?;
     tools::ensure_nats_server()?;
     test_with_snapshot_checks()?;
+    server_suites_on_jetstream()?;
     let skipped = faults_short(&[])?;
     dist::dist()?;
     if skipped.is_empty() {
@@ -159,6 +161,21 @@ fn ci(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The server's test suites again, journaling in a real JetStream stream (one nats-server per
+/// suite): every HTTP, admin, console and browser test on the replicated journal.
+fn server_suites_on_jetstream() -> Result<()> {
+    let nats = tools::nats_server_path().to_string_lossy().into_owned();
+    cargo(
+        &["test", "--locked", "-p", "streamhook-server", "--tests"],
+        &[
+            ("STREAMHOOK_NATS_SERVER", &nats),
+            ("STREAMHOOK_TEST_JOURNAL", "jetstream"),
+            ("INSTA_UPDATE", "no"),
+            ("INSTA_FORCE_PASS", "0"),
+        ],
+    )
 }
 
 /// `cargo xtask test`: the pinned nats-server, then `cargo test --workspace --locked`.

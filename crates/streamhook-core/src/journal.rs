@@ -1692,11 +1692,13 @@ fn writer_loop(inner: &Shared, mut rx: mpsc::Receiver<Msg>, max_batch: usize, mu
             Some(Msg::Append(r)) => batch.push(*r),
             #[cfg(feature = "jetstream")]
             Some(Msg::Import(items, reply)) => {
+                let started = Instant::now();
                 let result = inner
                     .db()
                     .and_then(|db| commit_import(inner, &db, &items, &mut last_ms));
                 inner.health.record(&result);
                 if let Ok(last) = &result {
+                    inner.stats.observe_commit(started.elapsed());
                     inner
                         .stats
                         .appended

@@ -5,6 +5,9 @@
 //! tools` installs into `.tools/`; `nats-server` on `PATH` when it is 2.10 or newer (Debian's
 //! 2.9 is refused: it accepts concurrent compare-and-set publishes). When none is found a test
 //! calls [`nats_server_or_skip`], which skips with a reason, or fails when `CI` is set.
+//!
+//! Each server runs under a small shell that SIGKILLs it when this process lets go of the
+//! shell's stdin, so no server outlives the tests, even a server held in a `static`.
 
 #![allow(clippy::print_stderr)] // a skipped test says why on stderr
 
@@ -118,14 +121,26 @@ impl Node {
     }
 
     fn start(&mut self) {
-        let mut cmd = Command::new(&self.binary);
+        // A lifeline: a shell holds the server and SIGKILLs it when its stdin (a pipe from
+        // this process) closes: on `kill`, on drop, and when this process dies however it
+        // dies, so no server outlives the tests.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(
+                "\"$0\" \"$@\" </dev/null >/dev/null 2>&1 & pid=$!; \
+                 read -r what; kill -9 \"$pid\" 2>/dev/null; wait \"$pid\" 2>/dev/null; \
+                 [ \"$what\" = keep ] || { rm -rf \"$STREAMHOOK_NATS_STORE\" \"$STREAMHOOK_NATS_STORE.log\"; \
+                 rmdir \"${STREAMHOOK_NATS_STORE%/*}\" 2>/dev/null; }; exit 0",
+            )
+            .arg(&self.binary);
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .arg("-sd")
             .arg(&self.store)
             .args(["-n", &self.name])
             .arg("-l")
             .arg(&self.log)
-            .stdin(Stdio::null())
+            .env("STREAMHOOK_NATS_STORE", &self.store)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if !self.routes.is_empty() {
@@ -147,7 +162,13 @@ impl Node {
     /// SIGKILL (no clean shutdown), then wait for the process.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            // Closing the lifeline makes the shell SIGKILL the server and wait for it;
+            // "keep" keeps its store for a restart. A lifeline closed without it (this
+            // process died) removes the store too.
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write as _;
+                let _ = stdin.write_all(b"keep\n");
+            }
             let _ = child.wait();
         }
     }

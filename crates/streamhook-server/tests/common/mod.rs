@@ -1,10 +1,16 @@
 //! A server on loopback for tests: `run_with` on 127.0.0.1:0, a file sink in a temporary
 //! folder, the admin API, and clients bound to chosen loopback addresses.
+//!
+//! With `STREAMHOOK_TEST_JOURNAL=jetstream` the servers journal in a real NATS JetStream
+//! stream (one nats-server per test binary, a stream per data folder, so a restart on the same
+//! folder finds its journal): the suites then check the replicated journal too. Tests of what
+//! only the redb backend has (its file, injected commit failures) call [`redb_only`].
 
 #![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use streamhook_server::{Config, Server};
@@ -71,8 +77,17 @@ impl TestServer {
         Self::start_with(dir, config).await
     }
 
-    pub async fn start_with(dir: tempfile::TempDir, config: Config) -> TestServer {
-        let server = Server::new(config).unwrap();
+    pub async fn start_with(dir: tempfile::TempDir, mut config: Config) -> TestServer {
+        if jetstream_mode() {
+            use std::hash::{Hash, Hasher};
+            let mut hash = std::collections::hash_map::DefaultHasher::new();
+            config.data_dir.hash(&mut hash);
+            config.journal.backend = streamhook_server::config::JournalBackend::Jetstream;
+            config.journal.nats_urls = shared_nats().url_list();
+            config.journal.replicas = 1;
+            config.journal.stream = format!("T{:016x}", hash.finish());
+        }
+        let server = Server::open(config).await.unwrap();
         let token = server.admin_token().unwrap();
         let journal = server.intake().journal().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -213,4 +228,28 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what} (last: {last:?})");
+}
+
+/// Whether the suites run on the JetStream journal (`STREAMHOOK_TEST_JOURNAL=jetstream`).
+pub fn jetstream_mode() -> bool {
+    std::env::var("STREAMHOOK_TEST_JOURNAL").as_deref() == Ok("jetstream")
+}
+
+/// True (after saying why) when the suite runs on JetStream and the calling test checks what
+/// only the redb backend has: the caller returns.
+pub fn redb_only(test: &str) -> bool {
+    if jetstream_mode() {
+        eprintln!("{test}: redb backend only; not run on the JetStream journal");
+    }
+    jetstream_mode()
+}
+
+/// One NATS server for the whole test binary (killed when the process ends).
+pub fn shared_nats() -> &'static streamhook_testkit::Nats {
+    static NATS: OnceLock<streamhook_testkit::Nats> = OnceLock::new();
+    NATS.get_or_init(|| {
+        let bin = streamhook_testkit::nats_server()
+            .unwrap_or_else(|why| panic!("STREAMHOOK_TEST_JOURNAL=jetstream: {why}"));
+        streamhook_testkit::Nats::single(&bin)
+    })
 }
