@@ -682,6 +682,49 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         }
         Err(why) => Some(why),
     };
+    // streamhook on the JetStream journal (the file sink): a 1-node server (replicas 1) and
+    // a 3-node cluster (replicas 3), all on this machine's two cores with everything else.
+    let mut clusters = Vec::new();
+    let jetstream_row = match streamhook_testkit::nats_server() {
+        Ok(bin) => {
+            for (key, name, nodes) in [
+                (
+                    "js1",
+                    "streamhook-server + file sink, JetStream journal (1 node, replicas 1)",
+                    1,
+                ),
+                (
+                    "js3",
+                    "streamhook-server + file sink, JetStream journal (3-node cluster, replicas 3)",
+                    3,
+                ),
+            ] {
+                let nats = streamhook_testkit::Nats::cluster(&bin, nodes);
+                let urls: Vec<String> = nats.url_list().iter().map(|u| format!("{u:?}")).collect();
+                let d = dir.join(key);
+                std::fs::create_dir_all(&d)?;
+                let (port, admin) = (free_port()?, free_port()?);
+                let sink = format!(
+                    "[journal]\nbackend = \"jetstream\"\nnats_urls = [{}]\nreplicas = {nodes}\n{}",
+                    urls.join(", "),
+                    file_sink(&d)
+                );
+                let mut cmd = streamhook(&o.server_bin, &d, port, &sink)?;
+                enable_admin(&mut cmd, &d, admin)?;
+                contenders.push(Contender {
+                    name: name.into(),
+                    url: format!("http://127.0.0.1:{port}/webhook"),
+                    process: Measured::spawn(&mut cmd)?,
+                    admin: Some((admin, "archive")),
+                    ready: (port, "/healthz".into()),
+                    rounds: Vec::new(),
+                });
+                clusters.push(nats);
+            }
+            None
+        }
+        Err(why) => Some(why),
+    };
     for c in &contenders {
         wait_listening(c.ready.0).await?;
         if c.ready.1 != "/" {
@@ -700,9 +743,11 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(o.gap)).await;
         }
     }
+    // The RSS target is the single-host server's (the file and http rows).
     let peak_intake = contenders
         .iter()
         .skip(1)
+        .take(2)
         .filter(|c| c.admin.is_some())
         .map(|c| c.process.peak_rss_mib())
         .fold(0.0, f64::max);
@@ -720,6 +765,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         })
         .collect();
     receiver.abort();
+    drop(clusters);
 
     // 2. Memory and intake while a sink is down for `down_seconds`.
     eprintln!(
@@ -973,6 +1019,27 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     }
     if let Some(why) = &webhook_row {
         let _ = writeln!(report, "\nadnanh/webhook: no row ({why}).");
+    }
+    match &jetstream_row {
+        Some(why) => {
+            let _ = writeln!(report, "\nJetStream journal: no rows ({why}).");
+        }
+        None => {
+            let _ = writeln!(
+                report,
+                "\nThe JetStream rows journal in nats-server {} processes on the same two cores \
+                 (their CPU counts against streamhook's); a 2xx there means a quorum of the \
+                 stream's replicas stored the event (NATS's default `sync_interval`: not fsync'd \
+                 per event, see docs/ha.md), where the redb rows mean fsync'd on this disk.",
+                streamhook_testkit::nats_server()
+                    .ok()
+                    .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
+                    .map(|o| String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .replace("nats-server: ", ""))
+                    .unwrap_or_default()
+            );
+        }
     }
     let _ = writeln!(report, "\n## A sink down for {} s\n", o.down_seconds);
     let _ = writeln!(
