@@ -327,42 +327,51 @@ impl Dispatcher {
         remote: Arc<crate::jetstream::Remote>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        use crate::jetstream::LEASE_RENEW;
+        use crate::jetstream::{LEASE_RENEW, LEASE_TTL};
+        // Stop delivering well before the lease can lapse on the server: a receiver that
+        // cannot renew (cut off from NATS, or slow) stops before another can take over.
+        let margin = LEASE_TTL.saturating_sub(LEASE_RENEW * 3);
         let name = self.sink.name().to_owned();
         loop {
-            let mut revision = loop {
+            let (mut revision, mut renewed) = loop {
                 if *shutdown.borrow() {
                     return;
                 }
-                if let Some(revision) = remote.try_lease(&name).await {
-                    break revision;
+                // A receiver whose mirror is behind does not take the lease: it would
+                // deliver nothing new while another could.
+                if remote.mirror_current(LEASE_TTL)
+                    && let Some(revision) = remote.try_lease(&name).await
+                {
+                    break (revision, Instant::now());
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(LEASE_RENEW) => {}
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
             };
-            match remote.shared_cursor(&name).await {
-                Ok(Some(seq)) => {
+            let adopted = match remote.shared_cursor(&name).await {
+                Ok(shared) => {
                     let sink = name.clone();
-                    if let Err(e) = blocking(&self.journal, move |j| j.set_cursor(&sink, seq)).await
-                    {
-                        tracing::error!(sink = %name, error = %e, "cannot set the shared cursor locally; letting the lease go");
-                        remote.release_lease(&name, revision).await;
-                        tokio::time::sleep(LEASE_RENEW).await;
-                        continue;
-                    }
+                    // Resume from the shared cursor; a rewind left in this mirror by an
+                    // earlier replay asked of this receiver no longer applies.
+                    blocking(&self.journal, move |j| {
+                        if let Some(seq) = shared {
+                            j.set_cursor(&sink, seq)?;
+                        }
+                        j.clear_rewind(&sink)
+                    })
+                    .await
                 }
-                // The sink's first holder: its local cursor stands.
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(sink = %name, error = %e, "cannot read the shared cursor; letting the lease go");
-                    remote.release_lease(&name, revision).await;
-                    tokio::time::sleep(LEASE_RENEW).await;
-                    continue;
-                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = adopted {
+                tracing::warn!(sink = %name, error = %e, "cannot adopt the shared cursor; letting the lease go");
+                remote.release_lease(&name, revision).await;
+                tokio::time::sleep(LEASE_RENEW).await;
+                continue;
             }
             tracing::info!(sink = %name, instance = %remote.instance(), "delivering: this receiver holds the sink's lease");
+            remote.set_held(&name, true);
             self.stats.leased.store(1, Ordering::Relaxed);
             let (stop_tx, stop_rx) = watch::channel(false);
             let dispatch = self.run_owned(stop_rx);
@@ -374,23 +383,38 @@ impl Dispatcher {
                     _ = shutdown.wait_for(|s| *s) => break true,
                     _ = tokio::time::sleep(LEASE_RENEW) => {}
                 }
-                self.push_cursor(&remote, &name, &mut pushed).await;
+                if renewed.elapsed() > margin {
+                    tracing::warn!(sink = %name, "could not renew the sink's lease in time; delivery stops here (another receiver may take it)");
+                    break false;
+                }
+                if !remote.mirror_current(LEASE_TTL) {
+                    tracing::warn!(sink = %name, "this receiver's mirror is behind the shared journal; letting the sink's lease go");
+                    break false;
+                }
+                // Renew first; the cursor is written back only while the lease is ours.
                 match remote.renew_lease(&name, revision).await {
-                    Some(r) => revision = r,
+                    Some(r) => {
+                        revision = r;
+                        renewed = Instant::now();
+                    }
                     None => {
                         tracing::warn!(sink = %name, "lost the sink's lease (another receiver may hold it now); delivery stops here");
                         break false;
                     }
                 }
+                self.push_cursor(&remote, &name, &mut pushed).await;
             };
             let _ = stop_tx.send(true);
             dispatch.await;
+            remote.set_held(&name, false);
             self.stats.leased.store(0, Ordering::Relaxed);
-            if stopping || shutdown.has_changed().is_err() {
-                // Still ours: write the final cursor, then let the next receiver take over
-                // at once instead of after the lease's expiry.
+            if renewed.elapsed() < margin {
+                // Still ours: write the final cursor, then let the next receiver take over at
+                // once instead of after the lease's expiry.
                 self.push_cursor(&remote, &name, &mut pushed).await;
                 remote.release_lease(&name, revision).await;
+            }
+            if stopping || shutdown.has_changed().is_err() {
                 return;
             }
         }

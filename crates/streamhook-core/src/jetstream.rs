@@ -118,6 +118,12 @@ pub(crate) struct Remote {
     cursors: kv::Store,
     instance: String,
     timeout: Duration,
+    /// When the stream was created (ns since the epoch): a mirror belongs to one stream.
+    created_ns: u64,
+    /// Sinks whose lease this receiver holds.
+    held: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When the mirror last recorded something, or found nothing to copy.
+    mirror_progress: std::sync::Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -193,7 +199,7 @@ impl Remote {
             .build(client.clone());
         let name = config.stream.clone();
         let replicas = config.replicas.max(1);
-        let stream = retry_setup(|| {
+        let mut stream = retry_setup(|| {
             context.get_or_create_stream(stream::Config {
                 name: name.clone(),
                 subjects: vec![format!("{name}.ev.>")],
@@ -205,7 +211,23 @@ impl Remote {
             })
         })
         .await
-        .map_err(|e| remote_err(&format!("stream {name}"), e))?;
+        .map_err(|e| remote_err(&format!("stream {name}"), setup_hint(e, replicas)))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| remote_err(&format!("stream {name}"), e))?
+            .clone();
+        if info.config.num_replicas != replicas {
+            return Err(remote_err(
+                &format!("stream {name}"),
+                format!(
+                    "it has {} replicas, the configuration says {replicas}: change `replicas`, \
+                     or the stream (`nats stream edit {name} --replicas {replicas}`)",
+                    info.config.num_replicas
+                ),
+            ));
+        }
+        let created_ns = info.created.unix_timestamp_nanos().max(0) as u64;
         let bucket = |suffix: &str, max_age: Duration| kv::Config {
             bucket: format!("{name}_{suffix}"),
             history: 1,
@@ -216,10 +238,10 @@ impl Remote {
         };
         let leases = retry_setup(|| context.create_key_value(bucket("leases", LEASE_TTL)))
             .await
-            .map_err(|e| remote_err("bucket leases", e))?;
+            .map_err(|e| remote_err("bucket leases", setup_hint(e, replicas)))?;
         let cursors = retry_setup(|| context.create_key_value(bucket("cursors", Duration::ZERO)))
             .await
-            .map_err(|e| remote_err("bucket cursors", e))?;
+            .map_err(|e| remote_err("bucket cursors", setup_hint(e, replicas)))?;
         let instance = format!(
             "{}-{}-{:08x}",
             hostname(),
@@ -235,7 +257,39 @@ impl Remote {
             cursors,
             instance,
             timeout: config.timeout,
+            created_ns,
+            held: std::sync::Mutex::default(),
+            mirror_progress: std::sync::Mutex::new(Instant::now()),
         })
+    }
+
+    /// Whether the mirror made progress (or had nothing to copy) in the last `within`.
+    pub(crate) fn mirror_current(&self, within: Duration) -> bool {
+        self.mirror_progress
+            .lock()
+            .map(|t| t.elapsed() < within)
+            .unwrap_or(true)
+    }
+
+    fn mirror_progressed(&self) {
+        if let Ok(mut t) = self.mirror_progress.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    /// Whether this receiver holds the sink's lease.
+    pub(crate) fn holds(&self, sink: &str) -> bool {
+        self.held.lock().map(|h| h.contains(sink)).unwrap_or(false)
+    }
+
+    pub(crate) fn set_held(&self, sink: &str, held: bool) {
+        if let Ok(mut h) = self.held.lock() {
+            if held {
+                h.insert(sink.to_owned());
+            } else {
+                h.remove(sink);
+            }
+        }
     }
 
     fn subject(&self, key: Option<&str>) -> String {
@@ -258,20 +312,23 @@ impl Remote {
     ) -> Result<(u64, Option<ResourceState>), JournalError> {
         match self.stream.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
-                let decoded = decode_message(&msg.payload).map_err(|m| JournalError::Corrupt {
-                    seq: msg.sequence,
-                    message: m,
-                })?;
-                let state =
-                    match decoded.state {
-                        Some(bytes) => Some(serde_json::from_slice(bytes).map_err(|e| {
-                            JournalError::Corrupt {
-                                seq: msg.sequence,
-                                message: format!("classifier state: {e}"),
-                            }
-                        })?),
+                // An unreadable last message (another publisher, a newer format) must not
+                // block the resource for ever: classify as new, as an unreadable redb
+                // history record is, and say so.
+                let state = match decode_message(&msg.payload) {
+                    Ok(decoded) => match decoded.state.map(serde_json::from_slice) {
+                        Some(Ok(state)) => Some(state),
+                        Some(Err(e)) => {
+                            tracing::error!(seq = msg.sequence, error = %e, "unreadable classifier state in the shared stream; classifying the resource as new");
+                            None
+                        }
                         None => None,
-                    };
+                    },
+                    Err(e) => {
+                        tracing::error!(seq = msg.sequence, error = %e, "unreadable message on a resource's subject; classifying the resource as new");
+                        None
+                    }
+                };
                 Ok((msg.sequence, state))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, None)),
@@ -281,6 +338,11 @@ impl Remote {
 
     /// Journals one event in the stream (see the module's docs).
     pub(crate) async fn append(&self, draft: Draft) -> Result<Appended, JournalError> {
+        if !self.connected() {
+            return Err(JournalError::Write(
+                "not connected to any NATS server; the event was not stored".into(),
+            ));
+        }
         let deadline = Instant::now() + self.timeout;
         let received_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -358,9 +420,24 @@ impl Remote {
             if key.is_some() {
                 publish = publish.expected_last_subject_sequence(last);
             }
-            let result = match self.context.send_publish(subject.clone(), publish).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = async {
+                match self.context.send_publish(subject.clone(), publish).await {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                }
+            };
+            let result = match tokio::time::timeout(left, attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(remote_err(
+                        "append",
+                        format!(
+                            "no acknowledgement within {} (the event may have been stored; it was not answered as accepted)",
+                            humantime::format_duration(self.timeout)
+                        ),
+                    ));
+                }
             };
             match result {
                 Ok(ack) if ack.duplicate => {
@@ -403,7 +480,10 @@ impl Remote {
                     // again with the same id until the deadline; the duplicate window
                     // answers with the stored one.
                     if Instant::now() > deadline {
-                        return Err(remote_err("no acknowledgement", e));
+                        return Err(remote_err(
+                            "no acknowledgement (the event may have been stored; it was not answered as accepted)",
+                            e,
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -434,18 +514,36 @@ impl Remote {
     /// Takes the sink's lease if nobody holds it; returns its revision.
     pub(crate) async fn try_lease(&self, sink: &str) -> Option<u64> {
         let key = kv_key(sink);
-        self.leases
+        match self
+            .leases
             .create(&key, Bytes::from(self.instance.clone()))
             .await
-            .ok()
+        {
+            Ok(revision) => Some(revision),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+            Err(e) => {
+                tracing::warn!(sink, error = %e, "cannot take the sink's lease");
+                None
+            }
+        }
     }
 
     /// Renews a held lease; `None` when it was lost.
     pub(crate) async fn renew_lease(&self, sink: &str, revision: u64) -> Option<u64> {
-        self.leases
-            .update(kv_key(sink), Bytes::from(self.instance.clone()), revision)
-            .await
-            .ok()
+        let renew = self
+            .leases
+            .update(kv_key(sink), Bytes::from(self.instance.clone()), revision);
+        match tokio::time::timeout(LEASE_RENEW, renew).await {
+            Ok(Ok(revision)) => Some(revision),
+            Ok(Err(e)) => {
+                tracing::warn!(sink, error = %e, "cannot renew the sink's lease");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(sink, "renewing the sink's lease timed out");
+                None
+            }
+        }
     }
 
     /// Lets a held lease go at once (on a clean stop), so another receiver takes over now.
@@ -512,6 +610,21 @@ async fn retry_setup<T, E: std::fmt::Display, F: std::future::Future<Output = Re
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Adds what to do to a setup error that usually means too few servers for the replicas.
+fn setup_hint(e: impl std::fmt::Display, replicas: usize) -> String {
+    let text = e.to_string();
+    if replicas > 1
+        && (text.contains("insufficient resources") || text.contains("no suitable peers"))
+    {
+        format!(
+            "{text} (replicas = {replicas} needs {replicas} JetStream servers in the cluster; \
+             with one server set replicas = 1)"
+        )
+    } else {
+        text
     }
 }
 
@@ -596,10 +709,14 @@ pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message<'_>, String> {
     })
 }
 
+/// The `meta` key holding the creation time of the stream a mirror copies.
+const MIRROR_OF: &str = "mirror_of_stream_created_ns";
+
 impl Journal {
     /// Opens a replicated journal: `config.dir` holds this receiver's mirror of the shared
     /// stream `remote.stream`. Connects (refusing a server older than
-    /// [`MIN_SERVER_VERSION`]), creates the stream and buckets when missing, copies what the
+    /// [`MIN_SERVER_VERSION`]), creates the stream and buckets when missing, refuses a data
+    /// folder that mirrors another stream (or holds a single-host journal), copies what the
     /// mirror lacks, and keeps copying in the background until the journal is closed.
     pub async fn open_replicated(
         config: JournalConfig,
@@ -614,13 +731,56 @@ impl Journal {
         let remote = Arc::new(Remote::connect(remote).await?);
         let journal = local.with_remote(Arc::clone(&remote));
         let target = remote.last_seq().await?;
-        let from = journal.last_committed() + 1;
+        // A mirror belongs to one stream: a folder that holds a single-host journal, or the
+        // mirror of a stream since deleted and created again, would skip the new stream's
+        // first seqs (it holds those seqs already) and answer 2xx for events it never holds.
+        let (mirror_of, local_last) = {
+            let j = journal.clone();
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, JournalError>((j.meta(MIRROR_OF)?, j.last_seq()?))
+            })
+            .await
+            .map_err(|e| JournalError::Write(e.to_string()))??
+        };
+        let refuse = |why: String| {
+            Err(JournalError::Open {
+                path: config.dir.clone(),
+                message: format!(
+                    "{why}; give this receiver an empty data folder (it copies the shared journal at start)"
+                ),
+            })
+        };
+        match mirror_of {
+            Some(created) if created != remote.created_ns => {
+                return refuse(format!(
+                    "this data folder mirrors an earlier stream named {} (deleted and created again since)",
+                    remote.name
+                ));
+            }
+            None if local_last > 0 => {
+                return refuse(format!(
+                    "this data folder holds a single-host journal ({local_last} events), not a mirror of stream {}",
+                    remote.name
+                ));
+            }
+            _ => {}
+        }
+        if local_last > target {
+            return refuse(format!(
+                "this mirror holds events up to seq {local_last} but stream {} ends at {target}",
+                remote.name
+            ));
+        }
+        if mirror_of.is_none() {
+            let (j, created) = (journal.clone(), remote.created_ns);
+            tokio::task::spawn_blocking(move || j.set_meta(MIRROR_OF, created))
+                .await
+                .map_err(|e| JournalError::Write(e.to_string()))??;
+        }
+        let from = local_last + 1;
         let mirror = journal.clone();
         let stream = remote.stream.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            run_mirror(mirror, stream, from, target, ready_tx).await;
-        });
+        let task = tokio::spawn(run_mirror(mirror, Arc::clone(&remote), stream, from));
         if target >= from {
             tracing::info!(
                 from,
@@ -628,28 +788,49 @@ impl Journal {
                 "copying the shared journal into the local mirror"
             );
         }
-        let _ = ready_rx.await;
-        if journal.last_committed() < target {
-            return Err(JournalError::Write(
-                "the local mirror could not copy the shared journal".into(),
-            ));
+        // Wait until the mirror holds what the stream held at connect, saying how far it is;
+        // give up when it makes no progress for a minute.
+        let mut changed = journal.subscribe();
+        let mut last_seen = journal.last_committed();
+        let mut stalled_since = Instant::now();
+        while journal.last_committed() < target {
+            if task.is_finished() {
+                return Err(JournalError::Write(
+                    "the local mirror stopped copying the shared journal".into(),
+                ));
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), changed.changed()).await;
+            let now = journal.last_committed();
+            if now > last_seen {
+                tracing::info!(at = now, to = target, "copying the shared journal");
+                last_seen = now;
+                stalled_since = Instant::now();
+            } else if stalled_since.elapsed() > Duration::from_secs(60) {
+                task.abort();
+                return Err(JournalError::Write(format!(
+                    "the local mirror made no progress for a minute at seq {now} of {target}"
+                )));
+            }
         }
         Ok(journal)
     }
 
-    /// On a replicated journal, lowers each local cursor that is ahead of the sink's shared
-    /// one (a receiver that does not deliver a sink has only an old copy of its cursor), so
-    /// pruning the local mirror never drops what the sink's deliverer has not passed. Does
-    /// nothing on a single-host journal.
+    /// On a replicated journal, sets the local cursor of each sink this receiver does not
+    /// deliver to the sink's shared cursor (a standby's copy would otherwise stay where it was:
+    /// its lag would grow, and pruning would keep everything after it). For a sink it
+    /// delivers, only lowers it (another receiver's replay). Does nothing on a single-host
+    /// journal.
     pub async fn follow_shared_cursors(&self, sinks: &[String]) -> Result<(), JournalError> {
         let Some(remote) = self.remote() else {
             return Ok(());
         };
         for sink in sinks {
             if let Some(shared) = remote.shared_cursor(sink).await? {
+                let held = remote.holds(sink);
                 let (journal, name) = (self.clone(), sink.clone());
                 tokio::task::spawn_blocking(move || {
-                    if journal.cursor(&name)? > shared {
+                    let local = journal.cursor(&name)?;
+                    if local > shared || (!held && local != shared) {
                         journal.set_cursor(&name, shared)?;
                     }
                     Ok::<_, JournalError>(())
@@ -665,22 +846,17 @@ impl Journal {
     pub async fn lease_holder(&self, sink: &str) -> Option<String> {
         self.remote()?.lease_holder(sink).await
     }
+
+    /// On a replicated journal, whether this receiver delivers `sink` now (holds its lease).
+    /// Always true on a single-host journal.
+    pub fn delivers_here(&self, sink: &str) -> bool {
+        self.remote().is_none_or(|r| r.holds(sink))
+    }
 }
 
 /// Copies the stream into the local mirror, in order, for as long as the journal is open.
-async fn run_mirror(
-    journal: Journal,
-    stream: stream::Stream,
-    mut from: u64,
-    target: u64,
-    ready: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut ready = Some(ready);
-    if from > target
-        && let Some(r) = ready.take()
-    {
-        let _ = r.send(());
-    }
+async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Stream, mut from: u64) {
+    let closed = |j: &Journal| j.health() == crate::journal::Health::Closed;
     let mut wait = Duration::from_millis(100);
     loop {
         let consumer = stream
@@ -698,7 +874,7 @@ async fn run_mirror(
         let mut messages = match messages {
             Ok(m) => m.ready_chunks(512),
             Err(e) => {
-                if journal.health() == crate::journal::Health::Closed {
+                if closed(&journal) {
                     return;
                 }
                 tracing::warn!(error = %e, retry_in = ?wait, "journal mirror: cannot read the shared stream");
@@ -707,18 +883,52 @@ async fn run_mirror(
                 continue;
             }
         };
-        while let Some(chunk) = messages.next().await {
+        // Nothing to copy is progress too: the mirror is current.
+        if remote.last_seq().await.is_ok_and(|last| last < from) {
+            remote.mirror_progressed();
+        }
+        loop {
+            // Wake up now and then to notice an idle, current mirror (and a closed journal).
+            let chunk = match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    if closed(&journal) {
+                        return;
+                    }
+                    if remote.last_seq().await.is_ok_and(|last| last < from) {
+                        remote.mirror_progressed();
+                        journal
+                            .stats()
+                            .mirror_pending
+                            .store(0, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    continue;
+                }
+            };
             let mut items = Vec::with_capacity(chunk.len());
-            let mut failed = false;
+            let mut restart = false;
             for msg in chunk {
                 match msg {
                     Ok(msg) => match msg.info() {
-                        Ok(info) => items.push((info.stream_sequence, msg.payload.clone())),
-                        Err(_) => failed = true,
+                        Ok(info) if info.stream_sequence < from => {
+                            // An ordered consumer recreated from the stream's start (after
+                            // a blip before it delivered anything): start again from here.
+                            restart = true;
+                            break;
+                        }
+                        Ok(info) => {
+                            journal
+                                .stats()
+                                .mirror_pending
+                                .store(info.pending, std::sync::atomic::Ordering::Relaxed);
+                            items.push((info.stream_sequence, msg.payload.clone()));
+                        }
+                        Err(_) => restart = true,
                     },
                     Err(e) => {
                         tracing::warn!(error = %e, "journal mirror: stream read failed; resuming");
-                        failed = true;
+                        restart = true;
                     }
                 }
             }
@@ -727,24 +937,20 @@ async fn run_mirror(
                     Ok(last) => {
                         from = last + 1;
                         wait = Duration::from_millis(100);
-                        if last >= target
-                            && let Some(r) = ready.take()
-                        {
-                            let _ = r.send(());
-                        }
+                        remote.mirror_progressed();
                     }
                     Err(JournalError::Closed) => return,
                     Err(e) => {
                         tracing::error!(error = %e, "journal mirror: cannot record; retrying");
-                        failed = true;
+                        restart = true;
                     }
                 }
             }
-            if failed {
+            if restart {
                 break;
             }
         }
-        if journal.health() == crate::journal::Health::Closed {
+        if closed(&journal) {
             return;
         }
         tokio::time::sleep(wait).await;

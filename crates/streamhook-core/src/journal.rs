@@ -314,6 +314,12 @@ pub struct JournalStats {
     pub clock_reset: AtomicU64,
     /// Events appended.
     pub appended: AtomicU64,
+    /// Replicated journal: messages of the shared stream the mirror could not read (kept as
+    /// unreadable records, dead-lettered by each sink).
+    pub import_unreadable: AtomicU64,
+    /// Replicated journal: messages the shared stream holds that this receiver's mirror does
+    /// not yet (as its consumer last reported).
+    pub mirror_pending: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
     /// Failed commits.
@@ -607,6 +613,27 @@ impl Journal {
         {
             false
         }
+    }
+
+    /// A number kept in the journal's `meta` table.
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(META).map_err(read_err)?;
+        Ok(table.get(key).map_err(read_err)?.map(|v| v.value()))
+    }
+
+    /// Sets a number in the journal's `meta` table.
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn set_meta(&self, key: &str, value: u64) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(META)
+            .map_err(write_err)?
+            .insert(key, value)
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
     }
 
     /// Hands records copied from the shared stream to the writer; returns the last seq held.
@@ -1917,14 +1944,59 @@ fn commit_import(
             if *seq < next {
                 continue;
             }
-            let message = crate::jetstream::decode_message(payload)
-                .map_err(|message| JournalError::Corrupt { seq: *seq, message })?;
-            let stored = decode_event(*seq, message.record)?;
-            let mut envelope = stored.envelope()?;
-            envelope.seq = *seq;
+            // Never stop the mirror over one message: whatever cannot be read (another
+            // publisher on the journal's subjects, a newer format) is kept as an unreadable
+            // record, which readers skip and each sink's dispatcher dead-letters.
+            let imported = (|| {
+                let message = crate::jetstream::decode_message(payload)?;
+                let stored = decode_event(*seq, message.record).map_err(|e| e.to_string())?;
+                let mut envelope = stored.envelope().map_err(|e| e.to_string())?;
+                Ok::<_, String>((message, stored, {
+                    envelope.seq = *seq;
+                    envelope
+                }))
+            })();
+            let (message, stored, mut envelope) = match imported {
+                Ok(parts) => parts,
+                Err(why) => {
+                    inner
+                        .stats
+                        .import_unreadable
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq, error = %why, "journal mirror: unreadable message in the shared stream; kept as an unreadable record (dead-lettered by each sink)");
+                    let now = ms_since_epoch(SystemTime::now()).max(*last_ms);
+                    record.clear();
+                    record.extend_from_slice(&now.to_be_bytes());
+                    record.extend_from_slice(&[0; 8]);
+                    record
+                        .extend_from_slice(format!("unreadable stream message: {why}").as_bytes());
+                    events.insert(*seq, record.as_slice()).map_err(write_err)?;
+                    *last_ms = now;
+                    next = seq + 1;
+                    continue;
+                }
+            };
+            // The receive time never goes back, and a time implausibly far ahead (a receiver
+            // whose clock jumped) is not followed: as for local appends.
             let mut ms = stored.received_at_ms;
-            if ms < *last_ms {
+            let now = ms_since_epoch(SystemTime::now());
+            let ahead = now + MAX_CLOCK_STEP_BACK.as_millis() as u64;
+            if *last_ms > ahead {
+                *last_ms = now;
+            }
+            if ms > ahead {
+                inner.stats.clock_reset.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    seq,
+                    stored_ms = ms,
+                    now_ms = now,
+                    "journal mirror: an event's receive time is more than a day ahead of this clock; stamping by the clock"
+                );
+                ms = now.max(*last_ms);
+            } else if ms < *last_ms {
                 ms = *last_ms;
+            }
+            if ms != stored.received_at_ms {
                 envelope.received_at =
                     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
                         .to_string();

@@ -21,9 +21,17 @@ async fn replica(nats: &Nats, dir: &std::path::Path, replicas: usize) -> Journal
     let mut config = JetStreamConfig::new(nats.url_list());
     config.replicas = replicas;
     config.timeout = Duration::from_secs(20);
-    Journal::open_replicated(JournalConfig::new(dir), &config)
-        .await
-        .unwrap()
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Journal::open_replicated(JournalConfig::new(dir), &config),
+    )
+    .await
+    .expect("a replicated journal opens within 60 s")
+    .unwrap()
+}
+
+fn kinds(appended: &streamhook_core::Appended) -> Vec<String> {
+    appended.kinds.iter().map(|k| k.to_string()).collect()
 }
 
 /// Every event of a mirror, as (seq, id, kinds, payload).
@@ -167,7 +175,22 @@ async fn a_cluster_keeps_journaling_when_a_node_dies_and_a_new_receiver_copies_e
     for id in 1..=5u64 {
         append(&a, &stream_body(id, true, false)).await;
     }
-    nats.kill(1);
+    // Kill the stream's leader (the harder case: an election stalls appends).
+    let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
+    let leader = js
+        .get_stream("STREAMHOOK")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("the stream has a leader");
+    let leader: usize = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    drop(js);
+    nats.kill(leader);
     for id in 1..=5u64 {
         let got = append(&a, &stream_body(id, true, true)).await;
         assert_eq!(
@@ -176,7 +199,7 @@ async fn a_cluster_keeps_journaling_when_a_node_dies_and_a_new_receiver_copies_e
             "history survives a node's loss"
         );
     }
-    nats.restart(1);
+    nats.restart(leader);
     let db = tempfile::tempdir().unwrap();
     let b = replica(&nats, db.path(), 3).await;
     assert_eq!(
@@ -257,6 +280,150 @@ async fn a_sink_is_delivered_by_one_receiver_and_fails_over_with_its_cursor() {
         (11..=15).collect::<Vec<u64>>(),
         "B resumed at A's cursor: nothing twice, nothing missed"
     );
+    stop_b.send(true).unwrap();
+    task_b.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_message_in_the_stream_stops_neither_mirrors_nor_its_resource() {
+    let Some(bin) = nats_server_or_skip("jetstream: unreadable messages") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let da = tempfile::tempdir().unwrap();
+    let a = replica(&nats, da.path(), 1).await;
+    append(&a, &stream_body(5, true, false)).await;
+    // Another publisher writes on the journal's subjects: on stream 5's own subject, and
+    // elsewhere.
+    let js = jetstream::new(async_nats::connect(nats.urls()).await.unwrap());
+    let hex: String = "stream:5".bytes().map(|b| format!("{b:02x}")).collect();
+    for subject in [
+        format!("STREAMHOOK.ev.{hex}"),
+        "STREAMHOOK.ev.zz".to_owned(),
+    ] {
+        js.publish(subject, "not a streamhook message".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let next = append(&a, &stream_body(5, true, true)).await;
+    assert_eq!(next.seq, 4, "appends go on after the foreign messages");
+    assert_eq!(
+        kinds(&next),
+        ["stream.started", "stream.recording_started"],
+        "its unreadable last message makes the resource new, not stuck"
+    );
+    eventually("the mirror copies past them", || a.last_committed() >= 4).await;
+    let records = a.read_records(1, 10).unwrap();
+    assert_eq!(records.len(), 4);
+    // Kept as a record that does not read as an event (each sink's dispatcher dead-letters
+    // it as unreadable).
+    let unreadable = match &records[1] {
+        Err(streamhook_core::JournalError::Corrupt { seq, .. }) => *seq == 2,
+        Ok(event) => event.seq == 2 && event.envelope().is_err(),
+        Err(_) => false,
+    };
+    assert!(unreadable, "{:?}", records[1]);
+    assert_eq!(
+        a.stats()
+            .import_unreadable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // A new receiver copies the same, and starts.
+    let db = tempfile::tempdir().unwrap();
+    let b = replica(&nats, db.path(), 1).await;
+    assert_eq!(b.last_committed(), 4);
+}
+
+#[tokio::test]
+async fn a_folder_with_a_single_host_journal_is_refused_as_a_mirror() {
+    let Some(bin) = nats_server_or_skip("jetstream: foreign folder") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let local = open(dir.path());
+        append(&local, &stream_body(1, true, false)).await;
+        local.close().await;
+    }
+    let mut config = JetStreamConfig::new(nats.url_list());
+    config.replicas = 1;
+    let err = Journal::open_replicated(JournalConfig::new(dir.path()), &config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("single-host journal"), "{err}");
+    assert!(err.contains("empty data folder"), "{err}");
+}
+
+#[tokio::test]
+async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
+    let Some(bin) = nats_server_or_skip("jetstream: lease expiry") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&nats, da.path(), 1).await;
+    let b = replica(&nats, db.path(), 1).await;
+    let router = everything(&["app"]);
+    a.set_cursor("app", 1).unwrap();
+    b.set_cursor("app", 1).unwrap();
+    let sink_a = RecordingSink::new("app", common::Behaviour::Accept);
+    let sink_b = RecordingSink::new("app", common::Behaviour::Accept);
+    let (_stop_a, rx_a) = watch::channel(false);
+    let task_a = tokio::spawn(
+        Dispatcher::new(
+            a.clone(),
+            sink_a.clone(),
+            Arc::clone(&router),
+            fast_policy(),
+        )
+        .run(rx_a),
+    );
+    let mut holder = None;
+    for _ in 0..200 {
+        holder = a.lease_holder("app").await;
+        if holder.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(holder.is_some());
+    let (stop_b, rx_b) = watch::channel(false);
+    let task_b = tokio::spawn(
+        Dispatcher::new(
+            b.clone(),
+            sink_b.clone(),
+            Arc::clone(&router),
+            fast_policy(),
+        )
+        .run(rx_b),
+    );
+    for id in 1..=5u64 {
+        append(&a, &stream_body(id, true, false)).await;
+    }
+    eventually("A delivers", || sink_a.count() == 5).await;
+    // A dies without a word: no cursor written at stop, no lease released.
+    task_a.abort();
+    let _ = task_a.await;
+    for id in 6..=8u64 {
+        append(&b, &stream_body(id, true, false)).await;
+    }
+    // The lease lapses (6 s) and B delivers from the shared cursor (written back each
+    // second while A held it): at least once, nothing missing.
+    eventually("B delivers after A's lease lapsed", || {
+        let got = sink_b.seqs();
+        (6..=8).all(|s| got.contains(&s))
+    })
+    .await;
+    let got = sink_b.seqs();
+    assert!(got.iter().all(|s| *s >= 1 && *s <= 8), "{got:?}");
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(got, sorted, "in journal order: {got:?}");
     stop_b.send(true).unwrap();
     task_b.await.unwrap();
 }

@@ -287,7 +287,31 @@ struct RequeueBody {
     all: bool,
 }
 
+/// On a replicated journal, a change to a sink's delivery (replay, requeue, send again) is
+/// made where the sink is delivered: elsewhere it would be recorded in a mirror nobody
+/// delivers from. `409` naming the receiver that delivers it; `None` here.
+pub(crate) async fn not_delivered_here(admin: &Admin, sink: &str) -> Option<Response> {
+    let journal = admin.intake.journal();
+    // An unknown sink gets the handler's own answer (404).
+    if journal.delivers_here(sink) || !admin.intake.sink_names().iter().any(|s| s == sink) {
+        return None;
+    }
+    let holder = journal.lease_holder(sink).await;
+    let message = match holder {
+        Some(holder) => format!(
+            "sink {sink:?} is delivered by receiver {holder}, not this one: send this to its admin API"
+        ),
+        None => format!(
+            "sink {sink:?} is delivered by no receiver right now (its lease is free): try again in a few seconds"
+        ),
+    };
+    Some(error(StatusCode::CONFLICT, message))
+}
+
 async fn requeue(State(admin): State<Admin>, Json(body): Json<RequeueBody>) -> Response {
+    if let Some(refused) = not_delivered_here(&admin, &body.sink).await {
+        return refused;
+    }
     let given =
         usize::from(body.seq.is_some()) + usize::from(body.seqs.is_some()) + usize::from(body.all);
     if given != 1 {
@@ -346,6 +370,9 @@ pub(crate) fn parse_since(since: &str) -> Result<SystemTime, String> {
 }
 
 async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBody>) -> Response {
+    if let Some(refused) = not_delivered_here(&admin, &body.sink).await {
+        return refused;
+    }
     let from = match (body.from_seq, &body.since) {
         (Some(seq), None) => ReplayFrom::Seq(seq),
         (None, Some(since)) => match parse_since(since) {

@@ -587,7 +587,10 @@ impl Config {
             }
             for url in &self.journal.nats_urls {
                 if url.parse::<async_nats::ServerAddr>().is_err() {
-                    return invalid(format!("[journal] nats_urls: {url:?} is not a NATS URL"));
+                    return invalid(format!(
+                        "[journal] nats_urls: {:?} is not a NATS URL",
+                        streamhook_core::redact_url(url)
+                    ));
                 }
             }
             let name_ok = !self.journal.stream.is_empty()
@@ -600,6 +603,15 @@ impl Config {
                 return invalid(format!(
                     "[journal] stream {:?}: use letters, digits, _ and - only",
                     self.journal.stream
+                ));
+            }
+            if self.journal.timeout < Duration::from_secs(1)
+                || self.journal.timeout > Duration::from_secs(110)
+            {
+                return invalid(format!(
+                    "[journal] timeout = {}: use 1s to 110s (a retried publish must fall inside \
+                     the stream's 2-minute duplicate window, or it is journaled twice)",
+                    humantime::format_duration(self.journal.timeout)
                 ));
             }
             if !(1..=5).contains(&self.journal.replicas) {
@@ -710,6 +722,12 @@ impl Config {
         redact(&mut c.path_token);
         redact(&mut c.admin.token);
         c.sinks = c.sinks.iter().map(SinkConfig::redacted).collect();
+        c.journal.nats_urls = c
+            .journal
+            .nats_urls
+            .iter()
+            .map(|u| streamhook_core::redact_url(u))
+            .collect();
         c
     }
 

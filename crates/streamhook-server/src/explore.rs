@@ -607,6 +607,9 @@ pub(crate) async fn resend(
             format!("no sink named {:?}", body.sink),
         );
     }
+    if let Some(refused) = crate::admin::not_delivered_here(&admin, &body.sink).await {
+        return refused;
+    }
     let sink = body.sink.clone();
     match blocking(admin.intake.journal(), move |j| j.resend(&sink, seq)).await {
         Ok(()) => Json(json!({ "sink": body.sink, "resent": seq })).into_response(),

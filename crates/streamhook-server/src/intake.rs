@@ -448,10 +448,10 @@ async fn receive(
                     .retry_after(1)
             }
             e => {
-                warn!(error = %e, "journal append failed; the event was not stored");
+                warn!(error = %e, "journal append failed; the event was not accepted");
                 ApiError::new(
                     Reason::JournalError,
-                    "the journal cannot write; the event was not stored",
+                    "the journal cannot write; the event was not accepted",
                 )
                 .retry_after(5)
             }

@@ -328,6 +328,28 @@ impl Metrics {
         let _ = writeln!(out, "streamhook_journal_busy_total {}", load(&journal.busy));
         header(
             &mut out,
+            "streamhook_journal_mirror_pending",
+            "gauge",
+            "JetStream journal: events the shared stream holds that this receiver's mirror does not yet.",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_journal_mirror_pending {}",
+            load(&journal.mirror_pending)
+        );
+        header(
+            &mut out,
+            "streamhook_journal_mirror_unreadable_total",
+            "counter",
+            "JetStream journal: stream messages the mirror could not read (kept as unreadable records, dead-lettered by each sink).",
+        );
+        let _ = writeln!(
+            out,
+            "streamhook_journal_mirror_unreadable_total {}",
+            load(&journal.import_unreadable)
+        );
+        header(
+            &mut out,
             "streamhook_journal_last_seq",
             "gauge",
             "The last committed journal position.",

@@ -104,7 +104,13 @@ impl Server {
         let journal = match config.journal.jetstream() {
             Some(remote) => {
                 info!(
-                    urls = %config.journal.nats_urls.join(","),
+                    urls = %config
+                        .journal
+                        .nats_urls
+                        .iter()
+                        .map(|u| streamhook_core::redact_url(u))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     stream = %remote.stream,
                     replicas = remote.replicas,
                     "journal: JetStream (shared by every receiver); the local mirror is in the data folder"

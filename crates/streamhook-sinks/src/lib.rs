@@ -137,7 +137,11 @@ impl SinkConfig {
             #[cfg(feature = "nats")]
             SinkConfig::Nats(c) => {
                 let mut c = c.clone();
-                c.urls = c.urls.iter().map(|u| http_redact(u)).collect();
+                c.urls = c
+                    .urls
+                    .iter()
+                    .map(|u| streamhook_core::redact_url(u))
+                    .collect();
                 SinkConfig::Nats(c)
             }
             #[allow(unreachable_patterns)]
@@ -168,7 +172,7 @@ impl SinkConfig {
                 "nats {} subject {} ({} publish, {} body)",
                 c.urls
                     .iter()
-                    .map(|u| http_redact(u))
+                    .map(|u| streamhook_core::redact_url(u))
                     .collect::<Vec<_>>()
                     .join(","),
                 c.subject,
@@ -177,17 +181,5 @@ impl SinkConfig {
             ),
         };
         format!("{}: {what}", self.name())
-    }
-}
-
-/// A URL with any password (or token in the user part) replaced by `<redacted>`.
-#[cfg(feature = "nats")]
-fn http_redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
     }
 }

@@ -114,7 +114,15 @@ impl fmt::Debug for NatsSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsSink")
             .field("name", &self.name)
-            .field("urls", &self.config.urls)
+            .field(
+                "urls",
+                &self
+                    .config
+                    .urls
+                    .iter()
+                    .map(|u| streamhook_core::redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("subject", &self.config.subject)
             .field("publish", &self.config.publish)
             .finish_non_exhaustive()
@@ -134,12 +142,24 @@ impl NatsSink {
             ));
         }
         for url in &config.urls {
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| fail(format!("bad server URL {url:?}: {e}")))?;
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                fail(format!(
+                    "bad server URL {:?}: {e}",
+                    streamhook_core::redact_url(url)
+                ))
+            })?;
         }
         check_template(&config.subject).map_err(fail)?;
         if config.timeout.is_zero() {
             return Err(fail("`timeout` must be more than zero".into()));
+        }
+        if let Some(creds) = &config.credentials
+            && let Err(e) = std::fs::read(creds)
+        {
+            return Err(fail(format!(
+                "cannot read the credentials file {}: {e}",
+                creds.display()
+            )));
         }
         Ok(NatsSink {
             name,
@@ -161,8 +181,9 @@ impl NatsSink {
                     .connection_timeout(self.config.timeout)
                     .retry_on_initial_connect();
                 if let Some(creds) = &self.config.credentials {
+                    // Retried: a secret mount late at boot, or a rotation in progress.
                     options = options.credentials_file(creds).await.map_err(|e| {
-                        SinkError::permanent(format!(
+                        SinkError::retryable(format!(
                             "cannot read credentials {}: {e}",
                             creds.display()
                         ))

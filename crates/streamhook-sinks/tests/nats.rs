@@ -173,6 +173,12 @@ async fn retries_until_a_stream_takes_the_subject_and_the_server_is_back() {
     let js2 = js(&nats.urls()).await;
     let mut stream = js2.get_stream("GCORE").await.unwrap();
     wait_for_messages(&mut stream, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        3,
+        "each event once"
+    );
     let mut subjects = Vec::new();
     for seq in 1..=3 {
         let msg = stream.get_raw_message(seq).await.unwrap();

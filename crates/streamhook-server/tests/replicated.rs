@@ -1,0 +1,120 @@
+//! Two receivers on one JetStream journal (a real nats-server): both take webhooks, one of
+//! them delivers each sink, and a change to a sink's delivery asked of the other is refused
+//! with the name of the one that delivers it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use streamhook_server::config::JournalBackend;
+
+async fn receiver(stream: &str, urls: Vec<String>) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.journal.backend = JournalBackend::Jetstream;
+    config.journal.nats_urls = urls;
+    config.journal.replicas = 1;
+    config.journal.stream = stream.into();
+    TestServer::start_with(dir, config).await
+}
+
+#[tokio::test]
+async fn two_receivers_share_one_journal_and_one_of_them_delivers() {
+    if common::jetstream_mode() {
+        return; // this suite picks its own journal
+    }
+    let Some(bin) = streamhook_testkit::nats_server_or_skip("replicated receivers") else {
+        return;
+    };
+    let nats = streamhook_testkit::Nats::single(&bin);
+    let mut a = receiver("SHARED", nats.url_list()).await;
+    let mut b = receiver("SHARED", nats.url_list()).await;
+    let c = client();
+    let (status, first) = post(
+        &c,
+        &a.url("/webhook"),
+        fixture("seed/01-stream-started.json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, second) = post(
+        &c,
+        &b.url("/webhook"),
+        fixture("seed/02-stream-paused.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(first["kinds"], json!(["stream.started"]));
+    assert_ne!(
+        second["kinds"],
+        json!(["stream.started"]),
+        "B classified with A's event in the shared history: {second}"
+    );
+    // Each status says the backend and whether it delivers the sink; exactly one does.
+    let status_of = |s: &TestServer| {
+        let (c, url, auth) = (
+            client(),
+            s.admin_url("/admin/status"),
+            format!("Bearer {}", s.token),
+        );
+        async move {
+            c.get(url)
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let mut holder = None;
+    for _ in 0..500 {
+        let (sa, sb) = (status_of(&a).await, status_of(&b).await);
+        assert_eq!(sa["backend"], "jetstream");
+        let (ha, hb) = (
+            sa["sinks"][0]["delivering_here"] == json!(true),
+            sb["sinks"][0]["delivering_here"] == json!(true),
+        );
+        assert!(!(ha && hb), "both deliver: {sa} {sb}");
+        if ha || hb {
+            holder = Some(ha);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a_delivers = holder.expect("one receiver takes the sink's lease");
+    let (deliverer, standby) = if a_delivers { (&a, &b) } else { (&b, &a) };
+    eventually("both events archived by the deliverer", || {
+        deliverer.archive().len() == 2
+    })
+    .await;
+    assert!(standby.archive().is_empty(), "the standby delivers nothing");
+    let replay = |s: &TestServer| {
+        let (c, url, auth) = (
+            client(),
+            s.admin_url("/admin/replay"),
+            format!("Bearer {}", s.token),
+        );
+        async move {
+            let resp = c
+                .post(url)
+                .header("authorization", auth)
+                .json(&json!({"sink": "archive", "from_seq": 1}))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = replay(standby).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("is delivered by receiver"), "{body}");
+    let (status, body) = replay(deliverer).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("replayed", || deliverer.archive().len() == 4).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
