@@ -237,6 +237,7 @@ pub fn jetstream_mode() -> bool {
 
 /// True (after saying why) when the suite runs on JetStream and the calling test checks what
 /// only the redb backend has: the caller returns.
+#[allow(clippy::print_stderr)] // a test says why it did not run
 pub fn redb_only(test: &str) -> bool {
     if jetstream_mode() {
         eprintln!("{test}: redb backend only; not run on the JetStream journal");
