@@ -513,10 +513,14 @@ impl Remote {
 
     /// Takes the sink's lease if nobody holds it; returns its revision.
     pub(crate) async fn try_lease(&self, sink: &str) -> Option<u64> {
-        let key = kv_key(sink);
+        self.try_lease_key(&kv_key(sink)).await
+    }
+
+    async fn try_lease_key(&self, key: &str) -> Option<u64> {
+        let sink = key;
         match self
             .leases
-            .create(&key, Bytes::from(self.instance.clone()))
+            .create(key, Bytes::from(self.instance.clone()))
             .await
         {
             Ok(revision) => Some(revision),
@@ -709,6 +713,21 @@ pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message<'_>, String> {
     })
 }
 
+/// The lease key of the receiver pruning the shared stream (`=` then not two hex digits: no
+/// sink name maps to it).
+const PRUNER_KEY: &str = "=pruner";
+
+/// What one pass over the shared stream removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedPruned {
+    /// Messages purged.
+    pub events: u64,
+    /// Resources whose last message went too (idle longer than `history_max_age`).
+    pub histories: u64,
+    /// The seq below which events were removed (a resource's last message stays).
+    pub below: u64,
+}
+
 /// The `meta` key holding the creation time of the stream a mirror copies.
 const MIRROR_OF: &str = "mirror_of_stream_created_ns";
 
@@ -840,6 +859,146 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    /// On a replicated journal, prunes the shared stream as [`Journal::prune`] prunes a file:
+    /// events every sink has passed (by the shared cursors of every sink that ever had one,
+    /// and the local cursors of `sinks`) and older than `max_age` or beyond the newest
+    /// `max_events`. Each resource's last message is kept (it carries the resource's
+    /// classifier state) unless the resource has been idle longer than `history_max_age`.
+    /// One receiver prunes at a time (a lease); `None` when another is pruning now or the
+    /// journal is single-host.
+    pub async fn prune_shared(
+        &self,
+        sinks: &[String],
+        max_age: Option<Duration>,
+        max_events: Option<u64>,
+        history_max_age: Option<Duration>,
+    ) -> Result<Option<SharedPruned>, JournalError> {
+        let Some(remote) = self.remote().cloned() else {
+            return Ok(None);
+        };
+        if max_age.is_none() && max_events.is_none() && history_max_age.is_none() {
+            return Ok(None);
+        }
+        let Some(revision) = remote.try_lease_key(PRUNER_KEY).await else {
+            return Ok(None);
+        };
+        let result = self
+            .prune_shared_held(&remote, sinks, max_age, max_events, history_max_age)
+            .await;
+        let _ = remote
+            .leases
+            .delete_expect_revision(PRUNER_KEY, Some(revision))
+            .await;
+        result.map(Some)
+    }
+
+    async fn prune_shared_held(
+        &self,
+        remote: &Remote,
+        sinks: &[String],
+        max_age: Option<Duration>,
+        max_events: Option<u64>,
+        history_max_age: Option<Duration>,
+    ) -> Result<SharedPruned, JournalError> {
+        let read = |e: &dyn std::fmt::Display| JournalError::Read(format!("JetStream: {e}"));
+        // What every sink has passed: the lowest shared cursor of any sink, and the local
+        // cursors of this receiver's sinks (one that never delivered has no shared cursor).
+        let mut floor = u64::MAX;
+        let mut keys = remote.cursors.keys().await.map_err(|e| read(&e))?;
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| read(&e))?;
+            if let Some(value) = remote.cursors.get(&key).await.map_err(|e| read(&e))? {
+                let seq = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                floor = floor.min(seq);
+            }
+        }
+        let (journal, names) = (self.clone(), sinks.to_vec());
+        let (local_floor, last, by_age) = tokio::task::spawn_blocking(move || {
+            let mut floor = u64::MAX;
+            for name in &names {
+                floor = floor.min(journal.cursor(name)?);
+            }
+            let by_age = match max_age {
+                Some(age) => Some(journal.seq_at(SystemTime::now() - age)?),
+                None => None,
+            };
+            Ok::<_, JournalError>((floor, journal.last_seq()?, by_age))
+        })
+        .await
+        .map_err(|e| JournalError::Write(e.to_string()))??;
+        floor = floor.min(local_floor);
+        let by_count = max_events.map(|keep| (last + 1).saturating_sub(keep));
+        let wanted = match (by_age, by_count) {
+            (Some(a), Some(c)) => a.max(c),
+            (Some(a), None) => a,
+            (None, Some(c)) => c,
+            (None, None) => 0,
+        };
+        let below = wanted.min(floor);
+        let idle_before = history_max_age.map(|age| SystemTime::now() - age);
+        let mut pruned = SharedPruned {
+            below,
+            ..SharedPruned::default()
+        };
+        let events_subject = format!("{}.ev.>", remote.name);
+        let none_subject = format!("{}.ev._", remote.name);
+        let mut subjects = Vec::new();
+        let mut listed = remote
+            .stream
+            .info_with_subjects(&events_subject)
+            .await
+            .map_err(|e| read(&e))?;
+        while let Some(entry) = listed.next().await {
+            subjects.push(entry.map_err(|e| read(&e))?);
+        }
+        for (subject, count) in subjects {
+            let purge = remote.stream.purge().filter(subject.clone());
+            let purged = if subject == none_subject {
+                // Invalid events carry no state: cut like any event.
+                if below <= 1 {
+                    continue;
+                }
+                purge.sequence(below).await
+            } else {
+                let last = match remote
+                    .stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                {
+                    Ok(msg) => msg,
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+                    Err(e) => return Err(read(&e)),
+                };
+                if last.sequence < below {
+                    let idle = idle_before.is_some_and(|t| SystemTime::from(last.time) < t);
+                    if idle {
+                        // The resource's history goes too: its next event is new, as when
+                        // a single-host journal drops an idle resource's history.
+                        pruned.histories += 1;
+                        // Up to and including that message, not "the subject": an event
+                        // appended meanwhile stays.
+                        purge.sequence(last.sequence + 1).await
+                    } else if count > 1 {
+                        purge.keep(1).await
+                    } else {
+                        continue;
+                    }
+                } else if count > 1 && below > 1 {
+                    purge.sequence(below).await
+                } else {
+                    continue;
+                }
+            };
+            pruned.events += purged
+                .map_err(|e| JournalError::Write(format!("JetStream purge: {e}")))?
+                .purged;
+        }
+        Ok(pruned)
     }
 
     /// Who holds a sink's delivery lease, on a replicated journal.

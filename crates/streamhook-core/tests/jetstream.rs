@@ -69,14 +69,41 @@ async fn exactly_one_of_sixteen_concurrent_writers_wins_each_step() {
         return;
     };
     let nats = Nats::single(&bin);
-    let js = jetstream::new(async_nats::connect(nats.urls()).await.unwrap());
-    js.create_stream(stream::Config {
-        name: "CAS".into(),
-        subjects: vec!["cas.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    sixteen_writers(&nats, 1).await;
+}
+
+#[tokio::test]
+async fn exactly_one_of_sixteen_concurrent_writers_wins_each_step_on_a_cluster() {
+    let Some(bin) = nats_server_or_skip("jetstream: compare-and-set, cluster") else {
+        return;
+    };
+    let nats = Nats::cluster(&bin, 3);
+    sixteen_writers(&nats, 3).await;
+}
+
+/// 16 writers publish at once, each expecting the resource's last sequence: one must win.
+async fn sixteen_writers(nats: &Nats, replicas: usize) {
+    let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
+    let mut created = None;
+    for _ in 0..80 {
+        // A cluster just started may not have elected its meta leader yet.
+        match js
+            .create_stream(stream::Config {
+                name: "CAS".into(),
+                subjects: vec!["cas.>".into()],
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(s) => {
+                created = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    created.expect("the stream is created");
     let mut last = 0;
     for step in 0..5 {
         let mut tasks = Vec::new();
@@ -87,8 +114,11 @@ async fn exactly_one_of_sixteen_concurrent_writers_wins_each_step() {
                     .payload(format!("step {step} writer {writer}").into())
                     .expected_last_subject_sequence(last);
                 match js.send_publish("cas.resource", publish).await {
-                    Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.kind()),
-                    Err(e) => Err(e.kind()),
+                    Ok(ack) => ack
+                        .await
+                        .map(|a| a.sequence)
+                        .map_err(|e| (e.kind(), e.to_string())),
+                    Err(e) => Err((e.kind(), e.to_string())),
                 }
             }));
         }
@@ -96,7 +126,12 @@ async fn exactly_one_of_sixteen_concurrent_writers_wins_each_step() {
         for task in tasks {
             match task.await.unwrap() {
                 Ok(seq) => won.push(seq),
-                Err(kind) => assert_eq!(kind, PublishErrorKind::WrongLastSequence),
+                // A loser is told the sequence was wrong; on a cluster, also (error 10164)
+                // that the subject's last sequence is being changed by another proposal.
+                Err((kind, text)) => assert!(
+                    kind == PublishErrorKind::WrongLastSequence || text.contains("10164"),
+                    "{kind:?}: {text}"
+                ),
             }
         }
         assert_eq!(
@@ -426,4 +461,77 @@ async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
     assert_eq!(got, sorted, "in journal order: {got:?}");
     stop_b.send(true).unwrap();
     task_b.await.unwrap();
+}
+
+#[tokio::test]
+async fn pruning_the_shared_stream_keeps_what_sinks_need_and_each_resource_s_state() {
+    let Some(bin) = nats_server_or_skip("jetstream: pruning") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let da = tempfile::tempdir().unwrap();
+    let a = replica(&nats, da.path(), 1).await;
+    // Stream 1: started, recording on (seqs 1, 2). Stream 2: started (3). Stream 3: started,
+    // recording on, recording off (4, 5, 6). Then stream 4 (7).
+    for body in [
+        stream_body(1, true, false),
+        stream_body(1, true, true),
+        stream_body(2, true, false),
+        stream_body(3, true, false),
+        stream_body(3, true, true),
+        stream_body(3, true, false),
+        stream_body(4, true, false),
+    ] {
+        append(&a, &body).await;
+    }
+    // The sink has passed seq 5; another sink (only in the shared bucket) seq 6.
+    let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
+    let cursors = js.get_key_value("STREAMHOOK_cursors").await.unwrap();
+    cursors.put("app", "5".into()).await.unwrap();
+    cursors.put("other", "6".into()).await.unwrap();
+    a.set_cursor("app", 5).unwrap();
+    let pruned = a
+        .prune_shared(&["app".into()], Some(Duration::ZERO), None, None)
+        .await
+        .unwrap()
+        .expect("this receiver prunes");
+    assert_eq!(pruned.below, 5, "nothing a sink has not passed");
+    let stream = js.get_stream("STREAMHOOK").await.unwrap();
+    let mut left = Vec::new();
+    for seq in 1..=7 {
+        if stream.get_raw_message(seq).await.is_ok() {
+            left.push(seq);
+        }
+    }
+    // 1 goes (stream 1 has 2 after it); 2 and 3 stay (last of their resource); 4 goes (before
+    // 5, stream 3 has later ones); 5, 6, 7 are not passed by every sink.
+    assert_eq!(left, [2, 3, 5, 6, 7]);
+    assert_eq!(pruned.events, 2);
+    // Classification goes on from the kept states, also for a new receiver.
+    let db = tempfile::tempdir().unwrap();
+    let b = replica(&nats, db.path(), 1).await;
+    let got = append(&b, &stream_body(1, true, false)).await;
+    assert_eq!(kinds(&got), ["stream.recording_stopped"]);
+    // An idle resource's history goes once it is older than history_max_age (and passed).
+    cursors.put("app", "9".into()).await.unwrap();
+    cursors.put("other", "9".into()).await.unwrap();
+    a.set_cursor("app", 9).unwrap();
+    eventually("the mirror holds seq 8", || a.last_committed() >= 8).await;
+    let pruned = a
+        .prune_shared(
+            &["app".into()],
+            Some(Duration::ZERO),
+            None,
+            Some(Duration::ZERO),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pruned.histories >= 4, "{pruned:?}");
+    let got = append(&b, &stream_body(2, true, false)).await;
+    assert_eq!(
+        kinds(&got),
+        ["stream.started"],
+        "stream 2's history was dropped"
+    );
 }

@@ -629,7 +629,7 @@ async fn prune_loop(
             warn!(error = %e, "cannot read the shared cursors; not pruning this time");
             continue;
         }
-        let (j, s, r) = (intake.journal().clone(), sinks, retention.clone());
+        let (j, s, r) = (intake.journal().clone(), sinks.clone(), retention.clone());
         let history_max_age = if tokio::time::Instant::now() >= histories_due {
             histories_due = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
             r.history_max_age
@@ -649,6 +649,26 @@ async fn prune_loop(
             ),
             Ok(Err(e)) => warn!(error = %e, "pruning failed"),
             Err(e) => warn!(error = %e, "pruning task failed"),
+        }
+        // The shared stream, on a replicated journal (one receiver at a time).
+        match intake
+            .journal()
+            .prune_shared(
+                &sinks,
+                retention.max_age,
+                retention.max_events,
+                history_max_age,
+            )
+            .await
+        {
+            Ok(Some(p)) if p.events > 0 => info!(
+                events = p.events,
+                histories = p.histories,
+                below = p.below,
+                "pruned the shared stream"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "pruning the shared stream failed"),
         }
     }
 }
