@@ -380,6 +380,8 @@ fn faults_short(rest: &[String]) -> Result<Vec<String>> {
 
 /// The whole benchmark run.
 fn bench(rest: &[String]) -> Result<()> {
+    // The JetStream rows run the pinned nats-server.
+    tools::ensure_nats_server()?;
     cargo(
         &[
             "build",
