@@ -327,7 +327,7 @@ impl Dispatcher {
         remote: Arc<crate::jetstream::Remote>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        use crate::jetstream::{LEASE_RENEW, LEASE_TTL};
+        use crate::jetstream::{LEASE_RENEW, LEASE_TTL, MIRROR_STALE};
         // Stop delivering well before the lease can lapse on the server: a receiver that
         // cannot renew (cut off from NATS, or slow) stops before another can take over.
         let margin = LEASE_TTL.saturating_sub(LEASE_RENEW * 3);
@@ -339,7 +339,7 @@ impl Dispatcher {
                 }
                 // A receiver whose mirror is behind does not take the lease: it would
                 // deliver nothing new while another could.
-                if remote.mirror_current(LEASE_TTL)
+                if remote.mirror_current(MIRROR_STALE)
                     && let Some(revision) = remote.try_lease(&name).await
                 {
                     break (revision, Instant::now());
@@ -364,12 +364,21 @@ impl Dispatcher {
                 }
                 Err(e) => Err(e),
             };
-            if let Err(e) = adopted {
-                tracing::warn!(sink = %name, error = %e, "cannot adopt the shared cursor; letting the lease go");
-                remote.release_lease(&name, revision).await;
-                tokio::time::sleep(LEASE_RENEW).await;
-                continue;
-            }
+            // The dead letters and requeued events the previous deliverer shared.
+            let adopted = match adopted {
+                Ok(()) => remote.pull_letters(&self.journal, &name).await,
+                Err(e) => Err(e),
+            };
+            let mut letters = match adopted {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    tracing::warn!(sink = %name, error = %e, "cannot adopt the shared cursor and dead letters; letting the lease go");
+                    remote.release_lease(&name, revision).await;
+                    tokio::time::sleep(LEASE_RENEW).await;
+                    continue;
+                }
+            };
+            let mut letters_shared = self.journal.letters_generation();
             tracing::info!(sink = %name, instance = %remote.instance(), "delivering: this receiver holds the sink's lease");
             remote.set_held(&name, true);
             self.stats.leased.store(1, Ordering::Relaxed);
@@ -378,31 +387,48 @@ impl Dispatcher {
             tokio::pin!(dispatch);
             let mut pushed = None;
             let stopping = loop {
+                let must_stop = tokio::time::Instant::from_std(renewed + margin);
                 tokio::select! {
                     _ = &mut dispatch => break false,
                     _ = shutdown.wait_for(|s| *s) => break true,
+                    _ = tokio::time::sleep_until(must_stop) => {
+                        tracing::warn!(sink = %name, "could not renew the sink's lease in time; delivery stops here (another receiver may take it)");
+                        break false;
+                    }
                     _ = tokio::time::sleep(LEASE_RENEW) => {}
                 }
-                if renewed.elapsed() > margin {
-                    tracing::warn!(sink = %name, "could not renew the sink's lease in time; delivery stops here (another receiver may take it)");
-                    break false;
-                }
-                if !remote.mirror_current(LEASE_TTL) {
+                if !remote.mirror_current(MIRROR_STALE) {
                     tracing::warn!(sink = %name, "this receiver's mirror is behind the shared journal; letting the sink's lease go");
                     break false;
                 }
-                // Renew first; the cursor is written back only while the lease is ours.
-                match remote.renew_lease(&name, revision).await {
-                    Some(r) => {
+                // Renew first; the cursor is written back only while the lease is ours. While
+                // this body runs the dispatcher's lanes keep delivering, so each step is bounded
+                // by the time left before delivery must stop.
+                let left = must_stop.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, remote.renew_lease(&name, revision)).await {
+                    Ok(Some(r)) => {
                         revision = r;
                         renewed = Instant::now();
                     }
-                    None => {
+                    _ => {
                         tracing::warn!(sink = %name, "lost the sink's lease (another receiver may hold it now); delivery stops here");
                         break false;
                     }
                 }
-                self.push_cursor(&remote, &name, &mut pushed).await;
+                let left = (renewed + margin).saturating_duration_since(Instant::now());
+                // Dead letters before the cursor: a cursor shared past an event whose dead
+                // letter was not would lose it for the next deliverer.
+                let share = async {
+                    if self
+                        .push_letters(&remote, &name, &mut letters, &mut letters_shared)
+                        .await
+                    {
+                        self.push_cursor(&remote, &name, &mut pushed).await;
+                    }
+                };
+                if tokio::time::timeout(left, share).await.is_err() {
+                    tracing::warn!(sink = %name, "sharing the cursor and dead letters timed out (retried)");
+                }
             };
             let _ = stop_tx.send(true);
             dispatch.await;
@@ -411,11 +437,50 @@ impl Dispatcher {
             if renewed.elapsed() < margin {
                 // Still ours: write the final cursor, then let the next receiver take over at
                 // once instead of after the lease's expiry.
-                self.push_cursor(&remote, &name, &mut pushed).await;
-                remote.release_lease(&name, revision).await;
+                // Dead letters before the cursor: a cursor shared past an event whose dead
+                // letter was not would lose it for the next deliverer.
+                let left = (renewed + margin).saturating_duration_since(Instant::now());
+                let share = async {
+                    if self
+                        .push_letters(&remote, &name, &mut letters, &mut letters_shared)
+                        .await
+                    {
+                        self.push_cursor(&remote, &name, &mut pushed).await;
+                    }
+                };
+                if tokio::time::timeout(left, share).await.is_ok() {
+                    remote.release_lease(&name, revision).await;
+                }
             }
             if stopping || shutdown.has_changed().is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Shares the sink's dead letters and requeued events when they changed (any change in
+    /// this journal bumps the generation; an unchanged one costs nothing). False when they
+    /// could not be shared: the cursor is then not shared either.
+    #[cfg(feature = "jetstream")]
+    async fn push_letters(
+        &self,
+        remote: &crate::jetstream::Remote,
+        name: &str,
+        snapshot: &mut crate::jetstream::LetterSnapshot,
+        shared: &mut u64,
+    ) -> bool {
+        let generation = self.journal.letters_generation();
+        if generation == *shared {
+            return true;
+        }
+        match remote.push_letters(&self.journal, name, snapshot).await {
+            Ok(()) => {
+                *shared = generation;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sink = %name, error = %e, "cannot share the dead letters (retried; the cursor waits)");
+                false
             }
         }
     }

@@ -64,6 +64,10 @@ pub const LEASE_TTL: Duration = Duration::from_secs(6);
 /// How often a lease is renewed and the sink's cursor written back.
 pub const LEASE_RENEW: Duration = Duration::from_secs(1);
 
+/// A mirror that made no progress for this long while the stream holds messages it lacks is
+/// behind: its receiver neither takes nor keeps leases. (Idle, it checks every 5 s.)
+pub const MIRROR_STALE: Duration = Duration::from_secs(20);
+
 /// How many times an append reads and classifies again after losing a race.
 const MAX_CONFLICTS: u32 = 1000;
 
@@ -82,6 +86,9 @@ pub struct JetStreamConfig {
     pub tls_ca: Option<PathBuf>,
     /// How long an append may take, retries included (default 10 s).
     pub timeout: Duration,
+    /// A resource idle this long is classified as new (as the single-host journal drops its
+    /// history): its last message's state is not used. `None`: kept for ever.
+    pub history_max_age: Option<Duration>,
 }
 
 impl JetStreamConfig {
@@ -94,6 +101,7 @@ impl JetStreamConfig {
             credentials: None,
             tls_ca: None,
             timeout: Duration::from_secs(10),
+            history_max_age: None,
         }
     }
 }
@@ -116,14 +124,21 @@ pub(crate) struct Remote {
     name: String,
     leases: kv::Store,
     cursors: kv::Store,
+    /// Each sink's dead letters and requeued events, as its deliverer last shared them.
+    letters: kv::Store,
     instance: String,
     timeout: Duration,
+    history_max_age: Option<Duration>,
     /// When the stream was created (ns since the epoch): a mirror belongs to one stream.
     created_ns: u64,
     /// Sinks whose lease this receiver holds.
     held: std::sync::Mutex<std::collections::HashSet<String>>,
     /// When the mirror last recorded something, or found nothing to copy.
     mirror_progress: std::sync::Mutex<Instant>,
+    /// One append at a time per resource in this receiver: concurrent appends of one resource
+    /// would otherwise all race on its compare-and-set, and all but one retry. (Other
+    /// receivers' appends still race, and the compare-and-set serialises them.)
+    appending: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -242,6 +257,9 @@ impl Remote {
         let cursors = retry_setup(|| context.create_key_value(bucket("cursors", Duration::ZERO)))
             .await
             .map_err(|e| remote_err("bucket cursors", setup_hint(e, replicas)))?;
+        let letters = retry_setup(|| context.create_key_value(bucket("letters", Duration::ZERO)))
+            .await
+            .map_err(|e| remote_err("bucket letters", setup_hint(e, replicas)))?;
         let instance = format!(
             "{}-{}-{:08x}",
             hostname(),
@@ -255,11 +273,14 @@ impl Remote {
             name,
             leases,
             cursors,
+            letters,
             instance,
             timeout: config.timeout,
+            history_max_age: config.history_max_age,
             created_ns,
             held: std::sync::Mutex::default(),
             mirror_progress: std::sync::Mutex::new(Instant::now()),
+            appending: std::sync::Mutex::default(),
         })
     }
 
@@ -305,6 +326,19 @@ impl Remote {
         }
     }
 
+    /// The lock that serialises this receiver's appends of one resource. Entries nobody
+    /// holds are dropped as others are taken, so the map stays as small as what is in flight.
+    fn turn_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = match self.appending.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() > 1024 {
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        Arc::clone(map.entry(key.to_owned()).or_default())
+    }
+
     /// The resource's last message: its sequence and the state it carries.
     async fn last_state(
         &self,
@@ -312,6 +346,12 @@ impl Remote {
     ) -> Result<(u64, Option<ResourceState>), JournalError> {
         match self.stream.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
+                // A resource idle longer than history_max_age is new, as on one host.
+                if let Some(age) = self.history_max_age
+                    && SystemTime::from(msg.time) + age < SystemTime::now()
+                {
+                    return Ok((msg.sequence, None));
+                }
                 // An unreadable last message (another publisher, a newer format) must not
                 // block the resource for ever: classify as new, as an unreadable redb
                 // history record is, and say so.
@@ -356,6 +396,24 @@ impl Remote {
             Parsed::Invalid { .. } => None,
         };
         let subject = self.subject(key.as_deref());
+        let turn = key.as_ref().map(|k| self.turn_for(k));
+        let _turn = match &turn {
+            Some(lock) => match tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                lock.lock(),
+            )
+            .await
+            {
+                Ok(guard) => Some(guard),
+                Err(_) => {
+                    return Err(remote_err(
+                        "append",
+                        "timed out waiting behind earlier events of the same resource; the event was not stored",
+                    ));
+                }
+            },
+            None => None,
+        };
         let mut conflicts = 0;
         loop {
             let (last, prior) = match &key {
@@ -496,6 +554,31 @@ impl Remote {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// The seq of the first message the stream holds at or after `from` (`None`: none; purged
+    /// messages leave gaps, so the stream's last sequence may be one it no longer holds).
+    pub(crate) async fn next_seq_from(&self, from: u64) -> Result<Option<u64>, JournalError> {
+        let found = self
+            .stream
+            .raw_message_builder()
+            .sequence(from.max(1))
+            .next_by_subject(format!("{}.ev.>", self.name))
+            .send()
+            .await;
+        match found {
+            Ok(msg) => Ok(Some(msg.sequence)),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(JournalError::Read(format!("JetStream: {e}"))),
+        }
+    }
+
+    /// The event id of the message at `seq`, when the stream holds a readable one there.
+    async fn event_id_at(&self, seq: u64) -> Option<String> {
+        let msg = self.stream.get_raw_message(seq).await.ok()?;
+        let decoded = decode_message(&msg.payload).ok()?;
+        let stored = crate::journal::decode_event(seq, decoded.record).ok()?;
+        Some(stored.envelope().ok()?.id.0)
+    }
+
     /// The stream's last sequence now.
     pub(crate) async fn last_seq(&self) -> Result<u64, JournalError> {
         let mut stream = self.stream.clone();
@@ -534,9 +617,14 @@ impl Remote {
 
     /// Renews a held lease; `None` when it was lost.
     pub(crate) async fn renew_lease(&self, sink: &str, revision: u64) -> Option<u64> {
+        self.renew_lease_key(&kv_key(sink), revision).await
+    }
+
+    async fn renew_lease_key(&self, key: &str, revision: u64) -> Option<u64> {
+        let sink = key;
         let renew = self
             .leases
-            .update(kv_key(sink), Bytes::from(self.instance.clone()), revision);
+            .update(key, Bytes::from(self.instance.clone()), revision);
         match tokio::time::timeout(LEASE_RENEW, renew).await {
             Ok(Ok(revision)) => Some(revision),
             Ok(Err(e)) => {
@@ -581,6 +669,97 @@ impl Remote {
             .await
             .map(drop)
             .map_err(|e| remote_err("cursor", e))
+    }
+}
+
+/// What a deliverer last shared of a sink's dead letters and requeued events: key -> value.
+pub(crate) type LetterSnapshot = std::collections::HashMap<String, Bytes>;
+
+impl Remote {
+    /// Adopts the sink's shared dead letters and requeued events into the local mirror
+    /// (replacing what it held for the sink), when this receiver takes the sink's lease.
+    pub(crate) async fn pull_letters(
+        &self,
+        journal: &Journal,
+        sink: &str,
+    ) -> Result<LetterSnapshot, JournalError> {
+        let read =
+            |e: &dyn std::fmt::Display| JournalError::Read(format!("JetStream letters: {e}"));
+        let prefix = format!("{}.", kv_key(sink));
+        let mut snapshot = LetterSnapshot::new();
+        let mut keys = self.letters.keys().await.map_err(|e| read(&e))?;
+        let mut wanted = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| read(&e))?;
+            if key.starts_with(&prefix) {
+                wanted.push(key);
+            }
+        }
+        let (mut dead, mut requeued) = (Vec::new(), Vec::new());
+        for key in wanted {
+            let Some(value) = self.letters.get(&key).await.map_err(|e| read(&e))? else {
+                continue;
+            };
+            match serde_json::from_slice::<crate::journal::DeadLetter>(&value) {
+                Ok(letter) if key[prefix.len()..].starts_with("d.") => dead.push(letter),
+                Ok(letter) => requeued.push(letter),
+                Err(e) => {
+                    tracing::warn!(sink, key, error = %e, "unreadable shared dead letter; skipped");
+                    continue;
+                }
+            }
+            snapshot.insert(key, value);
+        }
+        let (j, name) = (journal.clone(), sink.to_owned());
+        tokio::task::spawn_blocking(move || j.replace_letters(&name, &dead, &requeued))
+            .await
+            .map_err(|e| JournalError::Write(e.to_string()))??;
+        Ok(snapshot)
+    }
+
+    /// Shares the sink's dead letters and requeued events as the local mirror holds them:
+    /// puts what is new or changed since `snapshot`, deletes what is gone.
+    pub(crate) async fn push_letters(
+        &self,
+        journal: &Journal,
+        sink: &str,
+        snapshot: &mut LetterSnapshot,
+    ) -> Result<(), JournalError> {
+        let (j, name) = (journal.clone(), sink.to_owned());
+        let (dead, requeued) = tokio::task::spawn_blocking(move || {
+            Ok::<_, JournalError>((j.dead_letters(Some(&name))?, j.requeued(&name, usize::MAX)?))
+        })
+        .await
+        .map_err(|e| JournalError::Write(e.to_string()))??;
+        let base = kv_key(sink);
+        let mut now = LetterSnapshot::new();
+        for (tag, letters) in [("d", dead), ("q", requeued)] {
+            for letter in letters {
+                let bytes =
+                    serde_json::to_vec(&letter).map_err(|e| JournalError::Write(e.to_string()))?;
+                now.insert(format!("{base}.{tag}.{}", letter.seq), Bytes::from(bytes));
+            }
+        }
+        let write = |e: &dyn std::fmt::Display| remote_err("sharing dead letters", e);
+        for (key, value) in &now {
+            if snapshot.get(key) != Some(value) {
+                self.letters
+                    .put(key, value.clone())
+                    .await
+                    .map_err(|e| write(&e))?;
+                snapshot.insert(key.clone(), value.clone());
+            }
+        }
+        let gone: Vec<String> = snapshot
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.letters.purge(&key).await.map_err(|e| write(&e))?;
+            snapshot.remove(&key);
+        }
+        Ok(())
     }
 }
 
@@ -753,10 +932,15 @@ impl Journal {
         // A mirror belongs to one stream: a folder that holds a single-host journal, or the
         // mirror of a stream since deleted and created again, would skip the new stream's
         // first seqs (it holds those seqs already) and answer 2xx for events it never holds.
-        let (mirror_of, local_last) = {
+        let (mirror_of, local_last, local_id) = {
             let j = journal.clone();
             tokio::task::spawn_blocking(move || {
-                Ok::<_, JournalError>((j.meta(MIRROR_OF)?, j.last_seq()?))
+                let last = j.last_seq()?;
+                let id = match j.get(last) {
+                    Ok(Some(event)) => event.envelope().ok().map(|e| e.id.0),
+                    _ => None,
+                };
+                Ok::<_, JournalError>((j.meta(MIRROR_OF)?, last, id))
             })
             .await
             .map_err(|e| JournalError::Write(e.to_string()))??
@@ -769,30 +953,33 @@ impl Journal {
                 ),
             })
         };
-        match mirror_of {
-            Some(created) if created != remote.created_ns => {
-                return refuse(format!(
-                    "this data folder mirrors an earlier stream named {} (deleted and created again since)",
-                    remote.name
-                ));
-            }
-            None if local_last > 0 => {
-                return refuse(format!(
-                    "this data folder holds a single-host journal ({local_last} events), not a mirror of stream {}",
-                    remote.name
-                ));
-            }
-            _ => {}
+        if mirror_of.is_none() && local_last > 0 {
+            return refuse(format!(
+                "this data folder holds a single-host journal ({local_last} events), not a mirror of stream {}",
+                remote.name
+            ));
         }
         if local_last > target {
             return refuse(format!(
-                "this mirror holds events up to seq {local_last} but stream {} ends at {target}",
+                "this mirror holds events up to seq {local_last} but stream {} ends at {target} \
+                 (it mirrors an earlier stream of that name)",
+                remote.name
+            ));
+        }
+        // The same seq must hold the same event (when the stream still holds it).
+        if let Some(local_id) = &local_id
+            && let Some(stream_id) = remote.event_id_at(local_last).await
+            && &stream_id != local_id
+        {
+            return refuse(format!(
+                "this mirror's seq {local_last} holds another event than stream {}'s \
+                 (it mirrors an earlier stream of that name)",
                 remote.name
             ));
         }
         if mirror_of.is_none() {
             let (j, created) = (journal.clone(), remote.created_ns);
-            tokio::task::spawn_blocking(move || j.set_meta(MIRROR_OF, created))
+            tokio::task::spawn_blocking(move || j.set_meta(MIRROR_OF, created.max(1)))
                 .await
                 .map_err(|e| JournalError::Write(e.to_string()))??;
         }
@@ -813,6 +1000,12 @@ impl Journal {
         let mut last_seen = journal.last_committed();
         let mut stalled_since = Instant::now();
         while journal.last_committed() < target {
+            // The stream's last messages may have been purged (pruning): done when it holds
+            // nothing more up to the target.
+            let next = remote.next_seq_from(journal.last_committed() + 1).await?;
+            if next.is_none_or(|seq| seq > target) {
+                break;
+            }
             if task.is_finished() {
                 return Err(JournalError::Write(
                     "the local mirror stopped copying the shared journal".into(),
@@ -881,11 +1074,18 @@ impl Journal {
         if max_age.is_none() && max_events.is_none() && history_max_age.is_none() {
             return Ok(None);
         }
-        let Some(revision) = remote.try_lease_key(PRUNER_KEY).await else {
+        let Some(mut revision) = remote.try_lease_key(PRUNER_KEY).await else {
             return Ok(None);
         };
         let result = self
-            .prune_shared_held(&remote, sinks, max_age, max_events, history_max_age)
+            .prune_shared_held(
+                &remote,
+                &mut revision,
+                sinks,
+                max_age,
+                max_events,
+                history_max_age,
+            )
             .await;
         let _ = remote
             .leases
@@ -897,6 +1097,7 @@ impl Journal {
     async fn prune_shared_held(
         &self,
         remote: &Remote,
+        lease: &mut u64,
         sinks: &[String],
         max_age: Option<Duration>,
         max_events: Option<u64>,
@@ -919,9 +1120,13 @@ impl Journal {
         }
         let (journal, names) = (self.clone(), sinks.to_vec());
         let (local_floor, last, by_age) = tokio::task::spawn_blocking(move || {
+            // Read without creating: a configured sink without a cursor yet has passed
+            // nothing.
+            let cursors = journal.cursors()?;
             let mut floor = u64::MAX;
             for name in &names {
-                floor = floor.min(journal.cursor(name)?);
+                let cursor = cursors.iter().find(|(n, _)| n == name).map_or(0, |c| c.1);
+                floor = floor.min(cursor);
             }
             let by_age = match max_age {
                 Some(age) => Some(journal.seq_at(SystemTime::now() - age)?),
@@ -947,6 +1152,7 @@ impl Journal {
         };
         let events_subject = format!("{}.ev.>", remote.name);
         let none_subject = format!("{}.ev._", remote.name);
+        let mut n_subjects = 0u64;
         let mut subjects = Vec::new();
         let mut listed = remote
             .stream
@@ -965,6 +1171,21 @@ impl Journal {
                 }
                 purge.sequence(below).await
             } else {
+                if count <= 1 && idle_before.is_none() {
+                    continue; // only its last message: nothing to purge
+                }
+                if (n_subjects % 100) == 99 {
+                    // A long pass keeps the pruner's lease (else another receiver starts one).
+                    match remote.renew_lease_key(PRUNER_KEY, *lease).await {
+                        Some(r) => *lease = r,
+                        None => {
+                            return Err(JournalError::Write(
+                                "lost the pruner's lease during a pass; stopped".into(),
+                            ));
+                        }
+                    }
+                }
+                n_subjects += 1;
                 let last = match remote
                     .stream
                     .get_last_raw_message_by_subject(&subject)
@@ -984,7 +1205,8 @@ impl Journal {
                         // appended meanwhile stays.
                         purge.sequence(last.sequence + 1).await
                     } else if count > 1 {
-                        purge.keep(1).await
+                        // Everything before that message (never one appended meanwhile).
+                        purge.sequence(last.sequence).await
                     } else {
                         continue;
                     }
@@ -1043,7 +1265,11 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Strea
             }
         };
         // Nothing to copy is progress too: the mirror is current.
-        if remote.last_seq().await.is_ok_and(|last| last < from) {
+        if remote
+            .next_seq_from(from)
+            .await
+            .is_ok_and(|next| next.is_none())
+        {
             remote.mirror_progressed();
         }
         loop {
@@ -1055,12 +1281,17 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Strea
                     if closed(&journal) {
                         return;
                     }
-                    if remote.last_seq().await.is_ok_and(|last| last < from) {
-                        remote.mirror_progressed();
-                        journal
-                            .stats()
-                            .mirror_pending
-                            .store(0, std::sync::atomic::Ordering::Relaxed);
+                    match remote.next_seq_from(from).await {
+                        Ok(None) => {
+                            remote.mirror_progressed();
+                            journal
+                                .stats()
+                                .mirror_pending
+                                .store(0, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // Messages wait and the consumer delivers none: recreate it.
+                        Ok(Some(_)) if !remote.mirror_current(MIRROR_STALE / 2) => break,
+                        _ => {}
                     }
                     continue;
                 }

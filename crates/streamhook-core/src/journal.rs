@@ -509,6 +509,9 @@ struct Shared {
     /// Sinks with a running dispatcher, with the registration's id.
     dispatching: Mutex<Vec<(String, u64)>>,
     next_registration: AtomicU64,
+    /// Bumped by every change to dead letters or requeued events (a replicated journal's
+    /// deliverer shares them when it changes).
+    letters_changed: AtomicU64,
 }
 
 impl std::fmt::Debug for Msg {
@@ -546,6 +549,7 @@ impl Journal {
             replays: Mutex::new(HashMap::new()),
             dispatching: Mutex::new(Vec::new()),
             next_registration: AtomicU64::new(1),
+            letters_changed: AtomicU64::new(0),
         });
         let writer = Arc::clone(&shared);
         let max_batch = config.max_batch.max(1);
@@ -1161,7 +1165,51 @@ impl Journal {
             .map_err(write_err)?
             .insert((letter.sink.as_str(), letter.seq), bytes.as_slice())
             .map_err(write_err)?;
-        self.inner.health.commit(txn)
+        self.inner.health.commit(txn)?;
+        self.letters_changed();
+        Ok(())
+    }
+
+    fn letters_changed(&self) {
+        self.inner.letters_changed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A number that changes with every change to dead letters or requeued events.
+    pub fn letters_generation(&self) -> u64 {
+        self.inner.letters_changed.load(Ordering::SeqCst)
+    }
+
+    /// Replaces `sink`'s dead letters and requeued events with these, in one transaction
+    /// (a replicated journal's new deliverer adopting the shared ones).
+    pub fn replace_letters(
+        &self,
+        sink: &str,
+        dead: &[DeadLetter],
+        requeued: &[DeadLetter],
+    ) -> Result<(), JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(write_err)?;
+        for (table, letters) in [(DEAD_LETTERS, dead), (REQUEUED, requeued)] {
+            let mut table = txn.open_table(table).map_err(write_err)?;
+            let old: Vec<u64> = table
+                .range((sink, 0)..=(sink, u64::MAX))
+                .map_err(write_err)?
+                .filter_map(|e| e.ok().map(|(k, _)| k.value().1))
+                .collect();
+            for seq in old {
+                table.remove((sink, seq)).map_err(write_err)?;
+            }
+            for letter in letters {
+                let bytes = serde_json::to_vec(letter).map_err(write_err)?;
+                table
+                    .insert((sink, letter.seq), bytes.as_slice())
+                    .map_err(write_err)?;
+            }
+        }
+        self.inner.health.commit(txn)?;
+        self.letters_changed();
+        self.notify();
+        Ok(())
     }
 
     /// How many dead letters `sink` holds: counts keys, decodes nothing.
@@ -1250,6 +1298,7 @@ impl Journal {
             .insert((sink, seq), bytes.as_slice())
             .map_err(write_err)?;
         self.inner.health.commit(txn)?;
+        self.letters_changed();
         self.notify();
         Ok(())
     }
@@ -1276,6 +1325,7 @@ impl Journal {
                 .map_err(write_err)?;
         }
         self.inner.health.commit(txn)?;
+        self.letters_changed();
         self.notify();
         Ok(())
     }
@@ -1305,7 +1355,9 @@ impl Journal {
             .map_err(write_err)?
             .remove((sink, seq))
             .map_err(write_err)?;
-        self.inner.health.commit(txn)
+        self.inner.health.commit(txn)?;
+        self.letters_changed();
+        Ok(())
     }
 
     /// The history the classifier keeps for a resource (`"stream:12345"`). A record that
@@ -1964,7 +2016,9 @@ fn commit_import(
                         .import_unreadable
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(seq, error = %why, "journal mirror: unreadable message in the shared stream; kept as an unreadable record (dead-lettered by each sink)");
-                    let now = ms_since_epoch(SystemTime::now()).max(*last_ms);
+                    // Stamped with the previous event's time: mirrors agree, and later
+                    // events' times are not pulled forward to this import.
+                    let now = *last_ms;
                     record.clear();
                     record.extend_from_slice(&now.to_be_bytes());
                     record.extend_from_slice(&[0; 8]);

@@ -41,19 +41,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// `<redacted>`, with or without a scheme: `nats://u:p@h:4222` -> `nats://<redacted>@h:4222`,
 /// `u:p@h:4222` -> `<redacted>@h:4222`. For logs, errors and printed configurations.
 pub fn redact_url(url: &str) -> String {
+    // Credentials cannot hold an unescaped `@`, but a password may hold `/`, `?` or `#`: cut
+    // at the last `@` (a path holding one is redacted too: more, never less).
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    // The authority ends at the first `/`, `?` or `#`; credentials end at its last `@`.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let Some((_, host)) = authority.rsplit_once('@') else {
+    let Some((_, host)) = rest.rsplit_once('@') else {
         return url.to_owned();
     };
     match scheme {
-        Some(scheme) => format!("{scheme}://<redacted>@{host}{tail}"),
-        None => format!("<redacted>@{host}{tail}"),
+        Some(scheme) => format!("{scheme}://<redacted>@{host}"),
+        None => format!("<redacted>@{host}"),
     }
 }
 
@@ -66,7 +65,11 @@ mod redact_tests {
         assert_eq!(redact_url("u:p@h:4222"), "<redacted>@h:4222");
         assert_eq!(redact_url("tls://token@h"), "tls://<redacted>@h");
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
-        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+        assert_eq!(redact_url("http://h/a@b"), "http://<redacted>@b");
+        assert_eq!(
+            redact_url("nats://u:p/a?b#c@h:4222"),
+            "nats://<redacted>@h:4222"
+        );
         assert_eq!(redact_url("nats://a@b@h"), "nats://<redacted>@h");
     }
 }

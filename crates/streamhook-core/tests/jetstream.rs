@@ -441,6 +441,18 @@ async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
         append(&a, &stream_body(id, true, false)).await;
     }
     eventually("A delivers", || sink_a.count() == 5).await;
+    // A shares its cursor with its next renewal (each second).
+    let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
+    let cursors = js.get_key_value("STREAMHOOK_cursors").await.unwrap();
+    let mut shared = None;
+    for _ in 0..100 {
+        shared = cursors.get("app").await.unwrap();
+        if shared.as_deref() == Some(&b"6"[..]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(shared.as_deref(), Some(&b"6"[..]), "A shared its cursor");
     // A dies without a word: no cursor written at stop, no lease released.
     task_a.abort();
     let _ = task_a.await;
@@ -455,10 +467,7 @@ async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
     })
     .await;
     let got = sink_b.seqs();
-    assert!(got.iter().all(|s| *s >= 1 && *s <= 8), "{got:?}");
-    let mut sorted = got.clone();
-    sorted.sort_unstable();
-    assert_eq!(got, sorted, "in journal order: {got:?}");
+    assert_eq!(got, [6, 7, 8], "B resumed from the shared cursor, in order");
     stop_b.send(true).unwrap();
     task_b.await.unwrap();
 }
@@ -490,6 +499,18 @@ async fn pruning_the_shared_stream_keeps_what_sinks_need_and_each_resource_s_sta
     cursors.put("app", "5".into()).await.unwrap();
     cursors.put("other", "6".into()).await.unwrap();
     a.set_cursor("app", 5).unwrap();
+    // A configured sink that has no cursor yet has passed nothing.
+    let pinned = a
+        .prune_shared(
+            &["app".into(), "new".into()],
+            Some(Duration::ZERO),
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .expect("this receiver prunes");
+    assert_eq!((pinned.below, pinned.events), (0, 0));
     let pruned = a
         .prune_shared(&["app".into()], Some(Duration::ZERO), None, None)
         .await
@@ -528,10 +549,84 @@ async fn pruning_the_shared_stream_keeps_what_sinks_need_and_each_resource_s_sta
         .unwrap()
         .unwrap();
     assert!(pruned.histories >= 4, "{pruned:?}");
+    // The stream's newest messages are gone now: a new receiver still starts.
+    let dc = tempfile::tempdir().unwrap();
+    let c = replica(&nats, dc.path(), 1).await;
+    assert!(c.read_from(1, 100).unwrap().is_empty());
     let got = append(&b, &stream_body(2, true, false)).await;
     assert_eq!(
         kinds(&got),
         ["stream.started"],
         "stream 2's history was dropped"
     );
+}
+
+#[tokio::test]
+async fn dead_letters_move_with_the_sink_to_the_next_deliverer() {
+    let Some(bin) = nats_server_or_skip("jetstream: shared dead letters") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&nats, da.path(), 1).await;
+    let b = replica(&nats, db.path(), 1).await;
+    let router = everything(&["app"]);
+    a.set_cursor("app", 1).unwrap();
+    b.set_cursor("app", 1).unwrap();
+    // A's destination refuses everything: the event becomes a dead letter there.
+    let refusing = RecordingSink::new("app", common::Behaviour::Refuse);
+    let (stop_a, rx_a) = watch::channel(false);
+    let task_a = tokio::spawn(
+        Dispatcher::new(
+            a.clone(),
+            refusing.clone(),
+            Arc::clone(&router),
+            fast_policy(),
+        )
+        .run(rx_a),
+    );
+    let got = append(&a, &stream_body(1, true, false)).await;
+    eventually("a dead letter on A", || {
+        a.dead_letters(Some("app")).unwrap().len() == 1
+    })
+    .await;
+    // A stops cleanly (it shares its dead letters and lets the lease go); B takes over.
+    stop_a.send(true).unwrap();
+    task_a.await.unwrap();
+    let accepting = RecordingSink::new("app", common::Behaviour::Accept);
+    let (stop_b, rx_b) = watch::channel(false);
+    let task_b = tokio::spawn(
+        Dispatcher::new(
+            b.clone(),
+            accepting.clone(),
+            Arc::clone(&router),
+            fast_policy(),
+        )
+        .run(rx_b),
+    );
+    eventually("B lists A's dead letter", || {
+        b.dead_letters(Some("app"))
+            .unwrap()
+            .iter()
+            .any(|l| l.id == got.id.0)
+    })
+    .await;
+    assert_eq!(
+        accepting.count(),
+        0,
+        "a dead letter is not delivered by itself"
+    );
+    // Requeued on B, it is delivered there, and stops being a dead letter everywhere.
+    b.requeue("app", got.seq).unwrap();
+    eventually("B delivers the requeued event", || accepting.count() == 1).await;
+    stop_b.send(true).unwrap();
+    task_b.await.unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
+    let letters = js.get_key_value("STREAMHOOK_letters").await.unwrap();
+    let mut keys = letters.keys().await.unwrap();
+    let mut left = Vec::new();
+    while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
+        left.push(k.unwrap());
+    }
+    assert!(left.is_empty(), "nothing left shared: {left:?}");
 }

@@ -92,14 +92,21 @@ async fn post(client: &HttpClient, url: &hyper::Uri) -> bool {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(PAYLOAD.as_bytes())));
     let Ok(request) = request else { return false };
-    match client.request(request).await {
-        Ok(resp) => {
-            let ok = resp.status().is_success();
-            let _ = resp.into_body().collect().await;
-            ok
+    // A request unanswered for 30 s counts as failed: an overloaded server must not hang the
+    // run (seen with a connection closed at accept by the per-peer cap).
+    let exchange = async {
+        match client.request(request).await {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await;
+                ok
+            }
+            Err(_) => false,
         }
-        Err(_) => false,
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .unwrap_or(false)
 }
 
 /// What one load phase measured.

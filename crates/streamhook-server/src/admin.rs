@@ -398,6 +398,15 @@ async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBody>) -> Res
         );
     }
     match journal.replay(&body.sink, from).await {
+        // The sink's lease may have moved while the replay was handed over: then the replay
+        // was recorded in a mirror nobody delivers from. Say so rather than 200.
+        Ok(_) if !journal.delivers_here(&body.sink) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "sink {:?} moved to another receiver during the replay; ask the receiver that delivers it",
+                body.sink
+            ),
+        ),
         Ok(seq) => Json(json!({ "sink": body.sink, "from_seq": seq })).into_response(),
         Err(e) => journal_error(e),
     }

@@ -102,7 +102,8 @@ impl Server {
     pub async fn open(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let journal = match config.journal.jetstream() {
-            Some(remote) => {
+            Some(mut remote) => {
+                remote.history_max_age = config.retention.history_max_age;
                 info!(
                     urls = %config
                         .journal
