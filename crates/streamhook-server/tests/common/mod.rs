@@ -97,7 +97,7 @@ impl TestServer {
         let task = tokio::spawn(server.run_with(listener, Some(admin), async move {
             let _ = rx.await;
         }));
-        TestServer {
+        let server = TestServer {
             addr,
             admin: admin_addr,
             token,
@@ -105,7 +105,37 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
             journal,
+        };
+        if jetstream_mode() {
+            server.wait_until_delivering().await;
         }
+        server
+    }
+
+    /// On the JetStream journal, waits (at most 20 s) until this receiver holds every sink's
+    /// lease, as a single-host server delivers from the start: tests then ask it for replays
+    /// and requeues as they would a single-host one.
+    async fn wait_until_delivering(&self) {
+        for _ in 0..2000 {
+            let status: serde_json::Value = client()
+                .get(self.admin_url("/admin/status"))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let sinks = status["sinks"].as_array().cloned().unwrap_or_default();
+            if sinks
+                .iter()
+                .all(|s| s["delivering_here"] == serde_json::json!(true))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the receiver did not take its sinks' leases within 20 s");
     }
 
     pub fn url(&self, path: &str) -> String {
