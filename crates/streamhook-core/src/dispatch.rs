@@ -416,17 +416,17 @@ impl Dispatcher {
                     }
                 }
                 let left = (renewed + margin).saturating_duration_since(Instant::now());
-                // Dead letters before the cursor: a cursor shared past an event whose dead
-                // letter was not would lose it for the next deliverer.
-                let share = async {
-                    if self
-                        .push_letters(&remote, &name, &mut letters, &mut letters_shared)
-                        .await
-                    {
-                        self.push_cursor(&remote, &name, &mut pushed).await;
-                    }
-                };
-                if tokio::time::timeout(left, share).await.is_err() {
+                let shared = self
+                    .share_state(
+                        &remote,
+                        &name,
+                        &mut letters,
+                        &mut letters_shared,
+                        &mut pushed,
+                        left,
+                    )
+                    .await;
+                if !shared {
                     tracing::warn!(sink = %name, "sharing the cursor and dead letters timed out (retried)");
                 }
             };
@@ -437,18 +437,18 @@ impl Dispatcher {
             if renewed.elapsed() < margin {
                 // Still ours: write the final cursor, then let the next receiver take over at
                 // once instead of after the lease's expiry.
-                // Dead letters before the cursor: a cursor shared past an event whose dead
-                // letter was not would lose it for the next deliverer.
                 let left = (renewed + margin).saturating_duration_since(Instant::now());
-                let share = async {
-                    if self
-                        .push_letters(&remote, &name, &mut letters, &mut letters_shared)
-                        .await
-                    {
-                        self.push_cursor(&remote, &name, &mut pushed).await;
-                    }
-                };
-                if tokio::time::timeout(left, share).await.is_ok() {
+                if self
+                    .share_state(
+                        &remote,
+                        &name,
+                        &mut letters,
+                        &mut letters_shared,
+                        &mut pushed,
+                        left,
+                    )
+                    .await
+                {
                     remote.release_lease(&name, revision).await;
                 }
             }
@@ -456,6 +456,30 @@ impl Dispatcher {
                 return;
             }
         }
+    }
+
+    /// Shares the sink's dead letters, then (only if they were shared) its cursor, within
+    /// `within`: a cursor shared past an event whose dead letter was not would lose it for the
+    /// next deliverer. False when it did not finish in time.
+    #[cfg(feature = "jetstream")]
+    async fn share_state(
+        &self,
+        remote: &crate::jetstream::Remote,
+        name: &str,
+        letters: &mut crate::jetstream::LetterSnapshot,
+        letters_shared: &mut u64,
+        pushed: &mut Option<u64>,
+        within: Duration,
+    ) -> bool {
+        let share = async {
+            if self
+                .push_letters(remote, name, letters, letters_shared)
+                .await
+            {
+                self.push_cursor(remote, name, pushed).await;
+            }
+        };
+        tokio::time::timeout(within, share).await.is_ok()
     }
 
     /// Shares the sink's dead letters and requeued events when they changed (any change in

@@ -30,6 +30,17 @@ async fn replica(nats: &Nats, dir: &std::path::Path, replicas: usize) -> Journal
     .unwrap()
 }
 
+/// Waits (at most 5 s) until some receiver holds the sink's lease.
+async fn wait_for_lease(journal: &Journal, sink: &str) {
+    for _ in 0..200 {
+        if journal.lease_holder(sink).await.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nobody took the free lease of {sink} within 5 s");
+}
+
 fn kinds(appended: &streamhook_core::Appended) -> Vec<String> {
     appended.kinds.iter().map(|k| k.to_string()).collect()
 }
@@ -275,15 +286,7 @@ async fn a_sink_is_delivered_by_one_receiver_and_fails_over_with_its_cursor() {
         )
         .run(rx_a),
     );
-    let mut holder = None;
-    for _ in 0..200 {
-        holder = a.lease_holder("app").await;
-        if holder.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(holder.is_some(), "A takes the free lease");
+    wait_for_lease(&a, "app").await;
     let task_b = tokio::spawn(
         Dispatcher::new(
             b.clone(),
@@ -418,15 +421,7 @@ async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
         )
         .run(rx_a),
     );
-    let mut holder = None;
-    for _ in 0..200 {
-        holder = a.lease_holder("app").await;
-        if holder.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(holder.is_some());
+    wait_for_lease(&a, "app").await;
     let (stop_b, rx_b) = watch::channel(false);
     let task_b = tokio::spawn(
         Dispatcher::new(
