@@ -111,21 +111,31 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Which build of the binaries the package holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Optimised (`--release`): the package to install.
+    Release,
+    /// The test build's binaries (unoptimised), for checking the package's layout, units, man
+    /// pages and maintainer scripts without a second full build: what `cargo xtask ci` does.
+    Check,
+}
+
 /// Builds `target/dist/streamhook_VERSION_ARCH.deb` and returns its path.
-pub fn dist() -> Result<PathBuf> {
+pub fn dist(build: Build) -> Result<PathBuf> {
     let root = project_root();
-    cargo(
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "streamhook-server",
-            "-p",
-            "streamhook-cli",
-        ],
-        &[],
-    )?;
+    let mut args = vec!["build"];
+    if build == Build::Release {
+        args.push("--release");
+    }
+    args.extend([
+        "--locked",
+        "-p",
+        "streamhook-server",
+        "-p",
+        "streamhook-cli",
+    ]);
+    cargo(&args, &[])?;
     let version = workspace_version(&root)?;
     let version = version.as_str();
     let arch = String::from_utf8(run(Command::new("dpkg").arg("--print-architecture"))?)?
@@ -134,7 +144,10 @@ pub fn dist() -> Result<PathBuf> {
     let out = root.join("target/dist");
     let stage = out.join(format!("streamhook_{version}_{arch}"));
     let _ = std::fs::remove_dir_all(&stage);
-    let release = root.join("target/release");
+    let release = root.join(match build {
+        Build::Release => "target/release",
+        Build::Check => "target/debug",
+    });
 
     for bin in ["streamhook-server", "streamhook"] {
         let bytes =
@@ -299,7 +312,13 @@ fi
         .arg(&stage)
         .arg(&deb))?;
     check(&deb)?;
-    eprintln!("dist: {}", deb.display());
+    match build {
+        Build::Release => eprintln!("dist: {}", deb.display()),
+        Build::Check => eprintln!(
+            "dist: {} checked (unoptimised binaries: `cargo xtask dist` builds the release package)",
+            deb.display()
+        ),
+    }
     Ok(deb)
 }
 

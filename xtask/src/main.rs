@@ -33,7 +33,9 @@ Tasks:
             (in a terminal), then show what each sink received and stop
   dist      build the Debian package target/dist/streamhook_VERSION_ARCH.deb
             (release binaries, systemd units, /etc/streamhook config, man pages,
-            shell completions) with dpkg-deb, and check its file list
+            shell completions) with dpkg-deb, and check its file list;
+            `dist --check` packages the unoptimised test build instead (what
+            `ci` does: the layout, units and scripts, without a release build)
 
 Fault runs against the real server binary (add --release to build optimised):
   crash-test [--cycles N]           SIGKILL under load, N times (default 20);
@@ -93,7 +95,12 @@ fn main() -> Result<()> {
             tools::ensure_nats_server()?;
             harness(&["ha"], &rest).map(drop)
         }
-        "dist" => dist::dist().map(drop),
+        "dist" => dist::dist(if rest.iter().any(|a| a == "--check") {
+            dist::Build::Check
+        } else {
+            dist::Build::Release
+        })
+        .map(drop),
         "faults" => faults_short(&rest).map(drop),
         "fuzz" => fuzz(&rest),
         "bench" => bench(&rest),
@@ -147,11 +154,14 @@ fn ci(args: &[String]) -> Result<()> {
         )?;
     }
     check_types_crate_is_pure()?;
+    check_unsafe_is_audited()?;
     tools::ensure_nats_server()?;
     test_with_snapshot_checks()?;
     server_suites_on_jetstream()?;
     let skipped = faults_short(&[])?;
-    dist::dist()?;
+    // The package's layout, units, man pages and scripts are checked with the test build's
+    // binaries: a second, optimised build of both would cost CI minutes and check nothing more.
+    dist::dist(dist::Build::Check)?;
     if skipped.is_empty() {
         eprintln!("xtask ci: all checks passed");
     } else {
@@ -284,6 +294,46 @@ fn check_types_crate_is_pure() -> Result<()> {
         }
     }
     eprintln!("streamhook-types: no I/O or async dependencies");
+    Ok(())
+}
+
+/// `unsafe_code` is `deny` (not `forbid`) for one audited call: any other `unsafe` in the
+/// workspace's sources fails CI.
+fn check_unsafe_is_audited() -> Result<()> {
+    const ALLOWED: &str = "crates/streamhook-server/src/main.rs";
+    let root = project_root();
+    let mut found = Vec::new();
+    let mut stack = vec![root.join("crates"), root.join("xtask")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path
+                    .strip_prefix(&root)?
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                let text = std::fs::read_to_string(&path)?;
+                // Spelled in two parts so that this file does not count itself.
+                let count = [concat!("unsafe", " {"), concat!("unsafe", " fn")]
+                    .iter()
+                    .map(|p| text.matches(p).count())
+                    .sum::<usize>();
+                let allowed = if rel == ALLOWED { 1 } else { 0 };
+                if count > allowed {
+                    found.push(format!("{rel} ({count})"));
+                }
+            }
+        }
+    }
+    if !found.is_empty() {
+        bail!(
+            "`unsafe` outside the one audited call ({ALLOWED}): {}",
+            found.join(", ")
+        );
+    }
+    eprintln!("unsafe: only the audited mallopt call");
     Ok(())
 }
 
