@@ -77,6 +77,28 @@ pub const NOTES_MARKER: &str = "<!-- notes below are kept by cargo xtask bench -
 
 const PAYLOAD: &str = include_str!("../../../fixtures/seed/15-video-processed.json");
 
+/// The video ids the load spreads over: each request carries the next, as Gcore's traffic
+/// spreads over many streams and videos (one id would serialise the replicated journal's
+/// appends, its worst case).
+pub const RESOURCES: u32 = 1000;
+
+/// The seed payload once per resource, the id the only difference (same length).
+fn bodies() -> &'static [Bytes] {
+    static BODIES: std::sync::OnceLock<Vec<Bytes>> = std::sync::OnceLock::new();
+    BODIES.get_or_init(|| {
+        (0..RESOURCES)
+            .map(|i| Bytes::from(PAYLOAD.replace("784280", &(784_280 + i).to_string())))
+            .collect()
+    })
+}
+
+/// The next request's body (round-robin over the resources).
+fn next_body() -> Bytes {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let all = bodies();
+    all[(NEXT.fetch_add(1, Ordering::Relaxed) % all.len() as u64) as usize].clone()
+}
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 fn client(connections: usize) -> HttpClient {
@@ -90,7 +112,7 @@ fn client(connections: usize) -> HttpClient {
 async fn post(client: &HttpClient, url: &hyper::Uri) -> bool {
     let request = hyper::Request::post(url.clone())
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(PAYLOAD.as_bytes())));
+        .body(Full::new(next_body()));
     let Ok(request) = request else { return false };
     // A request unanswered for 30 s counts as failed: an overloaded server must not hang the
     // run (seen with a connection closed at accept by the per-peer cap).
@@ -286,6 +308,24 @@ impl Measured {
         self.child.kill()?;
         bail!("the process did not stop on SIGTERM")
     }
+}
+
+/// The kernel's dirty and under-writeback pages (MiB, from `/proc/vmstat`), then `sync`: what
+/// earlier work left for the disk, and how long writing it took (s).
+fn write_back_dirty_pages() -> (f64, f64) {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    let pages: u64 = vmstat
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| *k == "nr_dirty" || *k == "nr_writeback")
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum();
+    let start = Instant::now();
+    let _ = Command::new("sync").status();
+    (
+        pages as f64 * 4096.0 / 1048576.0,
+        start.elapsed().as_secs_f64(),
+    )
 }
 
 async fn wait_ready(port: u16, path: &str) -> Result<Duration> {
@@ -738,10 +778,18 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
             wait_ready(c.ready.0, &c.ready.1).await?;
         }
     }
+    let mut dirty_before_turns = Vec::new();
     for round in 1..=o.rounds {
         for c in &mut contenders {
             eprintln!("bench: intake round {round}/{}: {}", o.rounds, c.name);
+            // Earlier turns' data goes to the disk now, not during this turn (the kernel
+            // writes dirty pages back some 30 s later; one server's writeback slowed the next).
+            dirty_before_turns.push(write_back_dirty_pages());
             let closed = closed_loop(&c.url, o.connections, o.seconds).await?;
+            // The fixed rate measures a steady state: the closed loop's backlog drained first.
+            if let Some((admin, sink)) = c.admin {
+                wait_caught_up(admin, sink, Duration::from_secs(300)).await?;
+            }
             let fixed = fixed_rate(&c.url, o.rate, o.seconds).await?;
             c.rounds.push((closed, fixed));
             if let Some((admin, sink)) = c.admin {
@@ -980,13 +1028,14 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     );
     let _ = writeln!(
         report,
-        "the payload is the seed page's \"video completely processed\" ({} bytes).\n",
-        PAYLOAD.len()
+        "the payload is the seed page's \"video completely processed\" ({} bytes), each request carrying the next of {} video ids in turn, as Gcore's traffic spreads over many videos and streams.\n",
+        PAYLOAD.len(),
+        RESOURCES
     );
     let _ = writeln!(report, "## Intake\n");
     let _ = writeln!(
         report,
-        "Every server runs at once and is measured in turns, {} rounds: {} connections back to back for {} s, then a fixed {} requests/s for {} s (latency timed from when each request was due); after each turn, streamhook's sinks catch up (their lag, from `/readyz`, reaches 0), then {} s idle, so no server drains a backlog during another's turn. Figures per round, in order.\n",
+        "Every server runs at once and is measured in turns, {} rounds: `sync` (the disk writes what earlier turns left, so no turn pays for another's writeback), {} connections back to back for {} s, streamhook's sinks catch up (their lag, from `/readyz`, reaches 0), then a fixed {} requests/s for {} s (latency timed from when each request was due: a steady state, no backlog draining), the sinks catch up again, then {} s idle. Figures per round, in order.\n",
         o.rounds, o.connections, o.seconds, o.rate, o.seconds, o.gap
     );
     let _ = writeln!(
@@ -1024,6 +1073,12 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
             r.peak_rss
         );
     }
+    let dirty_max = dirty_before_turns.iter().map(|d| d.0).fold(0.0, f64::max);
+    let sync_max = dirty_before_turns.iter().map(|d| d.1).fold(0.0, f64::max);
+    let _ = writeln!(
+        report,
+        "\nBefore the turns the kernel held up to {dirty_max:.1} MiB of dirty data; `sync` took up to {sync_max:.2} s."
+    );
     if let Some(why) = &webhook_row {
         let _ = writeln!(report, "\nadnanh/webhook: no row ({why}).");
     }
