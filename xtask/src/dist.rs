@@ -116,8 +116,10 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
 pub enum Build {
     /// Optimised (`--release`): the package to install.
     Release,
-    /// The test build's binaries (unoptimised), for checking the package's layout, units, man
-    /// pages and maintainer scripts without a second full build: what `cargo xtask ci` does.
+    /// Unoptimised binaries (the dev profile, mostly built already by the tests), for checking
+    /// the package's layout, units, man pages and maintainer scripts without an optimised
+    /// build: what `cargo xtask ci` does. Written to `target/dist-check/` and removed once
+    /// checked, so that it cannot be mistaken for the package to install.
     Check,
 }
 
@@ -141,7 +143,10 @@ pub fn dist(build: Build) -> Result<PathBuf> {
     let arch = String::from_utf8(run(Command::new("dpkg").arg("--print-architecture"))?)?
         .trim()
         .to_owned();
-    let out = root.join("target/dist");
+    let out = root.join(match build {
+        Build::Release => "target/dist",
+        Build::Check => "target/dist-check",
+    });
     let stage = out.join(format!("streamhook_{version}_{arch}"));
     let _ = std::fs::remove_dir_all(&stage);
     let release = root.join(match build {
@@ -314,10 +319,12 @@ fi
     check(&deb)?;
     match build {
         Build::Release => eprintln!("dist: {}", deb.display()),
-        Build::Check => eprintln!(
-            "dist: {} checked (unoptimised binaries: `cargo xtask dist` builds the release package)",
-            deb.display()
-        ),
+        Build::Check => {
+            std::fs::remove_dir_all(&out)?;
+            eprintln!(
+                "dist: the package of the unoptimised build checked and removed (`cargo xtask dist` builds the one to install)"
+            );
+        }
     }
     Ok(deb)
 }

@@ -34,8 +34,9 @@ Tasks:
   dist      build the Debian package target/dist/streamhook_VERSION_ARCH.deb
             (release binaries, systemd units, /etc/streamhook config, man pages,
             shell completions) with dpkg-deb, and check its file list;
-            `dist --check` packages the unoptimised test build instead (what
-            `ci` does: the layout, units and scripts, without a release build)
+            `dist --check` packages an unoptimised build instead, checks it and
+            removes it (what `ci` does: the layout, units and scripts, without
+            an optimised build)
 
 Fault runs against the real server binary (add --release to build optimised):
   crash-test [--cycles N]           SIGKILL under load, N times (default 20);
@@ -159,8 +160,9 @@ fn ci(args: &[String]) -> Result<()> {
     test_with_snapshot_checks()?;
     server_suites_on_jetstream()?;
     let skipped = faults_short(&[])?;
-    // The package's layout, units, man pages and scripts are checked with the test build's
-    // binaries: a second, optimised build of both would cost CI minutes and check nothing more.
+    // The package's layout, units, man pages and scripts are checked with unoptimised binaries
+    // (the dev profile the tests built): an optimised build of both would cost CI minutes and
+    // check nothing more.
     dist::dist(dist::Build::Check)?;
     if skipped.is_empty() {
         eprintln!("xtask ci: all checks passed");
@@ -297,44 +299,89 @@ fn check_types_crate_is_pure() -> Result<()> {
     Ok(())
 }
 
-/// `unsafe_code` is `deny` (not `forbid`) for one audited call: any other `unsafe` in the
-/// workspace's sources fails CI.
+/// The workspace denies `unsafe_code` (not `forbid`) for one audited call, the server binary's
+/// `mallopt`. `deny` gives way only to a lint attribute, a manifest's lint table or a compiler
+/// flag, so CI checks all three: the lint's name appears in exactly one tracked `.rs` file, once
+/// (that call's `allow`); every member's manifest takes the workspace's lints and names no lint
+/// of its own; no cargo config passes lint flags. The fuzz crate, outside the workspace and
+/// its lints, must not contain the word at all.
 fn check_unsafe_is_audited() -> Result<()> {
     const ALLOWED: &str = "crates/streamhook-server/src/main.rs";
+    // Spelled in parts so that this file does not match itself.
+    let lint = concat!("unsafe", "_code");
+    let keyword = concat!("uns", "afe");
     let root = project_root();
-    let mut found = Vec::new();
-    let mut stack = vec![root.join("crates"), root.join("xtask")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let rel = path
-                    .strip_prefix(&root)?
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                let text = std::fs::read_to_string(&path)?;
-                // Spelled in two parts so that this file does not count itself.
-                let count = [concat!("unsafe", " {"), concat!("unsafe", " fn")]
-                    .iter()
-                    .map(|p| text.matches(p).count())
-                    .sum::<usize>();
-                let allowed = if rel == ALLOWED { 1 } else { 0 };
-                if count > allowed {
-                    found.push(format!("{rel} ({count})"));
+    let files = run_git(&root, &["ls-files", "*.rs", "*Cargo.toml", ".cargo/*"])?;
+    let mut problems = Vec::new();
+    let mut allows = 0;
+    for rel in files.lines() {
+        let text = std::fs::read_to_string(root.join(rel)).unwrap_or_default();
+        if rel.ends_with(".rs") {
+            if rel.starts_with("fuzz/") {
+                if text.contains(keyword) {
+                    problems.push(format!("{rel}: `{keyword}` in the fuzz crate"));
                 }
+                continue;
+            }
+            let n = text.matches(lint).count();
+            if rel == ALLOWED {
+                allows += n;
+            } else if n > 0 {
+                problems.push(format!("{rel}: names `{lint}`"));
+            }
+        } else if rel == "Cargo.toml" {
+            if !text.contains(&format!("{lint} = \"deny\""))
+                && !text.contains(&format!("{lint} = \"forbid\""))
+            {
+                problems.push(format!(
+                    "Cargo.toml: the workspace no longer denies `{lint}`"
+                ));
+            }
+        } else if rel.starts_with(".cargo/") {
+            if text.contains(lint) || text.contains("cap-lints") {
+                problems.push(format!("{rel}: passes lint flags"));
+            }
+        } else if !rel.starts_with("fuzz/") {
+            let takes_workspace = text
+                .split("[lints]")
+                .nth(1)
+                .is_some_and(|t| t.trim_start().starts_with("workspace = true"));
+            if !takes_workspace || text.contains(lint) {
+                problems.push(format!(
+                    "{rel}: must have `[lints] workspace = true` and no lint of its own"
+                ));
             }
         }
     }
-    if !found.is_empty() {
+    if allows != 1 {
+        problems.push(format!(
+            "{ALLOWED}: {allows} `allow({lint})`, expected exactly 1 (the mallopt call)"
+        ));
+    }
+    if !problems.is_empty() {
         bail!(
-            "`unsafe` outside the one audited call ({ALLOWED}): {}",
-            found.join(", ")
+            "`{keyword}` outside the one audited call:\n  {}",
+            problems.join("\n  ")
         );
     }
-    eprintln!("unsafe: only the audited mallopt call");
+    eprintln!("{keyword}: only the audited mallopt call");
     Ok(())
+}
+
+fn run_git(root: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .current_dir(root)
+        .args(args)
+        .output()
+        .context("could not run git")?;
+    if !out.status.success() {
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Builds the server and the harness, then runs one fault run; `--release` builds optimised.

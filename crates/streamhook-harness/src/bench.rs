@@ -109,10 +109,10 @@ fn client(connections: usize) -> HttpClient {
         .build(connector)
 }
 
-async fn post(client: &HttpClient, url: &hyper::Uri) -> bool {
+async fn post(client: &HttpClient, url: &hyper::Uri, body: Bytes) -> bool {
     let request = hyper::Request::post(url.clone())
         .header("content-type", "application/json")
-        .body(Full::new(next_body()));
+        .body(Full::new(body));
     let Ok(request) = request else { return false };
     // A request unanswered for 30 s counts as failed: an overloaded server must not hang the
     // run (seen with a connection closed at accept by the per-peer cap).
@@ -150,44 +150,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
 }
 
-/// `connections` clients sending back to back for `seconds`.
-pub async fn closed_loop(url: &str, connections: usize, seconds: u64) -> Result<Phase> {
-    let uri: hyper::Uri = url.parse()?;
-    let client = client(connections);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let errors = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (client, uri, errors) = (client.clone(), uri.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut h = histogram();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    if post(&client, &uri).await {
-                        let _ = h.record(t.elapsed().as_micros() as u64);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                h
-            })
-        })
-        .collect();
-    let mut all = histogram();
-    for t in tasks {
-        all.add(t.await?)?;
-    }
-    let took = start.elapsed().as_secs_f64();
-    Ok(Phase {
-        rps: all.len() as f64 / took,
-        p50: all.value_at_quantile(0.5),
-        p99: all.value_at_quantile(0.99),
-        max: all.max(),
-        errors: errors.load(Ordering::Relaxed),
-    })
-}
-
 /// `rate` requests per second for `seconds`, each timed from when it was due (so a stall
 /// counts against every request it delays: no coordinated omission).
 pub async fn fixed_rate(url: &str, rate: u64, seconds: u64) -> Result<Phase> {
@@ -202,7 +164,7 @@ pub async fn fixed_rate(url: &str, rate: u64, seconds: u64) -> Result<Phase> {
         tokio::time::sleep_until(due).await;
         let (client, uri, tx) = (client.clone(), uri.clone(), tx.clone());
         tokio::spawn(async move {
-            let ok = post(&client, &uri).await;
+            let ok = post(&client, &uri, next_body()).await;
             let _ = tx.send(ok.then(|| due.elapsed().as_micros() as u64));
         });
     }
@@ -310,22 +272,25 @@ impl Measured {
     }
 }
 
-/// The kernel's dirty and under-writeback pages (MiB, from `/proc/vmstat`), then `sync`: what
-/// earlier work left for the disk, and how long writing it took (s).
-fn write_back_dirty_pages() -> (f64, f64) {
-    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
-    let pages: u64 = vmstat
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(k, _)| *k == "nr_dirty" || *k == "nr_writeback")
-        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
-        .sum();
+/// The kernel's dirty and under-writeback data (MiB, `Dirty:` + `Writeback:` in
+/// `/proc/meminfo`), then `sync`: what earlier work left for the disk, and how long writing it
+/// took (s). `None` when either cannot be had (no /proc, `sync` failed).
+fn write_back_dirty_pages() -> Option<(f64, f64)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        meminfo.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    let kb = field("Dirty:")? + field("Writeback:")?;
     let start = Instant::now();
-    let _ = Command::new("sync").status();
-    (
-        pages as f64 * 4096.0 / 1048576.0,
-        start.elapsed().as_secs_f64(),
-    )
+    let synced = Command::new("sync").status().ok()?.success();
+    synced.then(|| (kb as f64 / 1024.0, start.elapsed().as_secs_f64()))
 }
 
 async fn wait_ready(port: u16, path: &str) -> Result<Duration> {
@@ -478,7 +443,7 @@ async fn sequential(url: &str, n: u64) -> Result<()> {
     let uri: hyper::Uri = url.parse()?;
     let client = client(1);
     for _ in 0..n {
-        if !post(&client, &uri).await {
+        if !post(&client, &uri, Bytes::from_static(PAYLOAD.as_bytes())).await {
             bail!("a request to {url} failed");
         }
     }
@@ -786,10 +751,12 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
             // writes dirty pages back some 30 s later; one server's writeback slowed the next).
             dirty_before_turns.push(write_back_dirty_pages());
             let closed = closed_loop(&c.url, o.connections, o.seconds).await?;
-            // The fixed rate measures a steady state: the closed loop's backlog drained first.
+            // The fixed rate measures a steady state: the closed loop's backlog drained and
+            // its data written out first.
             if let Some((admin, sink)) = c.admin {
                 wait_caught_up(admin, sink, Duration::from_secs(300)).await?;
             }
+            dirty_before_turns.push(write_back_dirty_pages());
             let fixed = fixed_rate(&c.url, o.rate, o.seconds).await?;
             c.rounds.push((closed, fixed));
             if let Some((admin, sink)) = c.admin {
@@ -1035,7 +1002,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     let _ = writeln!(report, "## Intake\n");
     let _ = writeln!(
         report,
-        "Every server runs at once and is measured in turns, {} rounds: `sync` (the disk writes what earlier turns left, so no turn pays for another's writeback), {} connections back to back for {} s, streamhook's sinks catch up (their lag, from `/readyz`, reaches 0), then a fixed {} requests/s for {} s (latency timed from when each request was due: a steady state, no backlog draining), the sinks catch up again, then {} s idle. Figures per round, in order.\n",
+        "Every server runs at once and is measured in turns, {} rounds: `sync` (the disk writes what earlier work left, so no phase pays for another's writeback), {} connections back to back for {} s, streamhook's sinks catch up (their lag, from `/readyz`, reaches 0), `sync` again, then a fixed {} requests/s for {} s (latency timed from when each request was due: a steady state, no backlog draining), the sinks catch up again, then {} s idle. Figures per round, in order.\n",
         o.rounds, o.connections, o.seconds, o.rate, o.seconds, o.gap
     );
     let _ = writeln!(
@@ -1073,12 +1040,20 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
             r.peak_rss
         );
     }
-    let dirty_max = dirty_before_turns.iter().map(|d| d.0).fold(0.0, f64::max);
-    let sync_max = dirty_before_turns.iter().map(|d| d.1).fold(0.0, f64::max);
-    let _ = writeln!(
-        report,
-        "\nBefore the turns the kernel held up to {dirty_max:.1} MiB of dirty data; `sync` took up to {sync_max:.2} s."
-    );
+    if dirty_before_turns.iter().all(Option::is_some) {
+        let all: Vec<(f64, f64)> = dirty_before_turns.iter().flatten().copied().collect();
+        let dirty_max = all.iter().map(|d| d.0).fold(0.0, f64::max);
+        let sync_max = all.iter().map(|d| d.1).fold(0.0, f64::max);
+        let _ = writeln!(
+            report,
+            "\nBefore each phase the kernel held up to {dirty_max:.1} MiB of dirty data (`Dirty` + `Writeback` in /proc/meminfo); `sync` took up to {sync_max:.2} s."
+        );
+    } else {
+        let _ = writeln!(
+            report,
+            "\nThe dirty data before each phase is unavailable here (no /proc/meminfo, or `sync` failed): turns may have paid for each other's writeback."
+        );
+    }
     if let Some(why) = &webhook_row {
         let _ = writeln!(report, "\nadnanh/webhook: no row ({why}).");
     }
@@ -1134,7 +1109,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         Ok(figures) => {
             let _ = writeln!(
                 report,
-                "valgrind's callgrind counts the server's instructions (every thread) over {} requests sent one after another on one connection, after 100 for warm-up: a figure that does not move with the machine's load. With one request at a time, every append is its own commit.\n",
+                "valgrind's callgrind counts the server's instructions (every thread) over {} requests sent one after another on one connection, after 100 for warm-up, all naming the same video: a figure that does not move with the machine's load. With one request at a time, every append is its own commit.\n",
                 o.callgrind_requests
             );
             let _ = writeln!(
@@ -1303,4 +1278,64 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     print!("{report}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_spreads_over_distinct_video_ids_with_the_seed_bodys_length() {
+        let bodies = bodies();
+        assert_eq!(bodies.len(), RESOURCES as usize);
+        let distinct: std::collections::HashSet<&Bytes> = bodies.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            bodies.len(),
+            "each body names its own video"
+        );
+        for (i, b) in bodies.iter().enumerate() {
+            assert_eq!(b.len(), PAYLOAD.len());
+            let v: serde_json::Value = serde_json::from_slice(b).expect("valid JSON");
+            assert_eq!(v["message"]["video"]["id"], 784_280 + i as u64);
+        }
+    }
+}
+
+/// `connections` clients sending back to back for `seconds`.
+pub async fn closed_loop(url: &str, connections: usize, seconds: u64) -> Result<Phase> {
+    let uri: hyper::Uri = url.parse()?;
+    let client = client(connections);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let errors = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (client, uri, errors) = (client.clone(), uri.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut h = histogram();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if post(&client, &uri, next_body()).await {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    let mut all = histogram();
+    for t in tasks {
+        all.add(t.await?)?;
+    }
+    let took = start.elapsed().as_secs_f64();
+    Ok(Phase {
+        rps: all.len() as f64 / took,
+        p50: all.value_at_quantile(0.5),
+        p99: all.value_at_quantile(0.99),
+        max: all.max(),
+        errors: errors.load(Ordering::Relaxed),
+    })
 }

@@ -73,7 +73,7 @@ enum Run {
     Bench(bench::BenchOptions),
     /// Load a URL and report requests/s and latency (closed loop, or a fixed --rate).
     Load {
-        /// Where to POST the seed video payload.
+        /// Where to POST the seed video payload (its id one of 1,000 in turn).
         #[arg(long)]
         url: String,
         /// Connections.

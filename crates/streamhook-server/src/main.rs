@@ -11,7 +11,7 @@ use streamhook_server::{Args, Config, LogFormat, Server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    let arenas = limit_malloc_arenas();
     if let Some(code) = generate() {
         return code;
     }
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
+    tracing::debug!("{arenas}");
     // Sockets passed by the service manager (socket activation), taken before any thread
     // starts (the protocol's variables are read, and may be unset, here).
     let inherited = match streamhook_server::systemd::inherited_listeners() {
@@ -70,28 +71,38 @@ fn main() -> ExitCode {
 }
 
 /// glibc's malloc gives every thread that allocates under contention an arena of its own (up to
-/// eight per core) and keeps the memory freed in each: with the HTTP workers, the journal's
-/// writer and the sinks' threads, the bench's http-sink server held 68-72 MiB for 25 MiB of
-/// live heap (heaptrack). Two arenas: 43-49 MiB, the same throughput (docs/performance.md).
-/// An operator's own `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` wins.
+/// eight per core) and keeps the memory freed in each: in an http-sink load the server held
+/// 70 MiB for 25 MiB of live heap (heaptrack); with two arenas 56 MiB, the same throughput
+/// (docs/performance.md). An operator's own `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` arena
+/// setting wins. Returns what was chosen, for the log.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+fn limit_malloc_arenas() -> &'static str {
+    // glibc reads the variable only when it is a positive number.
+    let tuned = std::env::var("MALLOC_ARENA_MAX")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
         || std::env::var_os("GLIBC_TUNABLES")
-            .is_some_and(|v| v.to_string_lossy().contains("arena_max"));
-    if !tuned {
-        // The project's one `unsafe` (`cargo xtask ci` checks there is no other).
-        // SAFETY: `mallopt` only sets an allocator parameter; it is called first thing in
-        // `main`, before this process starts any thread, and takes no pointer.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
+            .is_some_and(|v| v.to_string_lossy().contains("glibc.malloc.arena_max="));
+    if tuned {
+        return "malloc arenas: as MALLOC_ARENA_MAX / GLIBC_TUNABLES set";
+    }
+    // The project's one `unsafe` (`cargo xtask ci` checks there is no other).
+    // SAFETY: `mallopt` only sets an allocator parameter; it is called first thing in `main`,
+    // before this process starts any thread, and takes no pointer.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } == 1;
+    if ok {
+        "malloc arenas: at most 2 (set MALLOC_ARENA_MAX to choose)"
+    } else {
+        "malloc arenas: glibc's default (mallopt refused the limit of 2)"
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn limit_malloc_arenas() -> &'static str {
+    "malloc arenas: the platform's allocator"
+}
 
 /// `streamhook-server --generate man|complete-bash|complete-zsh|complete-fish`: a man page or
 /// a completion script on stdout, for packagers (hidden from `--help`; needs no config).
