@@ -299,7 +299,7 @@ fn check_types_crate_is_pure() -> Result<()> {
     Ok(())
 }
 
-/// The workspace denies `unsafe_code` (not `forbid`) for one audited call, the server binary's
+/// The workspace denies unsafe code (`deny`, not `forbid`) for one audited call, the server binary's
 /// `mallopt`. `deny` gives way only to a lint attribute, a manifest's lint table or a compiler
 /// flag, so CI checks all three: the lint's name appears in exactly one tracked `.rs` file, once
 /// (that call's `allow`); every member's manifest takes the workspace's lints and names no lint
