@@ -1280,28 +1280,6 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_load_spreads_over_distinct_video_ids_with_the_seed_bodys_length() {
-        let bodies = bodies();
-        assert_eq!(bodies.len(), RESOURCES as usize);
-        let distinct: std::collections::HashSet<&Bytes> = bodies.iter().collect();
-        assert_eq!(
-            distinct.len(),
-            bodies.len(),
-            "each body names its own video"
-        );
-        for (i, b) in bodies.iter().enumerate() {
-            assert_eq!(b.len(), PAYLOAD.len());
-            let v: serde_json::Value = serde_json::from_slice(b).expect("valid JSON");
-            assert_eq!(v["message"]["video"]["id"], 784_280 + i as u64);
-        }
-    }
-}
-
 /// `connections` clients sending back to back for `seconds`.
 pub async fn closed_loop(url: &str, connections: usize, seconds: u64) -> Result<Phase> {
     let uri: hyper::Uri = url.parse()?;
@@ -1338,4 +1316,26 @@ pub async fn closed_loop(url: &str, connections: usize, seconds: u64) -> Result<
         max: all.max(),
         errors: errors.load(Ordering::Relaxed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_spreads_over_distinct_video_ids_with_the_seed_bodys_length() {
+        let bodies = bodies();
+        assert_eq!(bodies.len(), RESOURCES as usize);
+        let distinct: std::collections::HashSet<&Bytes> = bodies.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            bodies.len(),
+            "each body names its own video"
+        );
+        for (i, b) in bodies.iter().enumerate() {
+            assert_eq!(b.len(), PAYLOAD.len());
+            let v: serde_json::Value = serde_json::from_slice(b).expect("valid JSON");
+            assert_eq!(v["message"]["video"]["id"], 784_280 + i as u64);
+        }
+    }
 }
