@@ -379,6 +379,28 @@ struct Contender {
     rounds: Vec<(Phase, Phase)>,
 }
 
+/// A streamhook server in the intake comparison: `config` (its sinks and journal) in `dir`,
+/// the admin listener on (for its sink's lag), `sink` the sink to wait for.
+fn streamhook_contender(
+    o: &BenchOptions,
+    name: &str,
+    dir: &Path,
+    config: &str,
+    sink: &'static str,
+) -> Result<Contender> {
+    let (port, admin) = (free_port()?, free_port()?);
+    let mut cmd = streamhook(&o.server_bin, dir, port, config)?;
+    enable_admin(&mut cmd, dir, admin)?;
+    Ok(Contender {
+        name: name.into(),
+        url: format!("http://127.0.0.1:{port}/webhook"),
+        process: Measured::spawn(&mut cmd)?,
+        admin: Some((admin, sink)),
+        ready: (port, "/healthz".into()),
+        rounds: Vec::new(),
+    })
+}
+
 /// adnanh/webhook from Debian's package, with an `ip-whitelist` rule for loopback and
 /// `/bin/true` as its command: the command, its URL and port; or why there is no row.
 fn reference_webhook(dir: &Path) -> Result<std::result::Result<(Command, String, u16), String>> {
@@ -662,21 +684,11 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     ] {
         let d = dir.join(key);
         std::fs::create_dir_all(&d)?;
-        let (port, admin) = (free_port()?, free_port()?);
-        let sink = match sinks {
-            None => file_sink(&d),
-            Some(p) => http_sink(p),
+        let (config, sink) = match sinks {
+            None => (file_sink(&d), "archive"),
+            Some(p) => (http_sink(p), "app"),
         };
-        let mut cmd = streamhook(&o.server_bin, &d, port, &sink)?;
-        enable_admin(&mut cmd, &d, admin)?;
-        contenders.push(Contender {
-            name: name.into(),
-            url: format!("http://127.0.0.1:{port}/webhook"),
-            process: Measured::spawn(&mut cmd)?,
-            admin: Some((admin, if sinks.is_none() { "archive" } else { "app" })),
-            ready: (port, "/healthz".into()),
-            rounds: Vec::new(),
-        });
+        contenders.push(streamhook_contender(o, name, &d, &config, sink)?);
     }
     let webhook_row = match reference_webhook(&dir)? {
         Ok((cmd, url, port)) => {
@@ -715,22 +727,12 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
                 let urls: Vec<String> = nats.url_list().iter().map(|u| format!("{u:?}")).collect();
                 let d = dir.join(key);
                 std::fs::create_dir_all(&d)?;
-                let (port, admin) = (free_port()?, free_port()?);
-                let sink = format!(
+                let config = format!(
                     "[journal]\nbackend = \"jetstream\"\nnats_urls = [{}]\nreplicas = {nodes}\n{}",
                     urls.join(", "),
                     file_sink(&d)
                 );
-                let mut cmd = streamhook(&o.server_bin, &d, port, &sink)?;
-                enable_admin(&mut cmd, &d, admin)?;
-                contenders.push(Contender {
-                    name: name.into(),
-                    url: format!("http://127.0.0.1:{port}/webhook"),
-                    process: Measured::spawn(&mut cmd)?,
-                    admin: Some((admin, "archive")),
-                    ready: (port, "/healthz".into()),
-                    rounds: Vec::new(),
-                });
+                contenders.push(streamhook_contender(o, name, &d, &config, "archive")?);
                 clusters.push(nats);
             }
             None
