@@ -1,4 +1,5 @@
-//! `cargo xtask dist`: the Debian package. Builds both binaries (release), generates their man
+//! `cargo xtask dist`: the Debian package. Builds both binaries (release; `--check`: the dev
+//! profile, for CI), generates their man
 //! pages and shell completions (from clap, through the binaries' hidden `--generate`), lays out
 //! the files with the systemd units and the configuration, strips the binaries' debug info, and
 //! packs them with `dpkg-deb` (Debian's own tools: `dpkg-deb`, `strip`, `gzip`; nothing else to
@@ -123,7 +124,8 @@ pub enum Build {
     Check,
 }
 
-/// Builds `target/dist/streamhook_VERSION_ARCH.deb` and returns its path.
+/// Builds `target/dist/streamhook_VERSION_ARCH.deb` and returns its path (with
+/// [`Build::Check`], in `target/dist-check/`, removed once checked: the path names no file).
 pub fn dist(build: Build) -> Result<PathBuf> {
     let root = project_root();
     let mut args = vec!["build"];

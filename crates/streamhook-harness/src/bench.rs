@@ -210,9 +210,19 @@ async fn receiver_process(me: &Path) -> Result<(u16, Measured)> {
     Ok((port, process))
 }
 
-/// A child process to measure, with its peak memory.
+/// A child process to measure, with its peak memory. Killed when dropped, so that no server
+/// outlives a bench that stopped on an error.
 struct Measured {
     child: Child,
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Measured {
@@ -280,9 +290,18 @@ fn write_back_dirty_pages() -> Option<(f64, f64)> {
     synced.then(|| (kb as f64 / 1024.0, start.elapsed().as_secs_f64()))
 }
 
+/// A client for the servers' health and admin endpoints: a server that accepts and never
+/// answers must not hang the bench (its waits have deadlines; each request has one too).
+fn admin_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
 async fn wait_ready(port: u16, path: &str) -> Result<Duration> {
     let start = Instant::now();
-    let http = reqwest::Client::new();
+    let http = admin_client();
     while start.elapsed() < Duration::from_secs(120) {
         if let Ok(r) = http
             .get(format!("http://127.0.0.1:{port}{path}"))
@@ -322,7 +341,7 @@ fn enable_admin(cmd: &mut Command, dir: &Path, port: u16) -> Result<()> {
 
 /// The journal's own count of events `sink` has not passed, from `/readyz`.
 async fn sink_lag(admin: u16, sink: &str) -> Result<u64> {
-    let ready: serde_json::Value = reqwest::Client::new()
+    let ready: serde_json::Value = admin_client()
         .get(format!("http://127.0.0.1:{admin}/readyz"))
         .send()
         .await?
@@ -335,7 +354,7 @@ async fn sink_lag(admin: u16, sink: &str) -> Result<u64> {
 
 /// How many events `sink` delivered since the server started, from `/readyz`.
 async fn sink_delivered(admin: u16, sink: &str) -> Result<u64> {
-    let ready: serde_json::Value = reqwest::Client::new()
+    let ready: serde_json::Value = admin_client()
         .get(format!("http://127.0.0.1:{admin}/readyz"))
         .send()
         .await?
@@ -540,9 +559,8 @@ async fn instructions_per_request(
         bail!("no callgrind dump in {}", out.display())
     }
     .await;
-    let mut child = process.child;
-    let _ = child.kill();
-    let _ = child.wait();
+    // Killed (and reaped) by Measured's Drop.
+    drop(process);
     result
 }
 
