@@ -341,28 +341,25 @@ fn enable_admin(cmd: &mut Command, dir: &Path, port: u16) -> Result<()> {
 
 /// The journal's own count of events `sink` has not passed, from `/readyz`.
 async fn sink_lag(admin: u16, sink: &str) -> Result<u64> {
-    let ready: serde_json::Value = admin_client()
-        .get(format!("http://127.0.0.1:{admin}/readyz"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    ready["sinks"][sink]["lag"]
-        .as_u64()
-        .with_context(|| format!("no lag for sink {sink} in /readyz: {ready}"))
+    readyz_sink_count(admin, sink, "lag").await
 }
 
 /// How many events `sink` delivered since the server started, from `/readyz`.
 async fn sink_delivered(admin: u16, sink: &str) -> Result<u64> {
+    readyz_sink_count(admin, sink, "delivered").await
+}
+
+/// One of `sink`'s counts in the server's `/readyz` (on its admin listener).
+async fn readyz_sink_count(admin: u16, sink: &str, field: &str) -> Result<u64> {
     let ready: serde_json::Value = admin_client()
         .get(format!("http://127.0.0.1:{admin}/readyz"))
         .send()
         .await?
         .json()
         .await?;
-    ready["sinks"][sink]["delivered"]
+    ready["sinks"][sink][field]
         .as_u64()
-        .with_context(|| format!("no delivered count for sink {sink} in /readyz: {ready}"))
+        .with_context(|| format!("no {field} for sink {sink} in /readyz: {ready}"))
 }
 
 fn file_sink(dir: &Path) -> String {
