@@ -12,6 +12,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use common::{
     RecordingSink, append, eventually, everything, fast_policy, open, stream as stream_body,
 };
+use streamhook_core::dispatch::SharedRouter;
 use streamhook_core::jetstream::JetStreamConfig;
 use streamhook_core::{Dispatcher, Journal, JournalConfig};
 use streamhook_testkit::{Nats, nats_server_or_skip};
@@ -39,6 +40,36 @@ async fn wait_for_lease(journal: &Journal, sink: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("nobody took the free lease of {sink} within 5 s");
+}
+
+/// Two receivers, A and B, on one stream (one replica), with sink `app`'s cursor at the
+/// start in each; the folders live as long as the first element.
+async fn two_receivers(nats: &Nats) -> ([tempfile::TempDir; 2], Journal, Journal) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = replica(nats, dirs[0].path(), 1).await;
+    let b = replica(nats, dirs[1].path(), 1).await;
+    a.set_cursor("app", 1).unwrap();
+    b.set_cursor("app", 1).unwrap();
+    (dirs, a, b)
+}
+
+/// A dispatcher of `sink` on `journal`, with every event routed to it (on the replicated
+/// journal, its lease decides whether this receiver delivers).
+fn deliver(
+    journal: &Journal,
+    sink: &Arc<RecordingSink>,
+    router: &SharedRouter,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(
+        Dispatcher::new(
+            journal.clone(),
+            sink.clone(),
+            Arc::clone(router),
+            fast_policy(),
+        )
+        .run(stop),
+    )
 }
 
 fn kinds(appended: &streamhook_core::Appended) -> Vec<String> {
@@ -267,35 +298,15 @@ async fn a_sink_is_delivered_by_one_receiver_and_fails_over_with_its_cursor() {
         return;
     };
     let nats = Nats::single(&bin);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = replica(&nats, da.path(), 1).await;
-    let b = replica(&nats, db.path(), 1).await;
+    let (_dirs, a, b) = two_receivers(&nats).await;
     let router = everything(&["app"]);
-    a.set_cursor("app", 1).unwrap();
-    b.set_cursor("app", 1).unwrap();
     let sink_a = RecordingSink::new("app", common::Behaviour::Accept);
     let sink_b = RecordingSink::new("app", common::Behaviour::Accept);
     let (stop_a, rx_a) = watch::channel(false);
     let (stop_b, rx_b) = watch::channel(false);
-    let task_a = tokio::spawn(
-        Dispatcher::new(
-            a.clone(),
-            sink_a.clone(),
-            Arc::clone(&router),
-            fast_policy(),
-        )
-        .run(rx_a),
-    );
+    let task_a = deliver(&a, &sink_a, &router, rx_a);
     wait_for_lease(&a, "app").await;
-    let task_b = tokio::spawn(
-        Dispatcher::new(
-            b.clone(),
-            sink_b.clone(),
-            Arc::clone(&router),
-            fast_policy(),
-        )
-        .run(rx_b),
-    );
+    let task_b = deliver(&b, &sink_b, &router, rx_b);
     for id in 1..=10u64 {
         append(
             if id % 2 == 0 { &a } else { &b },
@@ -403,35 +414,15 @@ async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
         return;
     };
     let nats = Nats::single(&bin);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = replica(&nats, da.path(), 1).await;
-    let b = replica(&nats, db.path(), 1).await;
+    let (_dirs, a, b) = two_receivers(&nats).await;
     let router = everything(&["app"]);
-    a.set_cursor("app", 1).unwrap();
-    b.set_cursor("app", 1).unwrap();
     let sink_a = RecordingSink::new("app", common::Behaviour::Accept);
     let sink_b = RecordingSink::new("app", common::Behaviour::Accept);
     let (_stop_a, rx_a) = watch::channel(false);
-    let task_a = tokio::spawn(
-        Dispatcher::new(
-            a.clone(),
-            sink_a.clone(),
-            Arc::clone(&router),
-            fast_policy(),
-        )
-        .run(rx_a),
-    );
+    let task_a = deliver(&a, &sink_a, &router, rx_a);
     wait_for_lease(&a, "app").await;
     let (stop_b, rx_b) = watch::channel(false);
-    let task_b = tokio::spawn(
-        Dispatcher::new(
-            b.clone(),
-            sink_b.clone(),
-            Arc::clone(&router),
-            fast_policy(),
-        )
-        .run(rx_b),
-    );
+    let task_b = deliver(&b, &sink_b, &router, rx_b);
     for id in 1..=5u64 {
         append(&a, &stream_body(id, true, false)).await;
     }
@@ -562,24 +553,12 @@ async fn dead_letters_move_with_the_sink_to_the_next_deliverer() {
         return;
     };
     let nats = Nats::single(&bin);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = replica(&nats, da.path(), 1).await;
-    let b = replica(&nats, db.path(), 1).await;
+    let (_dirs, a, b) = two_receivers(&nats).await;
     let router = everything(&["app"]);
-    a.set_cursor("app", 1).unwrap();
-    b.set_cursor("app", 1).unwrap();
     // A's destination refuses everything: the event becomes a dead letter there.
     let refusing = RecordingSink::new("app", common::Behaviour::Refuse);
     let (stop_a, rx_a) = watch::channel(false);
-    let task_a = tokio::spawn(
-        Dispatcher::new(
-            a.clone(),
-            refusing.clone(),
-            Arc::clone(&router),
-            fast_policy(),
-        )
-        .run(rx_a),
-    );
+    let task_a = deliver(&a, &refusing, &router, rx_a);
     let got = append(&a, &stream_body(1, true, false)).await;
     eventually("a dead letter on A", || {
         a.dead_letters(Some("app")).unwrap().len() == 1
@@ -590,15 +569,7 @@ async fn dead_letters_move_with_the_sink_to_the_next_deliverer() {
     task_a.await.unwrap();
     let accepting = RecordingSink::new("app", common::Behaviour::Accept);
     let (stop_b, rx_b) = watch::channel(false);
-    let task_b = tokio::spawn(
-        Dispatcher::new(
-            b.clone(),
-            accepting.clone(),
-            Arc::clone(&router),
-            fast_policy(),
-        )
-        .run(rx_b),
-    );
+    let task_b = deliver(&b, &accepting, &router, rx_b);
     eventually("B lists A's dead letter", || {
         b.dead_letters(Some("app"))
             .unwrap()
