@@ -34,14 +34,13 @@
 
 pub mod admin;
 pub mod config;
-pub mod console;
-mod explore;
 pub mod intake;
 pub mod metrics;
 pub mod serve;
 pub mod server;
 pub mod systemd;
 
+pub use admin::console;
 pub use config::{Args, Config, ConfigError, LogFormat};
 pub use intake::{Intake, app, operator_app};
 pub use server::{ReloadHandle, Server, ServerError};

@@ -1,5 +1,6 @@
 //! The admin API's read side for the console: search events newest first, follow them live
-//! (server-sent events), one event in full, a resource's timeline, and per-sink states.
+//! (server-sent events), one event in full, a resource's timeline, and per-sink states. Nothing
+//! here writes: sending an event again is an operator call (`operator.rs`).
 //!
 //! Searches scan the journal backwards from a seq, at most [`SCAN_BUDGET`] records a call,
 //! and say where they stopped (`next_before`), so a call costs the same on a journal of any
@@ -7,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -17,10 +17,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use streamhook_core::{Journal, JournalError, KindPattern, RouteInput, SinkStats, StoredEvent};
+use streamhook_core::{Journal, JournalError, KindPattern, RouteInput, StoredEvent};
 use streamhook_types::Envelope;
 
-use crate::admin::{Admin, blocking, error, parse_since};
+use super::reply::{blocking, error, parse_since};
+use super::state::Admin;
 
 /// The most records one search call reads.
 pub const SCAN_BUDGET: usize = 20_000;
@@ -593,53 +594,4 @@ pub(crate) async fn live(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-/// `POST /admin/events/{seq}/resend` `{"sink"}`: deliver this one event to the sink again.
-pub(crate) async fn resend(
-    State(admin): State<Admin>,
-    Path(seq): Path<u64>,
-    Json(body): Json<SinkBody>,
-) -> Response {
-    if !admin.intake.sink_names().contains(&body.sink) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no sink named {:?}", body.sink),
-        );
-    }
-    if let Some(refused) = crate::admin::not_delivered_here(&admin, &body.sink).await {
-        return refused;
-    }
-    let sink = body.sink.clone();
-    match blocking(admin.intake.journal(), move |j| j.resend(&sink, seq)).await {
-        Ok(()) => Json(json!({ "sink": body.sink, "resent": seq })).into_response(),
-        Err(resp) => resp,
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SinkBody {
-    sink: String,
-}
-
-/// Per-sink figures beyond the status: rate over the last hour, waiting retries, last error.
-pub(crate) fn sink_activity(stats: &SinkStats) -> Value {
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let activity = stats.activity();
-    let retrying: HashMap<String, _> = activity
-        .retrying
-        .iter()
-        .take(100)
-        .map(|(seq, r)| (seq.to_string(), r.clone()))
-        .collect();
-    json!({
-        "delivered": load(&stats.delivered),
-        "failed_attempts": load(&stats.failed_attempts),
-        "retrying": load(&stats.retrying),
-        "paused": load(&stats.paused) == 1,
-        "per_minute": stats.rate.last_hour(),
-        "last_error": activity.last_error,
-        "waiting": retrying,
-    })
 }

@@ -1,0 +1,357 @@
+//! The operator's calls: each sink's status, dead letters and their requeue, replay, sending
+//! one event again, the events tail (`GET /admin/events`) and reload. Every call here that
+//! changes a sink's delivery is refused (`409`) on a receiver that does not deliver the sink.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use streamhook_core::{JournalError, ReplayFrom, SinkStats};
+use tokio::sync::oneshot;
+
+use super::reply::{blocking, error, journal_error, parse_since};
+use super::state::Admin;
+
+/// `GET /admin/status`: each sink's cursor, lag, counters and dead letters.
+pub(crate) async fn status(State(admin): State<Admin>) -> Response {
+    let journal = admin.intake.journal().clone();
+    let result = blocking(&journal, |j| {
+        Ok((j.last_seq()?, j.len()?, j.cursors()?, j.dead_letters(None)?))
+    })
+    .await;
+    let (last_seq, events, cursors, dead) = match result {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let running = admin.intake.sinks();
+    let sinks: Vec<serde_json::Value> = cursors
+        .iter()
+        .map(|(name, cursor)| {
+            let mut sink = json!({
+                "name": name,
+                "cursor": cursor,
+                "lag": (last_seq + 1).saturating_sub(*cursor),
+                "dead_letters": dead.iter().filter(|d| &d.sink == name).count(),
+                "running": false,
+            });
+            if let Some((_, stats)) = running.iter().find(|(n, _)| n == name) {
+                sink["running"] = json!(true);
+                sink["activity"] = sink_activity(stats);
+                if journal.is_replicated() {
+                    // Only the lease holder delivers; the others' cursors are copies.
+                    sink["delivering_here"] =
+                        json!(stats.leased.load(std::sync::atomic::Ordering::Relaxed) == 1);
+                }
+            }
+            sink
+        })
+        .collect();
+    let backend = if journal.is_replicated() {
+        "jetstream"
+    } else {
+        "redb"
+    };
+    Json(json!({
+        "backend": backend,
+        "last_seq": last_seq,
+        "events": events,
+        "sinks": sinks,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SinkQuery {
+    sink: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/dead-letters[?sink=NAME]`: dead letters with their last error.
+pub(crate) async fn dead_letters(
+    State(admin): State<Admin>,
+    Query(q): Query<SinkQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(usize::MAX);
+    match blocking(admin.intake.journal(), move |j| {
+        j.dead_letters(q.sink.as_deref())
+    })
+    .await
+    {
+        Ok(letters) => {
+            let out: Vec<serde_json::Value> = letters
+                .into_iter()
+                .take(limit)
+                .map(|l| {
+                    let envelope: serde_json::Value = serde_json::from_str(&l.envelope).unwrap_or_default();
+                    json!({
+                        "sink": l.sink, "seq": l.seq, "id": l.id, "error": l.error, "attempts": l.attempts,
+                        "failed_at": l.failed_at, "kinds": envelope["kinds"], "resource": envelope["resource"],
+                    })
+                })
+                .collect();
+            Json(out).into_response()
+        }
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequeueBody {
+    sink: String,
+    seq: Option<u64>,
+    seqs: Option<Vec<u64>>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// On a replicated journal, a change to a sink's delivery (replay, requeue, send again) is
+/// made where the sink is delivered: elsewhere it would be recorded in a mirror nobody
+/// delivers from. `409` naming the receiver that delivers it; `None` here.
+async fn not_delivered_here(admin: &Admin, sink: &str) -> Option<Response> {
+    let journal = admin.intake.journal();
+    // An unknown sink gets the handler's own answer (404).
+    if journal.delivers_here(sink) || !admin.intake.sink_names().iter().any(|s| s == sink) {
+        return None;
+    }
+    let holder = journal.lease_holder(sink).await;
+    let message = match holder {
+        Some(holder) => format!(
+            "sink {sink:?} is delivered by receiver {holder}, not this one: send this to its admin API"
+        ),
+        None => format!(
+            "sink {sink:?} is delivered by no receiver right now (its lease is free): try again in a few seconds"
+        ),
+    };
+    Some(error(StatusCode::CONFLICT, message))
+}
+
+/// `POST /admin/dead-letters/requeue`: deliver dead letters again.
+pub(crate) async fn requeue(State(admin): State<Admin>, Json(body): Json<RequeueBody>) -> Response {
+    if let Some(refused) = not_delivered_here(&admin, &body.sink).await {
+        return refused;
+    }
+    let given =
+        usize::from(body.seq.is_some()) + usize::from(body.seqs.is_some()) + usize::from(body.all);
+    if given != 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give one of `seq`, `seqs` and `\"all\": true`",
+        );
+    }
+    let single = body.seq.is_some();
+    let result = blocking(admin.intake.journal(), move |j| {
+        let seqs: Vec<u64> = match (body.seq, body.seqs) {
+            (Some(seq), _) => vec![seq],
+            (None, Some(seqs)) => seqs,
+            (None, None) => j
+                .dead_letters(Some(&body.sink))?
+                .iter()
+                .map(|d| d.seq)
+                .collect(),
+        };
+        let mut done = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            match j.requeue(&body.sink, seq) {
+                Ok(()) => done.push(seq),
+                // In a list, one already requeued (or never dead) is not an error.
+                Err(JournalError::NoSuchDeadLetter { .. }) if !single => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    })
+    .await;
+    match result {
+        Ok(seqs) => Json(json!({ "requeued": seqs })).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayBody {
+    sink: String,
+    from_seq: Option<u64>,
+    since: Option<String>,
+}
+
+/// `POST /admin/replay`: a sink delivers again from a seq or a time.
+pub(crate) async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBody>) -> Response {
+    if let Some(refused) = not_delivered_here(&admin, &body.sink).await {
+        return refused;
+    }
+    let from = match (body.from_seq, &body.since) {
+        (Some(seq), None) => ReplayFrom::Seq(seq),
+        (None, Some(since)) => match parse_since(since) {
+            Ok(t) => ReplayFrom::Time(t),
+            Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `from_seq` and `since`",
+            );
+        }
+    };
+    let journal = admin.intake.journal();
+    let known = match blocking(journal, |j| j.cursors()).await {
+        Ok(c) => c.iter().any(|(n, _)| n == &body.sink),
+        Err(resp) => return resp,
+    };
+    if !known {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no sink named {:?}", body.sink),
+        );
+    }
+    match journal.replay(&body.sink, from).await {
+        // The sink's lease may have moved while the replay was handed over: then the replay
+        // was recorded in a mirror nobody delivers from. Say so rather than 200.
+        Ok(_) if !journal.delivers_here(&body.sink) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "sink {:?} moved to another receiver during the replay; ask the receiver that delivers it",
+                body.sink
+            ),
+        ),
+        Ok(seq) => Json(json!({ "sink": body.sink, "from_seq": seq })).into_response(),
+        Err(e) => journal_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EventsQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+    wait: Option<u64>,
+}
+
+/// `GET /admin/events`: envelopes from a seq on, as NDJSON, waiting a while for new ones.
+pub(crate) async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Response {
+    let journal = admin.intake.journal().clone();
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    let mut changed = journal.subscribe();
+    let from = match q.from {
+        Some(f) => f,
+        None => match blocking(&journal, |j| j.last_seq()).await {
+            Ok(last) => last + 1,
+            Err(resp) => return resp,
+        },
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let found = match blocking(&journal, move |j| j.read_from(from, limit)).await {
+            Ok(f) => f,
+            Err(resp) => return resp,
+        };
+        let mut stopping = admin.intake.stopping();
+        let stop_now = *stopping.borrow();
+        if !found.is_empty() || tokio::time::Instant::now() >= deadline || stop_now {
+            let mut body = String::new();
+            for event in &found {
+                body.push_str(&event.json_line());
+                body.push('\n');
+            }
+            let next = found.last().map_or(from, |e| e.seq + 1);
+            return (
+                [
+                    (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+                    (
+                        header::HeaderName::from_static("x-next-from"),
+                        next.to_string(),
+                    ),
+                ],
+                body,
+            )
+                .into_response();
+        }
+        // Wait for a new event, the deadline, or shutdown (then the next round answers with
+        // what there is, so a long poll never holds the drain).
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline, changed.changed()) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// `POST /admin/reload`: re-reads the config, as SIGHUP does.
+pub(crate) async fn reload(State(admin): State<Admin>) -> Response {
+    let Some(tx) = admin.reloads() else {
+        return error(StatusCode::NOT_IMPLEMENTED, "this server cannot reload");
+    };
+    let (answer, wait) = oneshot::channel();
+    if tx.send(answer).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        );
+    }
+    match wait.await {
+        Ok(Ok(summary)) => Json(json!({ "reloaded": true, "summary": summary })).into_response(),
+        Ok(Err(reason)) => error(
+            StatusCode::BAD_REQUEST,
+            format!("reload refused, the old config stays: {reason}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ),
+    }
+}
+
+/// `POST /admin/events/{seq}/resend` `{"sink"}`: deliver this one event to the sink again.
+pub(crate) async fn resend(
+    State(admin): State<Admin>,
+    Path(seq): Path<u64>,
+    Json(body): Json<SinkBody>,
+) -> Response {
+    if !admin.intake.sink_names().contains(&body.sink) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no sink named {:?}", body.sink),
+        );
+    }
+    if let Some(refused) = not_delivered_here(&admin, &body.sink).await {
+        return refused;
+    }
+    let sink = body.sink.clone();
+    match blocking(admin.intake.journal(), move |j| j.resend(&sink, seq)).await {
+        Ok(()) => Json(json!({ "sink": body.sink, "resent": seq })).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SinkBody {
+    sink: String,
+}
+
+/// Per-sink figures beyond the status: rate over the last hour, waiting retries, last error.
+fn sink_activity(stats: &SinkStats) -> Value {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let activity = stats.activity();
+    let retrying: HashMap<String, _> = activity
+        .retrying
+        .iter()
+        .take(100)
+        .map(|(seq, r)| (seq.to_string(), r.clone()))
+        .collect();
+    json!({
+        "delivered": load(&stats.delivered),
+        "failed_attempts": load(&stats.failed_attempts),
+        "retrying": load(&stats.retrying),
+        "paused": load(&stats.paused) == 1,
+        "per_minute": stats.rate.last_hour(),
+        "last_error": activity.last_error,
+        "waiting": retrying,
+    })
+}
