@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::model::{
@@ -918,5 +919,18 @@ impl Scanner<'_> {
                 Some(())
             }
         }
+    }
+}
+
+/// The typed model from any serde source (`serde_json::from_str::<Webhook>`): decoded leniently,
+/// here beside the decoder it calls, so the model itself stays a leaf.
+impl<'de> Deserialize<'de> for Webhook {
+    /// Decodes leniently, as [`decode_value`] does; tolerated oddities are
+    /// not reported here (use the `decode` module to see them).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        decode_value(&value)
+            .map(|decoded| decoded.webhook)
+            .map_err(serde::de::Error::custom)
     }
 }

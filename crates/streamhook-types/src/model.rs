@@ -477,17 +477,6 @@ impl Serialize for MessageRef<'_> {
     }
 }
 
-impl<'de> Deserialize<'de> for Webhook {
-    /// Decodes leniently, as [`crate::decode::decode_value`] does; tolerated oddities are
-    /// not reported here (use the `decode` module to see them).
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(d)?;
-        crate::decode::decode_value(&value)
-            .map(|decoded| decoded.webhook)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 impl JsonSchema for Webhook {
     fn schema_name() -> Cow<'static, str> {
         Cow::Borrowed("Webhook")
