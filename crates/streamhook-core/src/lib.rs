@@ -1,21 +1,22 @@
 //! The engine between "a request arrived" and "a sink got the event": source filter,
 //! classifier with history, router, durable journal and dispatcher.
 
+pub mod backend;
 pub mod dispatch;
 pub mod duration;
-#[cfg(feature = "jetstream")]
-pub mod jetstream;
 pub mod journal;
 pub mod router;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "test-hooks")]
+pub mod testing;
 
 pub use dispatch::{
     Activity, Attempt, Dispatcher, Progress, Rate, RetryPolicy, Retrying, SinkStats,
 };
 pub use journal::{
-    Appended, DeadLetter, Health, Journal, JournalConfig, JournalError, Parsed, Pruned, Received,
-    ReplayFrom, StoredEvent,
+    Appended, Cause, CauseKind, DeadLetter, Health, Journal, JournalConfig, JournalError, Parsed,
+    Pruned, Received, ReplayFrom, StoredEvent,
 };
 pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
 pub use sink::{Delivery, Held, Sink, SinkError};

@@ -90,7 +90,7 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub forward_secret: Vec<String>,
-    /// Require this secret in the path: POST /webhook/<TOKEN> (16-128 of A-Z a-z 0-9 - _).
+    /// Require this secret in the path: `POST /webhook/<TOKEN>` (16-128 of A-Z a-z 0-9 - _).
     #[arg(
         long,
         env = "STREAMHOOK_PATH_TOKEN",
@@ -370,11 +370,12 @@ pub enum JournalBackend {
 
 impl JournalSection {
     /// The JetStream settings, when that is the backend.
-    pub fn jetstream(&self) -> Option<streamhook_core::jetstream::JetStreamConfig> {
+    #[cfg(feature = "jetstream")]
+    pub fn jetstream(&self) -> Option<streamhook_jetstream::JetStreamConfig> {
         if self.backend != JournalBackend::Jetstream {
             return None;
         }
-        let mut c = streamhook_core::jetstream::JetStreamConfig::new(self.nats_urls.clone());
+        let mut c = streamhook_jetstream::JetStreamConfig::new(self.nats_urls.clone());
         c.stream = self.stream.clone();
         c.replicas = self.replicas;
         c.credentials = self.credentials.clone();
@@ -580,13 +581,22 @@ impl Config {
             ));
         }
         if self.journal.backend == JournalBackend::Jetstream {
+            if !cfg!(feature = "jetstream") {
+                return invalid(
+                    "[journal] backend = \"jetstream\": this build of streamhook-server has no \
+                     JetStream support (it was built without the `jetstream` feature); build it \
+                     with default features, or use backend = \"redb\""
+                        .into(),
+                );
+            }
             if self.journal.nats_urls.is_empty() {
                 return invalid(
                     "[journal] backend = \"jetstream\" needs nats_urls (or --nats URL)".into(),
                 );
             }
+            #[cfg(feature = "jetstream")]
             for url in &self.journal.nats_urls {
-                if url.parse::<async_nats::ServerAddr>().is_err() {
+                if streamhook_jetstream::check_url(url).is_err() {
                     return invalid(format!(
                         "[journal] nats_urls: {:?} is not a NATS URL",
                         streamhook_core::redact_url(url)

@@ -321,6 +321,19 @@ impl Metrics {
         );
         header(
             &mut out,
+            "streamhook_journal_errors_total",
+            "counter",
+            "Journal operations that failed (appends refused, mirror imports, delivery's reads and writes), by what lay underneath: storage (redb), io (the disk), shared (the JetStream stream), encoding, other.",
+        );
+        for kind in streamhook_core::CauseKind::ALL {
+            let _ = writeln!(
+                out,
+                "streamhook_journal_errors_total{{cause=\"{kind}\"}} {}",
+                load(&journal.errors_by_cause[kind.index()])
+            );
+        }
+        header(
+            &mut out,
             "streamhook_journal_busy_total",
             "counter",
             "Appends refused because the journal queue was full.",

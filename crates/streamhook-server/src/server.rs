@@ -89,8 +89,9 @@ impl Server {
     pub fn new(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         if config.journal.backend == crate::config::JournalBackend::Jetstream {
-            return Err(ServerError::Journal(streamhook_core::JournalError::Write(
-                "the jetstream journal connects to NATS: open the server with Server::open".into(),
+            return Err(ServerError::Journal(streamhook_core::JournalError::write(
+                streamhook_core::CauseKind::Other,
+                "the jetstream journal connects to NATS: open the server with Server::open",
             )));
         }
         let journal = Journal::open(Self::journal_config(&config))?;
@@ -101,7 +102,12 @@ impl Server {
     /// shared journal into the local mirror) and checks the configuration.
     pub async fn open(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
-        let journal = match config.journal.jetstream() {
+        #[cfg(feature = "jetstream")]
+        let replicated = config.journal.jetstream();
+        #[cfg(not(feature = "jetstream"))]
+        let replicated: Option<std::convert::Infallible> = None;
+        let journal = match replicated {
+            #[cfg(feature = "jetstream")]
             Some(mut remote) => {
                 remote.history_max_age = config.retention.history_max_age;
                 info!(
@@ -116,14 +122,19 @@ impl Server {
                     replicas = remote.replicas,
                     "journal: JetStream (shared by every receiver); the local mirror is in the data folder"
                 );
-                Journal::open_replicated(Self::journal_config(&config), &remote).await?
+                streamhook_jetstream::open(Self::journal_config(&config), &remote).await?
             }
+            #[cfg(not(feature = "jetstream"))]
+            Some(never) => match never {},
             None => {
                 let journal_config = Self::journal_config(&config);
                 tokio::task::spawn_blocking(move || Journal::open(journal_config))
                     .await
                     .map_err(|e| {
-                        ServerError::Journal(streamhook_core::JournalError::Write(e.to_string()))
+                        ServerError::Journal(streamhook_core::JournalError::write(
+                            streamhook_core::CauseKind::Other,
+                            e.to_string(),
+                        ))
                     })??
             }
         };
@@ -487,7 +498,12 @@ impl SinkSet {
             Ok::<_, streamhook_core::JournalError>(())
         })
         .await
-        .map_err(|e| ServerError::Journal(streamhook_core::JournalError::Write(e.to_string())))??;
+        .map_err(|e| {
+            ServerError::Journal(streamhook_core::JournalError::write(
+                streamhook_core::CauseKind::Other,
+                e.to_string(),
+            ))
+        })??;
         Ok(())
     }
 

@@ -636,6 +636,16 @@ async fn readiness_turns_503_at_a_failed_commit_and_200_when_writes_work_again()
             .starts_with("cannot write: "),
         "{answer}"
     );
+    // The metrics say what failed underneath: the disk, not redb or the network.
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("streamhook_journal_errors_total{cause=\"io\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("streamhook_journal_errors_total{cause=\"shared\"} 0\n"),
+        "{metrics}"
+    );
     // No traffic needed: the check's probe commit succeeds, and readiness returns.
     eventually_async("ready again", || ready(&server), 200).await;
     let (status, _) = post(

@@ -3,18 +3,17 @@
 //! on the same resources classifying exactly as one redb journal would, mirrors that agree,
 //! a 3-node cluster losing a node, and sink leases that fail over.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
-use common::{
-    RecordingSink, append, eventually, everything, fast_policy, open, stream as stream_body,
-};
 use streamhook_core::dispatch::SharedRouter;
-use streamhook_core::jetstream::JetStreamConfig;
+use streamhook_core::testing::{
+    Behaviour, RecordingSink, append, eventually, everything, fast_policy, open,
+    stream as stream_body,
+};
 use streamhook_core::{Dispatcher, Journal, JournalConfig};
+use streamhook_jetstream::JetStreamConfig;
 use streamhook_testkit::{Nats, nats_server_or_skip};
 use tokio::sync::watch;
 
@@ -24,7 +23,7 @@ async fn replica(nats: &Nats, dir: &std::path::Path, replicas: usize) -> Journal
     config.timeout = Duration::from_secs(20);
     tokio::time::timeout(
         Duration::from_secs(60),
-        Journal::open_replicated(JournalConfig::new(dir), &config),
+        streamhook_jetstream::open(JournalConfig::new(dir), &config),
     )
     .await
     .expect("a replicated journal opens within 60 s")
@@ -300,8 +299,8 @@ async fn a_sink_is_delivered_by_one_receiver_and_fails_over_with_its_cursor() {
     let nats = Nats::single(&bin);
     let (_dirs, a, b) = two_receivers(&nats).await;
     let router = everything(&["app"]);
-    let sink_a = RecordingSink::new("app", common::Behaviour::Accept);
-    let sink_b = RecordingSink::new("app", common::Behaviour::Accept);
+    let sink_a = RecordingSink::new("app", Behaviour::Accept);
+    let sink_b = RecordingSink::new("app", Behaviour::Accept);
     let (stop_a, rx_a) = watch::channel(false);
     let (stop_b, rx_b) = watch::channel(false);
     let task_a = deliver(&a, &sink_a, &router, rx_a);
@@ -400,7 +399,7 @@ async fn a_folder_with_a_single_host_journal_is_refused_as_a_mirror() {
     }
     let mut config = JetStreamConfig::new(nats.url_list());
     config.replicas = 1;
-    let err = Journal::open_replicated(JournalConfig::new(dir.path()), &config)
+    let err = streamhook_jetstream::open(JournalConfig::new(dir.path()), &config)
         .await
         .unwrap_err()
         .to_string();
@@ -416,8 +415,8 @@ async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
     let nats = Nats::single(&bin);
     let (_dirs, a, b) = two_receivers(&nats).await;
     let router = everything(&["app"]);
-    let sink_a = RecordingSink::new("app", common::Behaviour::Accept);
-    let sink_b = RecordingSink::new("app", common::Behaviour::Accept);
+    let sink_a = RecordingSink::new("app", Behaviour::Accept);
+    let sink_b = RecordingSink::new("app", Behaviour::Accept);
     let (_stop_a, rx_a) = watch::channel(false);
     let task_a = deliver(&a, &sink_a, &router, rx_a);
     wait_for_lease(&a, "app").await;
@@ -556,7 +555,7 @@ async fn dead_letters_move_with_the_sink_to_the_next_deliverer() {
     let (_dirs, a, b) = two_receivers(&nats).await;
     let router = everything(&["app"]);
     // A's destination refuses everything: the event becomes a dead letter there.
-    let refusing = RecordingSink::new("app", common::Behaviour::Refuse);
+    let refusing = RecordingSink::new("app", Behaviour::Refuse);
     let (stop_a, rx_a) = watch::channel(false);
     let task_a = deliver(&a, &refusing, &router, rx_a);
     let got = append(&a, &stream_body(1, true, false)).await;
@@ -567,7 +566,7 @@ async fn dead_letters_move_with_the_sink_to_the_next_deliverer() {
     // A stops cleanly (it shares its dead letters and lets the lease go); B takes over.
     stop_a.send(true).unwrap();
     task_a.await.unwrap();
-    let accepting = RecordingSink::new("app", common::Behaviour::Accept);
+    let accepting = RecordingSink::new("app", Behaviour::Accept);
     let (stop_b, rx_b) = watch::channel(false);
     let task_b = deliver(&b, &accepting, &router, rx_b);
     eventually("B lists A's dead letter", || {
@@ -595,4 +594,32 @@ async fn dead_letters_move_with_the_sink_to_the_next_deliverer() {
         left.push(k.unwrap());
     }
     assert!(left.is_empty(), "nothing left shared: {left:?}");
+}
+
+#[tokio::test]
+async fn an_append_while_nats_is_away_fails_with_the_shared_stream_as_its_cause() {
+    let Some(bin) = nats_server_or_skip("jetstream: error causes") else {
+        return;
+    };
+    let mut nats = Nats::single(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = replica(&nats, dir.path(), 1).await;
+    append(&journal, &stream_body(1, true, false)).await;
+    nats.kill(0);
+    eventually("the client notices", || !journal.health().is_writable()).await;
+    let webhook = streamhook_types::decode::decode(&stream_body(1, false, false))
+        .unwrap()
+        .webhook;
+    let source = streamhook_core::Verified::trusted_local("92.223.123.1".parse().unwrap());
+    let err = journal
+        .append(source, &stream_body(1, false, false), webhook)
+        .await
+        .unwrap_err();
+    let cause = err.cause().expect("a write error has a cause");
+    assert_eq!(cause.kind(), streamhook_core::CauseKind::Shared, "{err}");
+    let shared = streamhook_core::CauseKind::Shared.index();
+    assert_eq!(
+        journal.stats().errors_by_cause[shared].load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }

@@ -1,0 +1,113 @@
+//! Delivering only while this receiver holds the sink's lease ([`crate::backend::Leases`]).
+//! On one host the lease is always held and never renewed, so this is a straight run of the
+//! dispatcher. When receivers share a journal, the dispatcher waits for the lease (the backend
+//! adopts the sink's shared cursor and dead letters as it takes it), renews it every
+//! [`Leases::renew_every`](crate::backend::Leases::renew_every), shares the sink's state after
+//! each renewal, stops delivering [`Leases::hold_for`](crate::backend::Leases::hold_for) after
+//! the last successful renewal whatever else is happening, and lets the lease go when it stops.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::Dispatcher;
+
+/// How long to wait before asking again for a lease another receiver holds.
+const ACQUIRE_RETRY: Duration = Duration::from_secs(1);
+
+impl Dispatcher {
+    pub(super) async fn run_leased(self, mut shutdown: watch::Receiver<bool>) {
+        let leases = Arc::clone(self.journal.leases());
+        let name = self.sink.name().to_owned();
+        let renew_every = leases.renew_every();
+        let hold_for = leases.hold_for();
+        loop {
+            let (mut lease, mut renewed) = loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                // A receiver that may not deliver now (its mirror is behind) does not take
+                // the lease: it would deliver nothing new while another could.
+                if leases.may_hold()
+                    && let Some(lease) = leases.acquire(&name).await
+                {
+                    break (lease, Instant::now());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(renew_every.unwrap_or(ACQUIRE_RETRY)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            };
+            if leases.is_shared() {
+                self.stats.leased.store(1, Ordering::Relaxed);
+            }
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let dispatch = self.run_owned(stop_rx);
+            tokio::pin!(dispatch);
+            let stopping = loop {
+                // Stop delivering well before the lease can lapse on the server: a receiver
+                // that cannot renew (cut off, or slow) stops before another can take over.
+                let must_stop = renewed
+                    .checked_add(hold_for)
+                    .map(tokio::time::Instant::from_std);
+                tokio::select! {
+                    _ = &mut dispatch => break false,
+                    _ = shutdown.wait_for(|s| *s) => break true,
+                    _ = sleep_until(must_stop), if must_stop.is_some() => {
+                        tracing::warn!(sink = %name, "could not renew the sink's lease in time; delivery stops here (another receiver may take it)");
+                        break false;
+                    }
+                    _ = sleep(renew_every), if renew_every.is_some() => {}
+                }
+                if !leases.may_hold() {
+                    tracing::warn!(sink = %name, "this receiver's mirror is behind the shared journal; letting the sink's lease go");
+                    break false;
+                }
+                // Renew first; the state is shared only while the lease is ours. While this
+                // runs the dispatcher's lanes keep delivering, so each step is bounded by the
+                // time left before delivery must stop.
+                let left = must_stop.map_or(Duration::MAX, |t| {
+                    t.saturating_duration_since(tokio::time::Instant::now())
+                });
+                match tokio::time::timeout(left, leases.renew(&name, &mut lease)).await {
+                    Ok(true) => renewed = Instant::now(),
+                    _ => {
+                        tracing::warn!(sink = %name, "lost the sink's lease (another receiver may hold it now); delivery stops here");
+                        break false;
+                    }
+                }
+                let left = hold_for.saturating_sub(renewed.elapsed());
+                if !leases.share(&name, left).await {
+                    tracing::warn!(sink = %name, "sharing the cursor and dead letters timed out (retried)");
+                }
+            };
+            let _ = stop_tx.send(true);
+            dispatch.await;
+            self.stats.leased.store(0, Ordering::Relaxed);
+            // Still ours: the backend shares the final state, then lets the next receiver take
+            // over at once instead of after the lease's expiry.
+            let elapsed = renewed.elapsed();
+            let within = (elapsed < hold_for).then(|| hold_for - elapsed);
+            leases.release(&name, lease, within).await;
+            if stopping || shutdown.has_changed().is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep(every: Option<Duration>) {
+    match every {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

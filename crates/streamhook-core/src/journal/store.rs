@@ -1,0 +1,267 @@
+//! The database file and its health: opening `journal.redb` (creating the tables up front),
+//! reopening it after an I/O error, the counters metrics read, and what every commit records
+//! so that [`super::Journal::health`] can answer without touching the database.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::sync::watch;
+
+use super::error::{CauseKind, JournalError, read_err, write_err};
+use super::record::{
+    CURSORS, DEAD_LETTERS, EVENTS, HISTORY, META, NEXT_SEQ, REQUESTS, REQUEUED, REWINDS,
+    SINK_STARTS, header_ms,
+};
+
+/// How far ahead of the clock the newest event's receive time may be and still be carried
+/// forward (a clock that stepped back); beyond it the stored time is taken for a corrupt
+/// record or a clock that had jumped ahead, and not followed.
+pub(crate) const MAX_CLOCK_STEP_BACK: Duration = Duration::from_secs(24 * 3600);
+
+/// Counters the server's `/metrics` reads.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// History records that could not be read (the resource was classified as new).
+    pub history_corrupt: AtomicU64,
+    /// Resource histories dropped after `history_max_age` idle.
+    pub history_pruned: AtomicU64,
+    /// Times the stored receive time was too far ahead of the clock to carry forward.
+    pub clock_reset: AtomicU64,
+    /// Events appended.
+    pub appended: AtomicU64,
+    /// Replicated journal: messages of the shared stream the mirror could not read (kept as
+    /// unreadable records, dead-lettered by each sink).
+    pub import_unreadable: AtomicU64,
+    /// Replicated journal: messages the shared stream holds that this receiver's mirror does
+    /// not yet (as its consumer last reported).
+    pub mirror_pending: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Failed commits.
+    pub write_errors: AtomicU64,
+    /// Appends refused because the queue was full.
+    pub busy: AtomicU64,
+    /// Commit latency histogram: counts per bucket of [`COMMIT_BUCKETS`], plus +Inf.
+    pub commit_latency: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+    /// Sum of commit latencies in microseconds.
+    pub commit_latency_sum_us: AtomicU64,
+    /// Failed reads and writes, by what lay underneath ([`CauseKind::ALL`]'s order).
+    pub errors_by_cause: [AtomicU64; CauseKind::ALL.len()],
+}
+
+/// Upper bounds, in seconds, of the commit latency histogram's buckets.
+pub const COMMIT_BUCKETS: [f64; 10] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+
+impl JournalStats {
+    pub(crate) fn observe_commit(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = COMMIT_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(COMMIT_BUCKETS.len());
+        self.commit_latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.commit_latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed read or write by its cause.
+    pub(crate) fn observe_error(&self, e: &JournalError) {
+        if let Some(cause) = e.cause() {
+            self.errors_by_cause[cause.kind().index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the journal can take events now, as [`super::Journal::health`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The writer runs and the last commit succeeded.
+    Writable,
+    /// The last commit failed (a full disk, an I/O error), with its error.
+    CannotWrite(String),
+    /// The writer thread is gone (it panicked): nothing can be journaled until a restart.
+    WriterDead,
+    /// The journal was closed.
+    Closed,
+}
+
+impl Health {
+    /// Whether events can be journaled.
+    pub fn is_writable(&self) -> bool {
+        matches!(self, Health::Writable)
+    }
+}
+
+/// What the writer and every committer record for [`super::Journal::health`].
+#[derive(Debug, Default)]
+pub(crate) struct HealthState {
+    pub(crate) writer_alive: AtomicBool,
+    pub(crate) commit_failed: AtomicBool,
+    pub(crate) last_error: Mutex<String>,
+    /// Test only: the next N commits fail as an I/O error would.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) inject_failures: AtomicU64,
+}
+
+impl HealthState {
+    /// Commits (failing instead when a test injected a failure). Only the writer records the
+    /// outcome as health.
+    pub(crate) fn commit(&self, txn: redb::WriteTransaction) -> Result<(), JournalError> {
+        #[cfg(feature = "test-hooks")]
+        {
+            let injected = self
+                .inject_failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if injected {
+                let _ = txn.abort();
+                return Err(JournalError::write(
+                    CauseKind::Io,
+                    "injected I/O error (test)",
+                ));
+            }
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    pub(crate) fn record<T>(&self, result: &Result<T, JournalError>) {
+        match result {
+            Ok(_) => self.commit_failed.store(false, Ordering::SeqCst),
+            Err(e) => {
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = e.to_string();
+                }
+                self.commit_failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// The database file and what the writer thread and every handle share about it. The writer
+/// holds no sender, so when the last handle goes, its queue closes and it stops.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub(crate) path: PathBuf,
+    cache_bytes: usize,
+    pub(crate) closed: AtomicBool,
+    db: RwLock<Option<Arc<Database>>>,
+    /// The last committed seq; bumped on every commit, replay and requeue to wake dispatchers.
+    pub(crate) changed: watch::Sender<u64>,
+    pub(crate) stats: JournalStats,
+    pub(crate) health: HealthState,
+}
+
+impl Store {
+    /// Opens (or creates) the file; returns the store and the newest event's receive time.
+    pub(crate) fn open(path: PathBuf, cache_bytes: usize) -> Result<(Store, u64), JournalError> {
+        let db = open_db(&path, cache_bytes)?;
+        let last = last_seq_in(&db)?;
+        let last_ms = last_received_ms(&db)?;
+        let (changed, _) = watch::channel(last);
+        let store = Store {
+            path,
+            cache_bytes,
+            closed: AtomicBool::new(false),
+            db: RwLock::new(Some(Arc::new(db))),
+            changed,
+            stats: JournalStats::default(),
+            health: HealthState::default(),
+        };
+        Ok((store, last_ms))
+    }
+
+    pub(crate) fn db(&self) -> Result<Arc<Database>, JournalError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(JournalError::Closed);
+        }
+        self.db.read().ok().and_then(|g| g.clone()).ok_or_else(|| {
+            JournalError::write(
+                CauseKind::Storage,
+                "the journal is reopening after an I/O error",
+            )
+        })
+    }
+
+    /// Takes the database out, then (without holding the lock, so readers fail fast instead
+    /// of waiting) waits a bounded time for readers to let go of it.
+    pub(crate) fn release(&self) {
+        let old = match self.db.write() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => return,
+        };
+        if let Some(old) = old {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// After an I/O error redb refuses further writes until reopened: drop every handle and
+    /// open the file again (recovering from the last committed transaction).
+    pub(crate) fn reopen(&self) -> Result<(), JournalError> {
+        self.release();
+        let db = open_db(&self.path, self.cache_bytes)?;
+        match self.db.write() {
+            Ok(mut slot) => *slot = Some(Arc::new(db)),
+            Err(_) => {
+                return Err(JournalError::write(
+                    CauseKind::Other,
+                    "journal lock poisoned",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| JournalError::Open {
+            path: path.to_owned(),
+            source: super::error::IntoCause::into_cause(e),
+        })?;
+    // Create the tables up front, so readers never race their creation.
+    let txn = db.begin_write().map_err(write_err)?;
+    {
+        txn.open_table(EVENTS).map_err(write_err)?;
+        txn.open_table(HISTORY).map_err(write_err)?;
+        txn.open_table(META).map_err(write_err)?;
+        txn.open_table(CURSORS).map_err(write_err)?;
+        txn.open_table(DEAD_LETTERS).map_err(write_err)?;
+        txn.open_table(REQUEUED).map_err(write_err)?;
+        txn.open_table(REWINDS).map_err(write_err)?;
+        txn.open_table(REQUESTS).map_err(write_err)?;
+        txn.open_table(SINK_STARTS).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)?;
+    Ok(db)
+}
+
+pub(crate) fn last_seq_in(db: &Database) -> Result<u64, JournalError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let next = txn
+        .open_table(META)
+        .map_err(read_err)?
+        .get(NEXT_SEQ)
+        .map_err(read_err)?
+        .map_or(1, |v| v.value());
+    Ok(next - 1)
+}
+
+/// The receive time of the newest event (0 when empty).
+fn last_received_ms(db: &Database) -> Result<u64, JournalError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(EVENTS).map_err(read_err)?;
+    Ok(table
+        .last()
+        .map_err(read_err)?
+        .map_or(0, |(_, v)| header_ms(v.value())))
+}
