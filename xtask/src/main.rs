@@ -10,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod arch;
 mod demo;
 mod dist;
 mod tools;
@@ -21,11 +22,15 @@ Tasks:
   ci        what CI runs: fmt check, clippy -D warnings, the tests (pending or
             unreferenced snapshots fail), the server's suites again on the
             JetStream journal, the architecture checks (streamhook-types free
-            of I/O, one audited `unsafe`), the short fault runs, and the Debian
+            of I/O, streamhook-core free of NATS, no two files of core, server
+            or jetstream importing each other, one audited `unsafe`, docs
+            without warnings), the short fault runs, and the Debian
             package's layout (unoptimised binaries, checked, then removed)
   test      what README.md gives: install the pinned nats-server into .tools/
             when absent, then `cargo test --workspace --locked` (extra ARGS go to
             cargo test)
+  arch      the architecture checks alone: streamhook-core free of NATS, and no
+            two files of core, server or jetstream importing each other
   tools     install the pinned nats-server into .tools/ when absent, print its path
   codegen   regenerate docs/schema/*.json from the types
   demo      build, start the server on loopback with a file sink in a temporary
@@ -87,6 +92,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         "codegen" => codegen(),
+        "arch" => {
+            arch::check_core_has_no_nats(&project_root())?;
+            arch::check_no_mutual_imports(&project_root())
+        }
         "demo" => demo::run(),
         "crash-test" => harness(&["crash"], &rest).map(drop),
         "outage-test" => harness(&["outage"], &rest).map(drop),
@@ -155,7 +164,20 @@ fn ci(args: &[String]) -> Result<()> {
             &[],
         )?;
     }
+    // The documentation builds without a warning (broken links, undocumented items).
+    cargo(
+        &[
+            "doc",
+            "--no-deps",
+            "--workspace",
+            "--all-features",
+            "--locked",
+        ],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     check_types_crate_is_pure()?;
+    arch::check_core_has_no_nats(&project_root())?;
+    arch::check_no_mutual_imports(&project_root())?;
     check_unsafe_is_audited()?;
     tools::ensure_nats_server()?;
     test_with_snapshot_checks()?;

@@ -7,7 +7,7 @@
 //!
 //! - [`stdout`]: one line per event, `pretty` for people (coloured on a terminal) or `json`
 //!   (NDJSON envelopes) for pipes.
-//! - [`file`]: NDJSON envelopes appended to a (templated) path, with rotation and an fsync
+//! - [`file`](mod@file): NDJSON envelopes appended to a (templated) path, with rotation and an fsync
 //!   policy; a reader only ever sees whole lines.
 //! - [`nats`]: publishes each event to a NATS subject (`gcore.{type}.{id}`), acknowledged by
 //!   JetStream or on core NATS.
