@@ -13,13 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use axum::body::Bytes;
-use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use streamhook_core::{Journal, JournalConfig, Verified};
 
+use crate::load::{MEASURED_TIMEOUT, PAYLOAD, Phase, Poster, RESOURCES, closed_loop, fixed_rate};
 use crate::server::free_port;
 
 /// Options of a bench run.
@@ -74,118 +70,6 @@ pub struct BenchOptions {
 
 /// Everything after this line in the report is kept when it is regenerated.
 pub const NOTES_MARKER: &str = "<!-- notes below are kept by cargo xtask bench -->";
-
-const PAYLOAD: &str = include_str!("../../../fixtures/seed/15-video-processed.json");
-
-/// The video ids the load spreads over: each request carries the next, as Gcore's traffic
-/// spreads over many streams and videos (one id would serialise the replicated journal's
-/// appends, its worst case).
-pub const RESOURCES: u32 = 1000;
-
-/// The seed payload once per resource, the id the only difference (same length).
-fn bodies() -> &'static [Bytes] {
-    static BODIES: std::sync::OnceLock<Vec<Bytes>> = std::sync::OnceLock::new();
-    BODIES.get_or_init(|| {
-        (0..RESOURCES)
-            .map(|i| Bytes::from(PAYLOAD.replace("784280", &(784_280 + i).to_string())))
-            .collect()
-    })
-}
-
-/// The next request's body (round-robin over the resources).
-fn next_body() -> Bytes {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let all = bodies();
-    all[(NEXT.fetch_add(1, Ordering::Relaxed) % all.len() as u64) as usize].clone()
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client(connections: usize) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(connections)
-        .build(connector)
-}
-
-async fn post(client: &HttpClient, url: &hyper::Uri, body: Bytes) -> bool {
-    let request = hyper::Request::post(url.clone())
-        .header("content-type", "application/json")
-        .body(Full::new(body));
-    let Ok(request) = request else { return false };
-    // A request unanswered for 30 s counts as failed: an overloaded server must not hang the
-    // run (seen with a connection closed at accept by the per-peer cap).
-    let exchange = async {
-        match client.request(request).await {
-            Ok(resp) => {
-                let ok = resp.status().is_success();
-                let _ = resp.into_body().collect().await;
-                ok
-            }
-            Err(_) => false,
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .unwrap_or(false)
-}
-
-/// What one load phase measured.
-#[derive(Debug, Clone, Default)]
-pub struct Phase {
-    /// Successful requests per second.
-    pub rps: f64,
-    /// Latency percentiles and max, in microseconds.
-    pub p50: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// Maximum.
-    pub max: u64,
-    /// Failed requests.
-    pub errors: u64,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
-}
-
-/// `rate` requests per second for `seconds`, each timed from when it was due (so a stall
-/// counts against every request it delays: no coordinated omission).
-pub async fn fixed_rate(url: &str, rate: u64, seconds: u64) -> Result<Phase> {
-    let uri: hyper::Uri = url.parse()?;
-    let client = client(256);
-    let total = rate * seconds;
-    let start = tokio::time::Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
-    for i in 0..total {
-        let due = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due).await;
-        let (client, uri, tx) = (client.clone(), uri.clone(), tx.clone());
-        tokio::spawn(async move {
-            let ok = post(&client, &uri, next_body()).await;
-            let _ = tx.send(ok.then(|| due.elapsed().as_micros() as u64));
-        });
-    }
-    drop(tx);
-    let mut h = histogram();
-    let mut errors = 0;
-    while let Some(r) = rx.recv().await {
-        match r {
-            Some(us) => h.record(us)?,
-            None => errors += 1,
-        }
-    }
-    let took = start.elapsed().as_secs_f64();
-    Ok(Phase {
-        rps: h.len() as f64 / took,
-        p50: h.value_at_quantile(0.5),
-        p99: h.value_at_quantile(0.99),
-        max: h.max(),
-        errors,
-    })
-}
 
 /// The ceiling: an axum server that reads the body and answers 200.
 pub async fn bare_server(port: u16) -> Result<()> {
@@ -480,10 +364,9 @@ async fn wait_caught_up(admin: u16, sink: &str, within: Duration) -> Result<()> 
 
 /// `n` requests one after another on one connection.
 async fn sequential(url: &str, n: u64) -> Result<()> {
-    let uri: hyper::Uri = url.parse()?;
-    let client = client(1);
+    let poster = Poster::new(url, 1, MEASURED_TIMEOUT)?;
     for _ in 0..n {
-        if !post(&client, &uri, Bytes::from_static(PAYLOAD.as_bytes())).await {
+        if !poster.post_ok(Bytes::from_static(PAYLOAD.as_bytes())).await {
             bail!("a request to {url} failed");
         }
     }
@@ -1297,64 +1180,4 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     print!("{report}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// `connections` clients sending back to back for `seconds`.
-pub async fn closed_loop(url: &str, connections: usize, seconds: u64) -> Result<Phase> {
-    let uri: hyper::Uri = url.parse()?;
-    let client = client(connections);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let errors = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (client, uri, errors) = (client.clone(), uri.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut h = histogram();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    if post(&client, &uri, next_body()).await {
-                        let _ = h.record(t.elapsed().as_micros() as u64);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                h
-            })
-        })
-        .collect();
-    let mut all = histogram();
-    for t in tasks {
-        all.add(t.await?)?;
-    }
-    let took = start.elapsed().as_secs_f64();
-    Ok(Phase {
-        rps: all.len() as f64 / took,
-        p50: all.value_at_quantile(0.5),
-        p99: all.value_at_quantile(0.99),
-        max: all.max(),
-        errors: errors.load(Ordering::Relaxed),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_load_spreads_over_distinct_video_ids_with_the_seed_bodys_length() {
-        let bodies = bodies();
-        assert_eq!(bodies.len(), RESOURCES as usize);
-        let distinct: std::collections::HashSet<&Bytes> = bodies.iter().collect();
-        assert_eq!(
-            distinct.len(),
-            bodies.len(),
-            "each body names its own video"
-        );
-        for (i, b) in bodies.iter().enumerate() {
-            assert_eq!(b.len(), PAYLOAD.len());
-            let v: serde_json::Value = serde_json::from_slice(b).expect("valid JSON");
-            assert_eq!(v["message"]["video"]["id"], 784_280 + i as u64);
-        }
-    }
 }

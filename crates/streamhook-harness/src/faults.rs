@@ -124,7 +124,7 @@ pub async fn crash(server_bin: &Path, cycles: usize) -> Result<()> {
     let receiver = Receiver::start().await?;
     let mut server = ServerProcess::new(server_bin, &dir, &sinks_config(&dir, &receiver))?;
     server.start().await?;
-    let load = Load::start(server.url(), 8, 40, 64);
+    let load = Load::start(server.url(), 8, 40, 64)?;
     for cycle in 1..=cycles {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1500))).await;
         server.kill()?;
@@ -202,7 +202,7 @@ pub async fn outage(server_bin: &Path, seconds: u64) -> Result<()> {
     let mut receiver = Receiver::start().await?;
     let mut server = ServerProcess::new(server_bin, &dir, &sinks_config(&dir, &receiver))?;
     server.start().await?;
-    let load = Load::start(server.url(), 8, 25, 64);
+    let load = Load::start(server.url(), 8, 25, 64)?;
     let phase = Duration::from_millis(seconds * 1000 / 4);
     tokio::time::sleep(phase).await;
     receiver.set_mode(Mode::Refuse);
@@ -330,7 +330,7 @@ async fn disk_full_on(server_bin: &Path, dir: &Path, mount: &Path) -> Result<()>
     let free = available_bytes(mount)?;
     let size = free.saturating_sub(3 * 1024 * 1024);
     std::fs::write(&filler, vec![0u8; size as usize])?;
-    let load = Load::start(server.url(), 4, 50, 30_000);
+    let load = Load::start(server.url(), 4, 50, 30_000)?;
     let full = until(Duration::from_secs(60), || {
         load.tally
             .refused

@@ -1,6 +1,7 @@
-//! `streamhook-harness`: fault runs against the real `streamhook-server` binary. Driven by
-//! `cargo xtask crash-test`, `outage-test`, `disk-full-test`, `slow-clients-test` and
-//! `restart-test`.
+//! `streamhook-harness`: fault runs and the bench against the real `streamhook-server`
+//! binary, and the small programs they start (`bare`, `load`, `fill`). Driven by
+//! `cargo xtask crash-test`, `outage-test`, `disk-full-test`, `slow-clients-test`,
+//! `restart-test`, `ha-test` and `bench`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a test harness reports on its terminal
 
@@ -142,8 +143,8 @@ async fn main() -> std::process::ExitCode {
             rate,
         } => {
             let phase = match rate {
-                Some(r) => bench::fixed_rate(&url, r, seconds).await,
-                None => bench::closed_loop(&url, connections, seconds).await,
+                Some(r) => load::fixed_rate(&url, r, seconds).await,
+                None => load::closed_loop(&url, connections, seconds).await,
             };
             phase.map(|p| {
                 println!(
