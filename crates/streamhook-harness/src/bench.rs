@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use streamhook_core::{Journal, JournalConfig, Verified};
 
 use crate::load::{MEASURED_TIMEOUT, PAYLOAD, Phase, Poster, RESOURCES, closed_loop, fixed_rate};
-use crate::server::free_port;
+use crate::server::{Poll, Probe, Process, ServerProcess, admin_client, free_port, wait_ready};
 
 /// Options of a bench run.
 #[derive(Debug, Clone, clap::Args)]
@@ -85,72 +85,20 @@ pub async fn bare_server(port: u16) -> Result<()> {
     Ok(())
 }
 
+/// The command that runs the bare server (this program's `bare`) on `port`.
+pub fn bare_command(me: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(me);
+    cmd.args(["bare", "--port", &port.to_string()]);
+    cmd
+}
+
 /// The http sink's receiver: the bare server in a process of its own (not on the bench's
 /// runtime, where the load generator's clients would share its threads). Its port.
-async fn receiver_process(me: &Path) -> Result<(u16, Measured)> {
+pub async fn receiver_process(me: &Path) -> Result<(u16, Process)> {
     let port = free_port()?;
-    let process = Measured::spawn(Command::new(me).args(["bare", "--port", &port.to_string()]))?;
-    wait_listening(port).await?;
+    let mut process = Process::spawn_quiet(&mut bare_command(me, port))?;
+    wait_listening(port, &mut process).await?;
     Ok((port, process))
-}
-
-/// A child process to measure, with its peak memory. Killed when dropped, so that no server
-/// outlives a bench that stopped on an error.
-struct Measured {
-    child: Child,
-}
-
-impl Drop for Measured {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Measured {
-    fn spawn(cmd: &mut Command) -> Result<Measured> {
-        Ok(Measured {
-            child: cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
-        })
-    }
-
-    fn status_kb(&self, key: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(key)
-                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
-    /// Peak resident memory so far, MiB.
-    fn peak_rss_mib(&self) -> f64 {
-        self.status_kb("VmHWM:") as f64 / 1024.0
-    }
-
-    /// Resident memory now, MiB.
-    fn rss_mib(&self) -> f64 {
-        self.status_kb("VmRSS:") as f64 / 1024.0
-    }
-
-    fn stop(mut self) -> Result<()> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        bail!("the process did not stop on SIGTERM")
-    }
 }
 
 /// The kernel's dirty and under-writeback data (MiB, `Dirty:` + `Writeback:` in
@@ -174,52 +122,53 @@ fn write_back_dirty_pages() -> Option<(f64, f64)> {
     synced.then(|| (kb as f64 / 1024.0, start.elapsed().as_secs_f64()))
 }
 
-/// A client for the servers' health and admin endpoints: a server that accepts and never
-/// answers must not hang the bench (its waits have deadlines; each request has one too).
-fn admin_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default()
+/// A streamhook server for the bench: `sinks` (and any journal settings) in `dir`, quick
+/// retries, no log written; with `admin`, the admin listener on at `127.0.0.1:admin`.
+pub fn streamhook(
+    bin: &Path,
+    dir: &Path,
+    sinks: &str,
+    admin: Option<u16>,
+) -> Result<ServerProcess> {
+    let config = format!(
+        "allow = [\"127.0.0.1/32\"]\ndata_dir = \"{}\"\n[admin]\nenabled = {}\n[retry]\ninitial_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n{sinks}",
+        dir.join("data").display(),
+        admin.is_some()
+    );
+    let server = ServerProcess::new(bin, dir, &config)?.quiet();
+    Ok(match admin {
+        Some(port) => server.env("STREAMHOOK_ADMIN_LISTEN", format!("127.0.0.1:{port}")),
+        None => server,
+    })
 }
 
-async fn wait_ready(port: u16, path: &str) -> Result<Duration> {
-    let start = Instant::now();
-    let http = admin_client();
-    while start.elapsed() < Duration::from_secs(120) {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}{path}"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            return Ok(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    bail!("not ready on port {port} after 120 s")
+/// Waits (up to 120 s, every 10 ms) until something accepts connections on the port.
+pub async fn wait_listening(port: u16, process: &mut Process) -> Result<()> {
+    let poll = Poll {
+        every: Duration::from_millis(10),
+        within: Duration::from_secs(120),
+    };
+    wait_ready(port, Probe::Listening, poll, Some(process)).await?;
+    Ok(())
 }
 
-fn streamhook(bin: &Path, dir: &Path, port: u16, sinks: &str) -> Result<Command> {
-    let config = dir.join("streamhook.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nallow = [\"127.0.0.1/32\"]\ndata_dir = \"{}\"\n[admin]\nenabled = false\n[retry]\ninitial_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n{sinks}",
-            dir.join("data").display()
-        ),
-    )?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(config);
-    Ok(cmd)
+/// Waits (up to 120 s, every 2 ms) until `GET path` on the port answers 2xx.
+pub async fn wait_answering(port: u16, path: &str, process: &mut Process) -> Result<()> {
+    let poll = Poll {
+        every: Duration::from_millis(2),
+        within: Duration::from_secs(120),
+    };
+    wait_ready(port, Probe::Get(path), poll, Some(process)).await?;
+    Ok(())
 }
 
-/// Turns the admin listener on (at `127.0.0.1:port`) in the config `streamhook()` wrote.
-fn enable_admin(cmd: &mut Command, dir: &Path, port: u16) -> Result<()> {
-    cmd.env("STREAMHOOK_ADMIN_LISTEN", format!("127.0.0.1:{port}"));
-    let config = dir.join("streamhook.toml");
-    let text = std::fs::read_to_string(&config)?.replace("enabled = false", "enabled = true");
-    std::fs::write(&config, text)?;
+/// SIGTERM, and up to 30 s for the process to exit (however it exits).
+pub fn stop(process: Process) -> Result<()> {
+    let poll = Poll {
+        every: Duration::from_millis(20),
+        within: Duration::from_secs(30),
+    };
+    process.terminate(poll)?;
     Ok(())
 }
 
@@ -273,7 +222,7 @@ struct IntakeRow {
 struct Contender {
     name: String,
     url: String,
-    process: Measured,
+    process: Process,
     /// streamhook's admin port and its sink, to wait until the sink caught up.
     admin: Option<(u16, &'static str)>,
     /// The port and path that answer once it is up ("/" : any answer).
@@ -290,15 +239,14 @@ fn streamhook_contender(
     config: &str,
     sink: &'static str,
 ) -> Result<Contender> {
-    let (port, admin) = (free_port()?, free_port()?);
-    let mut cmd = streamhook(&o.server_bin, dir, port, config)?;
-    enable_admin(&mut cmd, dir, admin)?;
+    let admin = free_port()?;
+    let server = streamhook(&o.server_bin, dir, config, Some(admin))?;
     Ok(Contender {
         name: name.into(),
-        url: format!("http://127.0.0.1:{port}/webhook"),
-        process: Measured::spawn(&mut cmd)?,
+        url: server.url(),
+        process: server.spawn()?,
         admin: Some((admin, sink)),
-        ready: (port, "/healthz".into()),
+        ready: (server.port, "/healthz".into()),
         rounds: Vec::new(),
     })
 }
@@ -331,21 +279,6 @@ fn reference_webhook(dir: &Path) -> Result<std::result::Result<(Command, String,
 fn tool_exists(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()))
-}
-
-/// Waits until something accepts connections on the port.
-async fn wait_listening(port: u16) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(120) {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("nothing listens on port {port} after 120 s")
 }
 
 /// Waits until `sink` has passed every journaled event (its lag in `/readyz` is 0).
@@ -396,13 +329,13 @@ async fn instructions_per_request(
             None => valgrind.env_remove(k),
         };
     }
-    let process = Measured::spawn(&mut valgrind)?;
-    let pid = process.child.id().to_string();
+    let mut process = Process::spawn_quiet(&mut valgrind)?;
+    let pid = process.id().to_string();
     let result = async {
         if ready_path == "/" {
-            wait_listening(port).await?;
+            wait_listening(port, &mut process).await?;
         } else {
-            wait_ready(port, ready_path).await?;
+            wait_answering(port, ready_path, &mut process).await?;
         }
         let url = format!("http://127.0.0.1:{port}/webhook");
         sequential(&url, 100).await?;
@@ -439,7 +372,7 @@ async fn instructions_per_request(
         bail!("no callgrind dump in {}", out.display())
     }
     .await;
-    // Killed (and reaped) by Measured's Drop.
+    // Killed (and reaped) by Process's Drop.
     drop(process);
     result
 }
@@ -571,7 +504,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     contenders.push(Contender {
         name: "bare axum (reads the body, answers 200)".into(),
         url: format!("http://127.0.0.1:{port}/webhook"),
-        process: Measured::spawn(Command::new(&me).args(["bare", "--port", &port.to_string()]))?,
+        process: Process::spawn_quiet(&mut bare_command(&me, port))?,
         admin: None,
         ready: (port, "/".into()),
         rounds: Vec::new(),
@@ -596,7 +529,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
                 name: "adnanh/webhook 2.8 (`ip-whitelist` rule, runs /bin/true; stores nothing)"
                     .into(),
                 url,
-                process: Measured::spawn(&mut cmd)?,
+                process: Process::spawn_quiet(&mut cmd)?,
                 admin: None,
                 ready: (port, "/".into()),
                 rounds: Vec::new(),
@@ -638,10 +571,10 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         }
         Err(why) => Some(why),
     };
-    for c in &contenders {
-        wait_listening(c.ready.0).await?;
+    for c in &mut contenders {
+        wait_listening(c.ready.0, &mut c.process).await?;
         if c.ready.1 != "/" {
-            wait_ready(c.ready.0, &c.ready.1).await?;
+            wait_answering(c.ready.0, &c.ready.1, &mut c.process).await?;
         }
     }
     let mut dirty_before_turns = Vec::new();
@@ -678,7 +611,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         .into_iter()
         .map(|c| {
             let peak = c.process.peak_rss_mib();
-            let _ = c.process.stop();
+            let _ = stop(c.process);
             IntakeRow {
                 name: c.name,
                 rounds: c.rounds,
@@ -687,7 +620,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
             }
         })
         .collect();
-    let _ = receiver.stop();
+    let _ = stop(receiver);
     drop(clusters);
 
     // 2. Memory and intake while a sink is down for `down_seconds`.
@@ -697,13 +630,11 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     );
     let d4 = dir.join("down");
     std::fs::create_dir_all(&d4)?;
-    let port = free_port()?;
     let admin = free_port()?;
-    let mut cmd = streamhook(&o.server_bin, &d4, port, &http_sink(free_port()?))?;
-    enable_admin(&mut cmd, &d4, admin)?;
-    let server = Measured::spawn(&mut cmd)?;
-    wait_ready(port, "/healthz").await?;
-    let url = format!("http://127.0.0.1:{port}/webhook");
+    let server = streamhook(&o.server_bin, &d4, &http_sink(free_port()?), Some(admin))?;
+    let (port, url) = (server.port, server.url());
+    let mut server = server.spawn()?;
+    wait_answering(port, "/healthz", &mut server).await?;
     let mut down = Vec::new();
     let periods = (o.down_seconds / 10).max(1);
     for i in 1..=periods {
@@ -716,7 +647,7 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         ));
     }
     let peak_down = server.peak_rss_mib();
-    server.stop()?;
+    stop(server)?;
 
     // 3. Drains of a journaled backlog: the file sink, and the http sink (concurrency 4,
     //    keep-alive) to a local receiver, timed from the server's start until the sink has
@@ -729,14 +660,14 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     std::fs::create_dir_all(&d5)?;
     fill_journal(&d5.join("data"), o.drain_events, Some("archive")).await?;
     let admin = free_port()?;
-    let mut cmd = streamhook(&o.server_bin, &d5, free_port()?, &file_sink(&d5))?;
-    enable_admin(&mut cmd, &d5, admin)?;
+    let mut cmd = streamhook(&o.server_bin, &d5, &file_sink(&d5), Some(admin))?.command();
+    // Timed from the process's start (its command and config already written).
     let start = Instant::now();
-    let server = Measured::spawn(&mut cmd)?;
-    wait_ready(admin, "/readyz").await?;
+    let mut server = Process::spawn_quiet(&mut cmd)?;
+    wait_answering(admin, "/readyz", &mut server).await?;
     wait_caught_up(admin, "archive", Duration::from_secs(600)).await?;
     let drain_file = start.elapsed();
-    server.stop()?;
+    stop(server)?;
     let file_rate = o.drain_events as f64 / drain_file.as_secs_f64();
 
     eprintln!(
@@ -748,17 +679,16 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
     fill_journal(&d5.join("data"), o.drain_events, Some("app")).await?;
     let (receiver_port, receiver) = receiver_process(&me).await?;
     let admin = free_port()?;
-    let mut cmd = streamhook(&o.server_bin, &d5, free_port()?, &http_sink(receiver_port))?;
-    enable_admin(&mut cmd, &d5, admin)?;
+    let mut cmd = streamhook(&o.server_bin, &d5, &http_sink(receiver_port), Some(admin))?.command();
     let start = Instant::now();
-    let server = Measured::spawn(&mut cmd)?;
-    wait_ready(admin, "/readyz").await?;
+    let mut server = Process::spawn_quiet(&mut cmd)?;
+    wait_answering(admin, "/readyz", &mut server).await?;
     wait_caught_up(admin, "app", Duration::from_secs(600)).await?;
     let drain_http = start.elapsed();
     // Passed means delivered: a receiver that refused would have dead-lettered them as fast.
     let drained = sink_delivered(admin, "app").await?;
-    server.stop()?;
-    let _ = receiver.stop();
+    stop(server)?;
+    let _ = stop(receiver);
     if drained != o.drain_events {
         bail!(
             "the http sink delivered {drained} of {} events (the rest dead-lettered?)",
@@ -778,16 +708,14 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         / 1e6;
     let mut ready = Vec::new();
     for _ in 0..3 {
-        let port = free_port()?;
         let start = Instant::now();
         // `/readyz` is on the admin listener.
         let admin = free_port()?;
-        let mut cmd = streamhook(&o.server_bin, &d6, port, &file_sink(&d6))?;
-        enable_admin(&mut cmd, &d6, admin)?;
-        let server = Measured::spawn(&mut cmd)?;
-        wait_ready(admin, "/readyz").await?;
+        let server = streamhook(&o.server_bin, &d6, &file_sink(&d6), Some(admin))?;
+        let mut server = server.spawn()?;
+        wait_answering(admin, "/readyz", &mut server).await?;
         ready.push(start.elapsed());
-        server.stop()?;
+        stop(server)?;
     }
     ready.sort();
 
@@ -849,11 +777,16 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         );
         let mut out = Vec::new();
         let port = free_port()?;
-        let mut bare = Command::new(&me);
-        bare.args(["bare", "--port", &port.to_string()]);
         out.push((
             "bare axum (reads the body, answers 200)".to_owned(),
-            instructions_per_request(&dir, bare, port, "/", o.callgrind_requests).await?,
+            instructions_per_request(
+                &dir,
+                bare_command(&me, port),
+                port,
+                "/",
+                o.callgrind_requests,
+            )
+            .await?,
         ));
         for (key, name, sink) in [
             (
@@ -865,15 +798,21 @@ pub async fn run(o: &BenchOptions) -> Result<()> {
         ] {
             let d = dir.join(key);
             std::fs::create_dir_all(&d)?;
-            let port = free_port()?;
             let sinks = if sink { file_sink(&d) } else { String::new() };
-            let mut cmd = streamhook(&o.server_bin, &d, port, &sinks)?;
+            let mut server = streamhook(&o.server_bin, &d, &sinks, None)?;
             if !sink {
-                cmd.arg("--no-stdout");
+                server = server.arg("--no-stdout");
             }
             out.push((
                 name.to_owned(),
-                instructions_per_request(&dir, cmd, port, "/healthz", o.callgrind_requests).await?,
+                instructions_per_request(
+                    &dir,
+                    server.command(),
+                    server.port,
+                    "/healthz",
+                    o.callgrind_requests,
+                )
+                .await?,
             ));
         }
         Ok(out)

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::faults::{journal_ids, temp_dir};
-use crate::server::free_port;
+use crate::server::{self, Poll, Probe, Process, free_port};
 
 /// A listening socket the harness holds and lends to each server process.
 #[derive(Debug)]
@@ -69,72 +69,49 @@ struct Seen {
     max_latency_us: AtomicU64,
 }
 
-fn start_server(socket: &HeldSocket, bin: &Path, config: &Path, log: &Path) -> Result<Child> {
+fn start_server(socket: &HeldSocket, bin: &Path, config: &Path, log: &Path) -> Result<Process> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    socket
-        .command(bin, "webhook")
-        .arg("--config")
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))
+    Process::spawn(
+        socket
+            .command(bin, "webhook")
+            .arg("--config")
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+    .with_context(|| format!("cannot start {}", bin.display()))
 }
 
+/// How the run looks at the server: every 5 ms, for up to 60 s.
+const POLL: Poll = Poll {
+    every: Duration::from_millis(5),
+    within: Duration::from_secs(60),
+};
+
 /// Waits until the server answers `/readyz` on its admin port.
-async fn wait_ready(admin: u16, child: &mut Child, log: &Path) -> Result<Duration> {
-    let started = Instant::now();
-    let client = reqwest::Client::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            return Ok(started.elapsed());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "the server exited at start ({status}); see {}",
-                log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    bail!("the server did not become ready; see {}", log.display())
+async fn wait_ready(admin: u16, server: &mut Process, log: &Path) -> Result<()> {
+    server::wait_ready(admin, Probe::Get("/readyz"), POLL, Some(server))
+        .await
+        .with_context(|| format!("the server did not become ready; see {}", log.display()))?;
+    Ok(())
 }
 
 /// SIGTERM, then waits; anything but exit 0 is an error.
-fn terminate(child: &mut Child, log: &Path) -> Result<Duration> {
-    let started = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            bail!(
-                "the server did not stop within 60 s of SIGTERM; see {}",
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+fn terminate(server: Process, log: &Path) -> Result<()> {
+    let status = server
+        .terminate(POLL)
+        .with_context(|| format!("see {}", log.display()))?;
     if !status.success() {
         bail!(
             "the server exited with {status} on SIGTERM; see {}",
             log.display()
         );
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// Restarts the server `restarts` times under load; see the module docs.
@@ -207,7 +184,7 @@ pub async fn restart(server_bin: &Path, restarts: usize, clients: usize) -> Resu
     for i in 1..=restarts {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(150..400))).await;
         let t = Instant::now();
-        terminate(&mut child, &log)?;
+        terminate(child, &log)?;
         child = start_server(&socket, server_bin, &config, &log)?;
         wait_ready(admin, &mut child, &log).await?;
         downs.push(t.elapsed());
@@ -221,7 +198,7 @@ pub async fn restart(server_bin: &Path, restarts: usize, clients: usize) -> Resu
     for t in tasks {
         let _ = t.await;
     }
-    terminate(&mut child, &log)?;
+    terminate(child, &log)?;
     let journal = journal_ids(&dir.join("data"))?;
     let acked = seen.acked.lock().map(|a| a.clone()).unwrap_or_default();
     let failures = seen.failures.lock().map(|f| f.clone()).unwrap_or_default();
