@@ -13,6 +13,8 @@ mod fill;
 mod intake;
 mod memory;
 mod report;
+#[cfg(test)]
+mod report_tests;
 mod restart;
 mod servers;
 mod validate;
