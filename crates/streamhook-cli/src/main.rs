@@ -197,12 +197,15 @@ Examples:
     },
     /// Deliver a sink's events again, from a seq or a time.
     #[command(after_help = "\
-The sink gets every event from there on again, with the same ids (deduplicate on them).
+The sink gets every event from there on again, with the same ids (deduplicate on them). It
+prints how many events that is before asking for it. A replay only moves a sink back: from a
+point the sink has not reached yet (its destination was down) it changes nothing, and says so:
+nothing the sink has not had is ever skipped.
 
 Examples:
   streamhook replay --sink app --from-seq 1200
   streamhook replay --sink app --since 2026-11-28T09:00:00Z
-  streamhook replay --sink app --since 2h")]
+  streamhook replay --sink app --since 2h --dry-run")]
     Replay {
         /// The sink's name.
         #[arg(long)]
@@ -218,8 +221,24 @@ Examples:
         /// From this time (RFC 3339) or this long ago (`2h`, `30m`).
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
+        /// Only say what it would do.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Sinks the journal knows: forget one taken out of the configuration.
+    #[command(after_help = "\
+A sink taken out of the configuration keeps its place for retention.removed_sink_grace
+(default 7 days): its cursor keeps holding the events it has not had, so putting it back
+resumes it where it stood. `forget` ends that at once (its dead letters go too); if it comes
+back later it starts as a new sink. `streamhook status` lists removed sinks.
+
+Example:
+  streamhook sinks forget old-app")]
+    Sinks {
+        #[command(subcommand)]
+        action: SinksAction,
     },
     /// List or requeue events a sink gave up on.
     #[command(
@@ -256,6 +275,17 @@ Examples:
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SinksAction {
+    /// Stop holding events for a sink that is no longer configured.
+    Forget {
+        /// The sink's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -433,6 +463,7 @@ fn run(command: Command, out: &mut dyn Write, style: Style) -> anyhow::Result<u8
             sink,
             from_seq,
             since,
+            dry_run,
             admin,
         } => {
             let start = match (from_seq, since) {
@@ -440,8 +471,11 @@ fn run(command: Command, out: &mut dyn Write, style: Style) -> anyhow::Result<u8
                 (None, Some(t)) => ReplayStart::Since(t),
                 (None, None) => anyhow::bail!("give --from-seq or --since"),
             };
-            runtime()?.block_on(remote::replay(&admin.admin(), &sink, start, out))?
+            runtime()?.block_on(remote::replay(&admin.admin(), &sink, start, dry_run, out))?
         }
+        Command::Sinks {
+            action: SinksAction::Forget { name, admin },
+        } => runtime()?.block_on(remote::forget_sink(&admin.admin(), &name, out))?,
         Command::DeadLetters { action } => match action {
             DeadLetterAction::List { sink, json, admin } => runtime()?.block_on(
                 remote::dead_letters(&admin.admin(), sink.as_deref(), json, out, style),

@@ -334,21 +334,55 @@ pub enum ReplayStart {
     Since(String),
 }
 
-/// Asks the server to deliver a sink's events again.
+/// Asks the server to deliver a sink's events again: first what it would do (printed), then,
+/// unless `dry_run`, does it and prints what it did.
 pub async fn replay(
     admin: &Admin,
     sink: &str,
     start: ReplayStart,
+    dry_run: bool,
     out: &mut dyn Write,
 ) -> Result<u8> {
-    let body = match &start {
-        ReplayStart::Seq(s) => json!({ "sink": sink, "from_seq": s }),
-        ReplayStart::Since(t) => json!({ "sink": sink, "since": t }),
+    let body = |dry_run: bool| match &start {
+        ReplayStart::Seq(s) => json!({ "sink": sink, "from_seq": s, "dry_run": dry_run }),
+        ReplayStart::Since(t) => json!({ "sink": sink, "since": t, "dry_run": dry_run }),
     };
-    let answer = admin
-        .json(reqwest::Method::POST, "/admin/replay", Some(body))
+    let plan = admin
+        .json(reqwest::Method::POST, "/admin/replay", Some(body(true)))
         .await?;
-    writeln!(out, "replaying sink {sink} from seq {}", answer["from_seq"])?;
+    writeln!(out, "{}", plan["message"].as_str().unwrap_or_default())?;
+    if dry_run {
+        return Ok(OK);
+    }
+    let done = admin
+        .json(reqwest::Method::POST, "/admin/replay", Some(body(false)))
+        .await?;
+    if done["moved"].as_bool() == Some(true) {
+        writeln!(out, "replaying sink {sink} from seq {}", done["from_seq"])?;
+    } else {
+        writeln!(
+            out,
+            "sink {sink} keeps its place at seq {} (nothing skipped, nothing replayed)",
+            done["from_seq"]
+        )?;
+    }
+    Ok(OK)
+}
+
+/// Forgets a sink taken out of the configuration.
+pub async fn forget_sink(admin: &Admin, sink: &str, out: &mut dyn Write) -> Result<u8> {
+    let answer = admin
+        .json(
+            reqwest::Method::POST,
+            "/admin/sinks/forget",
+            Some(json!({ "sink": sink })),
+        )
+        .await?;
+    writeln!(
+        out,
+        "forgot sink {sink}: its events no longer hold retention ({} dead letters and {} requeued events removed)",
+        answer["dead_letters"], answer["requeued"]
+    )?;
     Ok(OK)
 }
 
@@ -448,13 +482,21 @@ pub async fn status(admin: &Admin, as_json: bool, out: &mut dyn Write, style: St
         } else {
             "0 dead letters".to_owned()
         };
-        writeln!(
-            out,
+        let mut line = format!(
             "{}  cursor {}  lag {}  {dead}",
             style.bold(sink["name"].as_str().unwrap_or("?")),
             sink["cursor"],
             sink["lag"]
-        )?;
+        );
+        if let Some(until) = sink["holds_events_until"].as_str() {
+            line.push_str(&format!(
+                "  (removed from the configuration; holds its events until {until})"
+            ));
+        }
+        if let Some(skipped) = sink["skipped"].as_u64().filter(|n| *n > 0) {
+            line.push_str(&style.error(&format!("  {skipped} events pruned before it had them")));
+        }
+        writeln!(out, "{line}")?;
     }
     Ok(OK)
 }

@@ -32,6 +32,7 @@ async fn start() -> Running {
             path: dir.path().join("events.jsonl").to_str().unwrap().to_owned(),
             max_bytes: 0,
             fsync: FsyncPolicy::Always,
+            start: None,
         })],
         ..Config::default()
     };
@@ -204,7 +205,11 @@ async fn tail_replay_status_and_dead_letters_drive_the_admin_api() {
     ];
     args.extend(server.admin_args());
     let o = cli(args).await;
-    assert_eq!(text(&o), "replaying sink archive from seq 1\n");
+    // How many events it sends, said before sending.
+    assert_eq!(
+        text(&o),
+        "sink \"archive\" would get again 2 journaled events from seq 1 (those routed to it)\nreplaying sink archive from seq 1\n"
+    );
     server.archived(4).await;
 
     let mut args = vec!["status".into()];

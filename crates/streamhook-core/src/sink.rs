@@ -76,6 +76,15 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The oldest seq this sink accepted ([`Sink::send`] returned) that is not yet durable in
+    /// it (`None`: everything it accepted is, the default). The dispatcher never saves the
+    /// sink's cursor past it, so after a power cut the journal still has, and delivers again,
+    /// what the sink had not made durable; [`Sink::flush`] makes it durable. Called often:
+    /// no I/O.
+    fn not_durable_from(&self) -> Option<u64> {
+        None
+    }
+
     /// A replay moved this sink back to `seq`: what it recorded for
     /// [`Sink::delivered_through`] no longer says where to resume, so forget it. Called before
     /// the replayed events are delivered (and again after a restart, until it succeeds).

@@ -189,7 +189,8 @@ impl Verified {
 pub struct SourceFilter {
     allow: Vec<Cidr>,
     trusted_proxies: Vec<Cidr>,
-    token: Option<String>,
+    /// Accepted path tokens (any one of them; two during a rotation).
+    tokens: Vec<String>,
 }
 
 impl Default for SourceFilter {
@@ -198,7 +199,7 @@ impl Default for SourceFilter {
         SourceFilter {
             allow: gcore_ranges(),
             trusted_proxies: Vec::new(),
-            token: None,
+            tokens: Vec::new(),
         }
     }
 }
@@ -214,13 +215,19 @@ impl SourceFilter {
         SourceFilter {
             allow,
             trusted_proxies,
-            token: None,
+            tokens: Vec::new(),
         }
     }
 
     /// Requires `/webhook/<token>`.
-    pub fn with_token(mut self, token: Option<String>) -> Result<Self, SourceConfigError> {
-        if let Some(t) = &token {
+    pub fn with_token(self, token: Option<String>) -> Result<Self, SourceConfigError> {
+        self.with_tokens(token.into_iter().collect())
+    }
+
+    /// Requires `/webhook/<token>` with any one of `tokens` (several while a token is being
+    /// rotated: the new and the old). Empty: no token.
+    pub fn with_tokens(mut self, tokens: Vec<String>) -> Result<Self, SourceConfigError> {
+        for t in &tokens {
             let ok = (16..=128).contains(&t.len())
                 && t.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -228,7 +235,7 @@ impl SourceFilter {
                 return Err(SourceConfigError::BadToken);
             }
         }
-        self.token = token;
+        self.tokens = tokens;
         Ok(self)
     }
 
@@ -244,7 +251,7 @@ impl SourceFilter {
 
     /// Whether a path token is required.
     pub fn requires_token(&self) -> bool {
-        self.token.is_some()
+        !self.tokens.is_empty()
     }
 
     /// Checks a request: client address, then token.
@@ -276,12 +283,16 @@ impl SourceFilter {
     }
 
     fn check_token(&self, got: Option<&str>) -> Result<(), SourceError> {
-        match (&self.token, got) {
-            (None, None) => Ok(()),
-            (None, Some(_)) => Err(SourceError::BadToken),
-            (Some(_), None) => Err(SourceError::BadToken),
-            (Some(want), Some(got)) => {
-                if bool::from(want.as_bytes().ct_eq(got.as_bytes())) {
+        match (self.tokens.is_empty(), got) {
+            (true, None) => Ok(()),
+            (true, Some(_)) | (false, None) => Err(SourceError::BadToken),
+            (false, Some(got)) => {
+                // Each compared in constant time, and all of them, whichever matches.
+                let mut matched = subtle::Choice::from(0);
+                for want in &self.tokens {
+                    matched |= want.as_bytes().ct_eq(got.as_bytes());
+                }
+                if bool::from(matched) {
                     Ok(())
                 } else {
                     Err(SourceError::BadToken)

@@ -80,6 +80,8 @@ pub enum Behaviour {
     Refuse,
     /// Waits this long per event, then accepts.
     Slow(Duration),
+    /// Fails retryably (a destination that is down) while the flag is true, then accepts.
+    DownWhile(Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// A sink that records every delivery it accepts.
@@ -185,6 +187,11 @@ impl RecordingSink {
             }
             Behaviour::Refuse => return Err(SinkError::permanent("410 Gone")),
             Behaviour::Slow(d) => tokio::time::sleep(*d).await,
+            Behaviour::DownWhile(down) => {
+                if down.load(Ordering::SeqCst) {
+                    return Err(SinkError::retryable("503 Service Unavailable (down)"));
+                }
+            }
         }
         self.got.lock().unwrap().push(d.clone());
         Ok(())

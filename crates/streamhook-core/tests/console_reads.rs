@@ -38,7 +38,13 @@ async fn requests_are_kept_with_their_events_and_pruned_with_exactly_them() {
 
     journal.set_cursor("a", 5).unwrap();
     let pruned = journal
-        .prune(&["a".to_owned()], None, Some(1), None)
+        .prune(
+            &["a".to_owned()],
+            &streamhook_core::PrunePolicy {
+                max_events: Some(1),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(pruned.events, 4);
     for seq in 1..=4 {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use streamhook_core::{
-    Dispatcher, Health, Journal, JournalError, Parsed, ReplayFrom, Sink, Verified,
+    Dispatcher, Health, Journal, JournalError, Parsed, PrunePolicy, ReplayFrom, Sink, Verified,
 };
 use streamhook_types::{EventKind, Problem, Resource};
 use tokio::sync::watch;
@@ -141,8 +141,11 @@ async fn replay_past_the_end_is_refused_not_silently_skipped() {
         "cannot replay from seq 100: the newest event is seq 3"
     );
     assert_eq!(journal.cursor("app").unwrap(), 2, "the cursor did not move");
-    // Right after the newest is fine: it means "from the next event".
-    assert_eq!(journal.replay("app", ReplayFrom::Seq(4)).await.unwrap(), 4);
+    // Right after the newest is not refused, but the sink has not had seqs 2 and 3 yet: it
+    // keeps its place (a replay never skips what a sink has not had).
+    let replayed = journal.replay("app", ReplayFrom::Seq(4)).await.unwrap();
+    assert_eq!((replayed.from_seq, replayed.moved), (2, false));
+    assert_eq!(journal.cursor("app").unwrap(), 2, "the cursor did not move");
 }
 
 #[tokio::test]
@@ -191,7 +194,13 @@ async fn a_replay_is_not_undone_by_pruning() {
     journal.replay("app", ReplayFrom::Seq(1)).await.unwrap();
     // Retention that would delete everything passed: the replayed events are not passed.
     let pruned = journal
-        .prune(&["app".to_owned()], None, Some(0), None)
+        .prune(
+            &["app".to_owned()],
+            &PrunePolicy {
+                max_events: Some(0),
+                ..PrunePolicy::default()
+            },
+        )
         .unwrap();
     assert_eq!(pruned.events, 0, "pruned what the replay is delivering");
     eventually("replayed", || sink.count() == 20).await;
@@ -238,7 +247,15 @@ async fn histories_age_out_and_corrupt_ones_are_counted() {
     );
     journal.overwrite_history("stream:1", &value).unwrap();
     let month = Duration::from_secs(30 * 24 * 3600);
-    let pruned = journal.prune(&[], None, None, Some(month)).unwrap();
+    let pruned = journal
+        .prune(
+            &[],
+            &PrunePolicy {
+                history_max_age: Some(month),
+                ..PrunePolicy::default()
+            },
+        )
+        .unwrap();
     assert_eq!(pruned.histories, 1);
     assert!(journal.history("stream:1").unwrap().is_none());
     assert!(journal.history("stream:2").unwrap().is_some());
@@ -310,7 +327,7 @@ async fn an_aborted_dispatcher_is_unregistered() {
     )
     .await
     .expect("the replay waited for an aborted dispatcher");
-    assert_eq!(replayed.unwrap(), 1);
+    assert_eq!(replayed.unwrap().from_seq, 1);
     assert_eq!(journal.cursor("app").unwrap(), 1);
 }
 
@@ -354,7 +371,15 @@ async fn pruning_keeps_what_a_sink_without_a_position_has_not_passed() {
     // Sink "b" is being started: its position does not exist yet. Pruning must not create
     // one at the end (passing everything) nor delete what "b" will deliver.
     let sinks = ["a".to_owned(), "b".to_owned()];
-    let pruned = journal.prune(&sinks, None, Some(0), None).unwrap();
+    let pruned = journal
+        .prune(
+            &sinks,
+            &PrunePolicy {
+                max_events: Some(0),
+                ..PrunePolicy::default()
+            },
+        )
+        .unwrap();
     assert_eq!(pruned.events, 0);
     assert_eq!(journal.len().unwrap(), 5);
     assert!(journal.cursors().unwrap().iter().all(|(n, _)| n != "b"));

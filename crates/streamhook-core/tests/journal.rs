@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use streamhook_core::PrunePolicy;
 use streamhook_types::EventKind::{self, *};
 
 fn kinds(list: &[EventKind]) -> Vec<EventKind> {
@@ -209,7 +210,16 @@ async fn prune_deletes_only_what_every_sink_passed() {
     let sinks = vec!["a".to_owned(), "b".to_owned()];
     // Keep at most 2 events: only seqs below 5 (b's cursor) may go.
     assert_eq!(
-        journal.prune(&sinks, None, Some(2), None).unwrap().events,
+        journal
+            .prune(
+                &sinks,
+                &PrunePolicy {
+                    max_events: Some(2),
+                    ..PrunePolicy::default()
+                }
+            )
+            .unwrap()
+            .events,
         4
     );
     assert_eq!(journal.read_from(0, 100).unwrap().first().unwrap().seq, 5);
@@ -218,9 +228,10 @@ async fn prune_deletes_only_what_every_sink_passed() {
         journal
             .prune(
                 &sinks,
-                Some(std::time::Duration::from_secs(86400)),
-                None,
-                None
+                &PrunePolicy {
+                    max_age: Some(std::time::Duration::from_secs(86400)),
+                    ..PrunePolicy::default()
+                }
             )
             .unwrap()
             .events,

@@ -91,13 +91,16 @@ pub struct Args {
     )]
     pub forward_secret: Vec<String>,
     /// Require this secret in the path: `POST /webhook/<TOKEN>` (16-128 of A-Z a-z 0-9 - _).
+    /// Give two (`--path-token NEW --path-token OLD`, or `NEW,OLD`) while Gcore's URL is being
+    /// changed: both are accepted until you drop the old one.
     #[arg(
         long,
         env = "STREAMHOOK_PATH_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        value_delimiter = ','
     )]
-    pub path_token: Option<String>,
+    pub path_token: Vec<String>,
     /// Refuse JSON that does not fit the model with 422, instead of keeping it as an `invalid`
     /// event (the default: Gcore never resends, so a refusal loses the event for good).
     #[arg(long, env = "STREAMHOOK_STRICT")]
@@ -166,6 +169,10 @@ pub struct Config {
     /// A secret required as the last path segment (`/webhook/<token>`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_token: Option<String>,
+    /// Secrets accepted as the last path segment, during a rotation: the new one first, then
+    /// the old (with `path_token`, all of them are accepted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub path_tokens: Vec<String>,
     /// The journal's folder.
     pub data_dir: PathBuf,
     /// Allowed source ranges.
@@ -197,6 +204,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Sinks.
     pub sinks: Vec<SinkConfig>,
+    /// Flag-made sinks' names before they were named by what they write to (new, old): an
+    /// upgrade gives each the place its old name had.
+    #[serde(skip)]
+    pub sink_aliases: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -205,6 +216,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             path: "/webhook".into(),
             path_token: None,
+            path_tokens: Vec::new(),
             data_dir: PathBuf::from("./streamhook-data"),
             allow: gcore_ranges(),
             strict: false,
@@ -219,6 +231,7 @@ impl Default for Config {
             default_sinks: Vec::new(),
             routes: Vec::new(),
             sinks: Vec::new(),
+            sink_aliases: Vec::new(),
         }
     }
 }
@@ -408,6 +421,11 @@ pub struct Retention {
     /// How often to prune.
     #[serde(with = "streamhook_core::duration")]
     pub interval: Duration,
+    /// How long a sink taken out of the configuration keeps its place: its cursor keeps
+    /// holding the events it has not had (default 7 days; `streamhook sinks forget NAME` ends
+    /// it sooner). Back within it, it resumes where it stood.
+    #[serde(with = "streamhook_core::duration")]
+    pub removed_sink_grace: Duration,
 }
 
 impl Default for Retention {
@@ -417,6 +435,7 @@ impl Default for Retention {
             max_events: None,
             history_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
             interval: Duration::from_secs(60),
+            removed_sink_grace: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -533,8 +552,13 @@ impl Config {
             self.journal.backend = JournalBackend::Jetstream;
             self.journal.nats_urls = args.nats.clone();
         }
-        if let Some(token) = &args.path_token {
-            self.path_token = Some(token.clone());
+        match args.path_token.as_slice() {
+            [] => {}
+            [one] => self.path_token = Some(one.clone()),
+            many => {
+                self.path_token = None;
+                self.path_tokens = many.to_vec();
+            }
         }
         if args.strict {
             self.strict = true;
@@ -557,14 +581,22 @@ impl Config {
         if self.sinks.is_empty() && !args.no_stdout {
             self.sinks.push(SinkConfig::Stdout(StdoutConfig::default()));
         }
+        // Flag-made sinks are named by what they write to, so adding or dropping a flag never
+        // hands one sink's place to another; their names before that (by flag order) are kept
+        // as aliases, so an upgrade keeps each sink's place.
         for (i, path) in args.file.iter().enumerate() {
             let mut file = FileConfig::new(path.clone());
-            file.name = Some(numbered("file", i));
+            let name = format!("file:{path}");
+            self.sink_aliases.push((name.clone(), numbered("file", i)));
+            file.name = Some(name);
             self.sinks.push(SinkConfig::File(file));
         }
         for (i, url) in args.forward.iter().enumerate() {
             let mut http = HttpConfig::new(url.clone());
-            http.name = Some(numbered("forward", i));
+            let name = format!("forward:{}", stable_url(url));
+            self.sink_aliases
+                .push((name.clone(), numbered("forward", i)));
+            http.name = Some(name);
             http.secrets = args.forward_secret.clone();
             self.sinks.push(SinkConfig::Http(http));
         }
@@ -643,16 +675,30 @@ impl Config {
                 ));
             }
         }
-        let mut files: Vec<&str> = Vec::new();
+        let mut files: Vec<PathBuf> = Vec::new();
         for sink in &self.sinks {
             if let SinkConfig::File(f) = sink {
-                if files.contains(&f.path.as_str()) {
+                // `a.jsonl`, `./a.jsonl` and `/here/a.jsonl` are one file.
+                let path = normal_path(&f.path);
+                if files.contains(&path) {
                     return invalid(format!(
                         "two file sinks write {:?}; give each its own path (each records what it wrote, and must not read the other's lines as its own)",
                         f.path
                     ));
                 }
-                files.push(&f.path);
+                files.push(path);
+            }
+        }
+        for token in self.path_tokens.iter().chain(&self.path_token) {
+            if self
+                .path_tokens
+                .iter()
+                .chain(&self.path_token)
+                .filter(|t| *t == token)
+                .count()
+                > 1
+            {
+                return invalid("path_tokens: the same token is given twice".into());
             }
         }
         self.router()?;
@@ -703,6 +749,13 @@ impl Config {
         Ok(())
     }
 
+    /// Every path token accepted: `path_tokens` (the new one first), then `path_token`.
+    pub fn path_tokens(&self) -> Vec<String> {
+        let mut tokens = self.path_tokens.clone();
+        tokens.extend(self.path_token.iter().cloned());
+        tokens
+    }
+
     /// The sinks' names, in order.
     pub fn sink_names(&self) -> Vec<String> {
         self.sinks.iter().map(|s| s.name().to_owned()).collect()
@@ -717,7 +770,7 @@ impl Config {
     /// The source filter of this allowlist, proxies and token.
     pub fn source_filter(&self) -> Result<SourceFilter, ConfigError> {
         SourceFilter::new(self.allow.clone(), self.trusted_proxies.clone())
-            .with_token(self.path_token.clone())
+            .with_tokens(self.path_tokens())
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
@@ -730,6 +783,9 @@ impl Config {
             }
         };
         redact(&mut c.path_token);
+        for token in &mut c.path_tokens {
+            *token = "<redacted>".into();
+        }
         redact(&mut c.admin.token);
         c.sinks = c.sinks.iter().map(SinkConfig::redacted).collect();
         c.journal.nats_urls = c
@@ -745,6 +801,45 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot show the config as TOML: {e}\n"))
+    }
+}
+
+/// A path made absolute (from the current folder) with `.` and `..` resolved by its text, to
+/// tell whether two sinks write one file.
+fn normal_path(path: &str) -> PathBuf {
+    use std::path::Component;
+    let path = std::path::Path::new(path);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A URL as a sink's name: scheme, host, port and path (no credentials, query or fragment).
+fn stable_url(url: &str) -> String {
+    let without_fragment = url.split('#').next().unwrap_or(url);
+    let without_query = without_fragment
+        .split('?')
+        .next()
+        .unwrap_or(without_fragment);
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => without_query.to_owned(),
     }
 }
 

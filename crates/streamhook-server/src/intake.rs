@@ -52,6 +52,9 @@ struct Inner {
     sinks: RwLock<Vec<(String, Arc<SinkStats>)>>,
     /// Turns true when the server starts shutting down.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// `retention.removed_sink_grace`, in ms (status shows until when a removed sink's cursor
+    /// holds events).
+    sink_grace_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Intake {
@@ -68,6 +71,7 @@ impl Intake {
                 metrics: Metrics::default(),
                 sinks: RwLock::new(Vec::new()),
                 stopping: tokio::sync::watch::channel(false).0,
+                sink_grace_ms: std::sync::atomic::AtomicU64::new(7 * 24 * 3600 * 1000),
             }),
         }
     }
@@ -96,6 +100,23 @@ impl Intake {
         if let Ok(mut f) = self.inner.filter.write() {
             *f = Arc::new(filter);
         }
+    }
+
+    /// How long a sink taken out of the configuration keeps its place.
+    pub fn set_sink_grace(&self, grace: std::time::Duration) {
+        self.inner.sink_grace_ms.store(
+            grace.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// See [`Intake::set_sink_grace`].
+    pub fn sink_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.inner
+                .sink_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Strict mode: JSON that does not fit the model is refused with 422 instead of being kept

@@ -394,7 +394,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "streamhook_journal_commit_seconds_count {cumulative}");
 
-        let sink_metrics: [SinkMetric; 9] = [
+        let sink_metrics: [SinkMetric; 10] = [
             (
                 "streamhook_sink_journal_errors_total",
                 "counter",
@@ -412,6 +412,12 @@ impl Metrics {
                 "gauge",
                 "On a JetStream journal, 1 while this receiver holds the sink's lease (delivers it), by sink.",
                 |s, _| s.stats.leased.load(Ordering::Relaxed),
+            ),
+            (
+                "streamhook_sink_skipped_total",
+                "counter",
+                "Events pruned before the sink had them (it was out of the configuration past retention.removed_sink_grace, or forgotten), by sink: logged as errors.",
+                |s, _| s.stats.skipped.load(Ordering::Relaxed),
             ),
             (
                 "streamhook_sink_delivered_total",

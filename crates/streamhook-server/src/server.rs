@@ -155,6 +155,7 @@ impl Server {
             config.limits.clone(),
         );
         intake.set_strict(config.strict);
+        intake.set_sink_grace(config.retention.removed_sink_grace);
         let router: SharedRouter = Arc::new(RwLock::new(Arc::new(config.router()?)));
         let (reload_tx, reload_rx) = mpsc::channel(4);
         Ok(Server {
@@ -280,7 +281,7 @@ impl Server {
             config: self.config.clone(),
             source: self.source.clone(),
         };
-        sinks_state.prepare(&sinks).await?;
+        sinks_state.prepare(&self.config).await?;
         let running = sinks_state.start(sinks);
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -396,10 +397,11 @@ impl Server {
             .local_addr()
             .map_or_else(|_| c.listen.to_string(), |a| a.to_string());
         let scheme = if tls { "https" } else { "http" };
-        let path = if c.path_token.is_some() {
-            format!("{}/<token>", c.path)
-        } else {
-            c.path.clone()
+        let tokens = c.path_tokens().len();
+        let path = match tokens {
+            0 => c.path.clone(),
+            1 => format!("{}/<token>", c.path),
+            n => format!("{}/<token> ({n} tokens accepted: a rotation)", c.path),
         };
         info!(
             "streamhook {}: listening on {scheme}://{addr}{path} (POST)",
@@ -412,7 +414,7 @@ impl Server {
                 .join(", ")
         };
         info!("allowing {}", list(&c.allow));
-        if c.path_token.is_none() && c.allow == streamhook_core::source::gcore_ranges() {
+        if tokens == 0 && c.allow == streamhook_core::source::gcore_ranges() {
             warn!(
                 "no path token: Gcore's ranges send the webhooks of every Gcore customer, so any of them can post to this server; \
                  set a secret path with --path-token (STREAMHOOK_PATH_TOKEN, `path_token`) and give Gcore the URL {}/<token>",
@@ -484,18 +486,52 @@ struct SinkSet {
 }
 
 impl SinkSet {
-    /// Creates each sink's cursor (a new sink starts after what is journaled now), off the
-    /// async workers. Done before any request is accepted (and, on reload, before the old
-    /// sinks stop), so no event can slip in between "journaled" and "the sink's starting
-    /// point", and a failure leaves what runs untouched.
-    async fn prepare(&self, sinks: &[Arc<dyn streamhook_core::Sink>]) -> Result<(), ServerError> {
-        let names: Vec<String> = sinks.iter().map(|s| s.name().to_owned()).collect();
+    /// Makes the journal's sinks match `config` (off the async workers): each new sink's
+    /// cursor is created where its `start` says (default: after what is journaled now); a
+    /// flag-made sink renamed by an upgrade takes its old name's place; a sink no longer
+    /// configured is recorded as removed (its cursor keeps holding its events for
+    /// `retention.removed_sink_grace`). Done before any request is accepted (and, on reload,
+    /// before the old sinks stop), so no event can slip in between "journaled" and "the sink's
+    /// starting point", and a failure leaves what runs untouched.
+    async fn prepare(&self, config: &Config) -> Result<(), ServerError> {
+        let sinks: Vec<(String, streamhook_core::SinkStart)> = config
+            .sinks
+            .iter()
+            .map(|s| (s.name().to_owned(), s.start().to_core()))
+            .collect();
+        // (new name, old name, and for a file sink its old and new position files)
+        type Rename = (String, String, Option<(PathBuf, PathBuf)>);
+        let renames: Vec<Rename> = config
+            .sink_aliases
+            .iter()
+            .filter(|(_, old)| !sinks.iter().any(|(n, _)| n == old))
+            .map(|(new, old)| {
+                // A file sink's position file is named after the sink too.
+                let positions = config.sinks.iter().find_map(|s| match s {
+                    streamhook_sinks::SinkConfig::File(f) if s.name() == new => Some((
+                        streamhook_sinks::file::position_file(&f.path, old),
+                        streamhook_sinks::file::position_file(&f.path, new),
+                    )),
+                    _ => None,
+                });
+                (new.clone(), old.clone(), positions)
+            })
+            .collect();
         let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || {
-            for name in &names {
-                journal.cursor(name)?;
+        let set = tokio::task::spawn_blocking(move || {
+            for (new, old, positions) in &renames {
+                if journal.rename_sink(old, new)? {
+                    info!(sink = %new, was = %old, "sink renamed (flag-made sinks are named by what they write to): it keeps its place");
+                    if let Some((from, to)) = positions
+                        && from.exists()
+                        && !to.exists()
+                        && let Err(e) = std::fs::rename(from, to)
+                    {
+                        warn!(from = %from.display(), to = %to.display(), error = %e, "cannot rename the file sink's position file; after this start it may write its last lines again");
+                    }
+                }
             }
-            Ok::<_, streamhook_core::JournalError>(())
+            journal.configure_sinks(&sinks)
         })
         .await
         .map_err(|e| {
@@ -504,6 +540,11 @@ impl SinkSet {
                 e.to_string(),
             ))
         })??;
+        for (name, cursor, created) in set {
+            if created {
+                info!(sink = %name, from = cursor, "new sink: it starts at this seq");
+            }
+        }
         Ok(())
     }
 
@@ -566,13 +607,14 @@ impl SinkSet {
                 warn!("reload: `{what}` changed; it takes effect on restart");
             }
         }
-        self.prepare(&sinks)
+        self.prepare(&new)
             .await
             .map_err(|e| format!("cannot create the sinks' cursors: {e}"))?;
         // Everything built and ready: switch. Intake never pauses; sinks restart from their
         // cursors.
         self.intake.set_filter(filter);
         self.intake.set_strict(new.strict);
+        self.intake.set_sink_grace(new.retention.removed_sink_grace);
         stop_sinks(std::mem::take(running)).await;
         if let Ok(mut r) = self.router.write() {
             *r = Arc::new(router);
@@ -654,7 +696,15 @@ async fn prune_loop(
             None
         };
         let pruned = tokio::task::spawn_blocking(move || {
-            j.prune(&s, r.max_age, r.max_events, history_max_age)
+            j.prune(
+                &s,
+                &streamhook_core::PrunePolicy {
+                    max_age: r.max_age,
+                    max_events: r.max_events,
+                    history_max_age,
+                    removed_sink_grace: r.removed_sink_grace,
+                },
+            )
         })
         .await;
         match pruned {

@@ -147,3 +147,107 @@ fn two_file_sinks_on_one_path_are_refused() {
         "{err}"
     );
 }
+
+/// Flag-made sinks are named by what they write to: dropping one flag never hands its place
+/// (cursor, position file) to another. Their old names (by flag order) are kept as aliases.
+#[test]
+fn flag_made_sinks_are_named_by_their_path_or_url() {
+    use clap::Parser;
+    let load = |args: &[&str]| {
+        let args = streamhook_server::Args::try_parse_from(
+            ["streamhook-server", "--no-stdout"].iter().chain(args),
+        )
+        .unwrap();
+        Config::load(&args).unwrap()
+    };
+    let both = load(&[
+        "--file",
+        "a.jsonl",
+        "--file",
+        "b.jsonl",
+        "--forward",
+        "https://user:pw@app.example/hook?key=1",
+    ]);
+    assert_eq!(
+        both.sink_names(),
+        [
+            "file:a.jsonl",
+            "file:b.jsonl",
+            "forward:https://app.example/hook"
+        ]
+    );
+    assert_eq!(
+        both.sink_aliases[1],
+        ("file:b.jsonl".into(), "file-2".into())
+    );
+    let one = load(&["--file", "b.jsonl"]);
+    assert_eq!(one.sink_names(), ["file:b.jsonl"]);
+}
+
+#[test]
+fn two_file_sinks_writing_one_file_under_two_spellings_are_refused() {
+    let toml = r#"
+[[sinks]]
+type = "file"
+name = "a"
+path = "a.jsonl"
+
+[[sinks]]
+type = "file"
+name = "b"
+path = "./x/../a.jsonl"
+"#;
+    let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+    assert!(err.to_string().contains("two file sinks write"), "{err}");
+}
+
+#[test]
+fn path_tokens_rotate_from_flags_or_the_file() {
+    use clap::Parser;
+    let new = "new-token-0123456789abcdef";
+    let old = "old-token-0123456789abcdef";
+    let args = streamhook_server::Args::try_parse_from([
+        "streamhook-server",
+        "--path-token",
+        new,
+        "--path-token",
+        old,
+    ])
+    .unwrap();
+    assert_eq!(Config::load(&args).unwrap().path_tokens(), [new, old]);
+    let toml = format!("path_tokens = [\"{new}\", \"{old}\"]");
+    let config = Config::from_toml(&toml).unwrap();
+    config.validate().unwrap();
+    assert!(
+        config
+            .redacted()
+            .path_tokens
+            .iter()
+            .all(|t| t == "<redacted>")
+    );
+    let twice = format!("path_tokens = [\"{new}\", \"{new}\"]");
+    assert!(Config::from_toml(&twice).unwrap().validate().is_err());
+}
+
+#[test]
+fn a_sinks_start_is_newest_oldest_or_a_time() {
+    let toml = r#"
+[[sinks]]
+type = "stdout"
+start = "oldest"
+
+[[sinks]]
+type = "file"
+path = "x.jsonl"
+start = "2026-12-01T00:00:00Z"
+"#;
+    let config = Config::from_toml(toml).unwrap();
+    assert_eq!(config.sinks[0].start().to_string(), "oldest");
+    assert_eq!(config.sinks[1].start().to_string(), "2026-12-01T00:00:00Z");
+    let bad = "[[sinks]]\ntype = \"stdout\"\nstart = \"yesterday\"";
+    let err = Config::from_toml(bad).unwrap_err();
+    assert!(
+        err.contains("use \"newest\", \"oldest\" or an RFC 3339 time"),
+        "{err}"
+    );
+}

@@ -512,7 +512,11 @@ async fn the_admin_api_replays_lists_and_requeues() {
         .json()
         .await
         .unwrap();
-    assert_eq!(resp, json!({"sink": "archive", "from_seq": 1}));
+    assert_eq!(resp["sink"], "archive");
+    assert_eq!(resp["from_seq"], 1);
+    assert_eq!(resp["asked_from_seq"], 1);
+    assert_eq!(resp["events"], 2);
+    assert_eq!(resp["moved"], true);
     eventually("4 archived", || server.archive().len() == 4).await;
     let a = server.archive();
     assert_eq!(a[0]["id"], a[2]["id"]);

@@ -4,20 +4,24 @@
 //!   (the webhook type): `events/{date}/{type}.jsonl`. Folders are created as needed.
 //! - `max_bytes` rotates a file before it would grow past the size: `events.jsonl` is renamed
 //!   `events.jsonl.1` (then `.2`, ...: the highest number is the newest) and a new one starts.
-//! - `fsync`: `always` syncs each event before the dispatcher counts it delivered (nothing
-//!   acknowledged is lost, slowest); `batch` (default) syncs when the dispatcher goes idle, at
-//!   least once a second and every 4 MiB written (a power loss may lose the last second of
-//!   lines, which the journal still holds and a replay restores); `never` leaves it to the OS.
+//! - `fsync`: `always` syncs each event before the dispatcher counts it delivered; `batch`
+//!   (default) syncs when the dispatcher goes idle, at least once a second and every 4 MiB
+//!   written, and tells the dispatcher what is not synced yet ([`Sink::not_durable_from`]), so
+//!   the journal's cursor never passes a line a power cut could take: after one, the journal
+//!   delivers again what the files lost. `never` leaves it to the OS (a power cut may lose
+//!   lines the journal counts as delivered).
 //! - A file moved away (logrotate) is noticed before the next write and a new one opened.
 //! - Lines are whole: each is written with one `write`, a failed write is cut back off, and
 //!   on opening a file whose last line was torn by a crash, the torn tail is cut off (the
 //!   event is delivered again, since its delivery was never acknowledged).
 //! - Effectively once across crashes: before each line the sink records, in a small position
 //!   file (`.streamhook-<name>.pos` in the template's fixed folder), the seq and file it is
-//!   about to write. At start it reads that and the last line of that file, and tells the
-//!   dispatcher what it already holds ([`Sink::delivered_through`]), so a killed process does
-//!   not write an event twice. (After a power loss the position file may be older than the
-//!   lines: then events are written again, never lost.)
+//!   about to write, and at each sync the last line made durable, with the machine's boot id.
+//!   At start it reads that and the last line of the file it names, and tells the dispatcher
+//!   what it already holds ([`Sink::delivered_through`]): after a killed process, the file's
+//!   own last line (nothing is written twice); after a reboot (a power cut may have taken
+//!   lines the kernel had not written), only what was synced (lines after it are written
+//!   again, never lost).
 //! - With `fsync = "always"` or `"batch"`, creating or rotating a file also syncs its folder,
 //!   so the new name survives a power loss.
 //! - `{type}` is the webhook type with characters other than `A-Z a-z 0-9 _ -` replaced by
@@ -52,6 +56,10 @@ pub struct FileConfig {
     /// `always`, `batch` (default) or `never`.
     #[serde(default)]
     pub fsync: FsyncPolicy,
+    /// Where the sink starts the first time it runs: `newest` (default: what arrives next),
+    /// `oldest` (everything the journal holds), or an RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::StartAt>,
 }
 
 fn default_max_bytes() -> u64 {
@@ -66,6 +74,7 @@ impl FileConfig {
             path: path.into(),
             max_bytes: default_max_bytes(),
             fsync: FsyncPolicy::default(),
+            start: None,
         }
     }
 }
@@ -125,14 +134,23 @@ struct State {
     position: Option<Position>,
     /// Bumped by each rewind: a write handed over before it records no position.
     generation: u64,
+    /// The oldest in-order seq written since the last successful sync (`fsync = "batch"`).
+    unsynced_from: Option<u64>,
+    /// A failed sync was logged (once until a sync succeeds again).
+    sync_warned: bool,
 }
 
-/// The position file, rewritten in place before each line:
+/// The position file, rewritten in place before each line (and synced at each sync):
 ///
 /// ```text
 /// <seq> <id> <path>       the line about to be written, and its file
 /// <seq> <id>              the line written before it (or `0 -`)
+/// @ <offset>              (a run of lines) where the run starts in the file
+/// synced <seq> <id>       the last line made durable (data and this file synced)
+/// boot <id>               the boot of the machine this was written in
 /// ```
+///
+/// Files written before the last two lines existed are read as written in this boot.
 #[derive(Debug)]
 struct Position {
     path: PathBuf,
@@ -140,6 +158,10 @@ struct Position {
     len: u64,
     /// The last line written, by seq and id.
     done: Option<Held>,
+    /// The last line made durable, by seq and id.
+    synced: Option<Held>,
+    /// The intent last recorded (rewritten with `synced` at a sync).
+    intent: Option<(u64, String, PathBuf, Option<u64>)>,
     /// Whether a failure to write it was already logged (it is not fatal).
     warned: bool,
 }
@@ -151,6 +173,8 @@ impl Position {
             file: None,
             len: 0,
             done: None,
+            synced: None,
+            intent: None,
             warned: false,
         }
     }
@@ -191,6 +215,7 @@ impl Position {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
+        self.intent = Some((seq, id.to_owned(), line_path.to_owned(), run_start));
         let (done_seq, done_id) = self
             .done
             .as_ref()
@@ -198,6 +223,12 @@ impl Position {
         let mut text = format!("{seq} {id} {}\n{done_seq} {done_id}\n", line_path.display());
         if let Some(offset) = run_start {
             text.push_str(&format!("@ {offset}\n"));
+        }
+        if let Some(synced) = &self.synced {
+            text.push_str(&format!("synced {} {}\n", synced.seq, synced.id));
+        }
+        if let Some(boot) = boot_id() {
+            text.push_str(&format!("boot {boot}\n"));
         }
         file.seek(SeekFrom::Start(0))?;
         file.write_all(text.as_bytes())?;
@@ -216,11 +247,25 @@ impl Position {
         });
     }
 
+    /// The lines written so far are durable: record it, and sync this file.
+    fn synced(&mut self) -> std::io::Result<()> {
+        self.synced = self.done.clone();
+        if let Some((seq, id, path, run_start)) = self.intent.clone() {
+            self.write(seq, &id, &path, run_start)?;
+        }
+        if let Some(file) = &self.file {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// Forgets everything (a replay moved the sink back).
     fn forget(&mut self) -> std::io::Result<()> {
         self.file = None;
         self.len = 0;
         self.done = None;
+        self.synced = None;
+        self.intent = None;
         match std::fs::remove_file(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -228,10 +273,12 @@ impl Position {
     }
 }
 
-/// What the position file and the file it names say was written last. The run about to be
+/// What the position file and the file it names say was written last. In the boot it was
+/// written in (a killed process: the kernel still had every line), the run about to be
 /// written counts up to the named file's last line when that line is the run's last event or
-/// one of the run's (a seq after the line written before the run); otherwise the line
-/// written before it.
+/// one of the run's (a seq after the line written before the run); otherwise the line written
+/// before it. After a reboot only the last line made durable counts: the kernel may have lost
+/// any line written after it, in any file.
 fn read_position(position: &Path) -> Option<Held> {
     let text = std::fs::read_to_string(position).ok()?;
     let mut lines = text.lines();
@@ -242,10 +289,24 @@ fn read_position(position: &Path) -> Option<Held> {
     let mut before = lines.next()?.split(' ');
     let before_seq: u64 = before.next()?.parse().ok()?;
     let before_id = before.next()?.to_owned();
-    let run_start: Option<u64> = lines
-        .next()
-        .and_then(|l| l.strip_prefix("@ "))
-        .and_then(|n| n.trim().parse().ok());
+    let (mut run_start, mut synced, mut boot) = (None, None, None);
+    for line in lines {
+        if let Some(n) = line.strip_prefix("@ ") {
+            run_start = n.trim().parse::<u64>().ok();
+        } else if let Some(rest) = line.strip_prefix("synced ") {
+            let mut parts = rest.split(' ');
+            let seq = parts.next().and_then(|s| s.parse::<u64>().ok());
+            let id = parts.next().map(str::to_owned);
+            synced = seq.zip(id).map(|(seq, id)| Held { seq, id });
+        } else if let Some(id) = line.strip_prefix("boot ") {
+            boot = Some(id.trim().to_owned());
+        }
+    }
+    if let (Some(then), Some(now)) = (&boot, boot_id())
+        && *then != now
+    {
+        return synced;
+    }
     match last_line_of(Path::new(path)) {
         Some((s, i, _)) if s == seq && i == id => return Some(Held { seq, id }),
         // Lines are recorded a run at a time (the position names the run's last line and
@@ -263,6 +324,15 @@ fn read_position(position: &Path) -> Option<Held> {
     })
 }
 
+/// This boot of the machine (Linux), to tell a restarted process (the kernel kept every line
+/// written) from a rebooted machine (it may not have).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 /// The seq and id of the last whole line of an NDJSON envelope file, and where it starts.
 fn last_line_of(path: &Path) -> Option<(u64, String, u64)> {
     #[derive(Deserialize)]
@@ -276,16 +346,70 @@ fn last_line_of(path: &Path) -> Option<(u64, String, u64)> {
     if end == 0 {
         return None;
     }
-    // The last line: back from its newline to the one before.
-    let from = end.saturating_sub(64 * 1024);
-    let mut buf = vec![0u8; (end - from) as usize];
-    file.seek(SeekFrom::Start(from)).ok()?;
-    file.read_exact(&mut buf).ok()?;
-    let body = &buf[..buf.len() - 1];
-    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    serde_json::from_slice::<Line>(&body[start..])
+    // The last line: back from its newline to the one before, however long it is.
+    let mut from = end - 1;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = loop {
+        let chunk_start = from.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(from - chunk_start) as usize];
+        file.seek(SeekFrom::Start(chunk_start)).ok()?;
+        file.read_exact(chunk).ok()?;
+        match chunk.iter().rposition(|&b| b == b'\n') {
+            Some(p) => {
+                let mut line = chunk[p + 1..].to_vec();
+                line.extend_from_slice(&tail);
+                tail = line;
+                break chunk_start + p as u64 + 1;
+            }
+            None => {
+                let mut line = chunk.to_vec();
+                line.extend_from_slice(&tail);
+                tail = line;
+                if chunk_start == 0 {
+                    break 0;
+                }
+                from = chunk_start;
+            }
+        }
+    };
+    serde_json::from_slice::<Line>(&tail)
         .ok()
-        .map(|l| (l.seq, l.id, from + start as u64))
+        .map(|l| (l.seq, l.id, start))
+}
+
+/// The position file of sink `name` writing `template`: `.streamhook-<name>.pos` in the
+/// template's fixed folder. A name with characters other than `A-Z a-z 0-9 - _ .` (a flag-made
+/// sink's, which holds its path) is written with those replaced by `_` and a hash of the whole
+/// name, so two names never share a file.
+pub fn position_file(template: &str, name: &str) -> PathBuf {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let file = if plain {
+        format!(".streamhook-{name}.pos")
+    } else {
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        // FNV-1a: the same on every version and platform.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!(".streamhook-{clean}-{:08x}.pos", hash as u32)
+    };
+    fixed_folder(template).join(file)
 }
 
 /// The folder a template writes under before its first placeholder.
@@ -356,7 +480,7 @@ impl FileSink {
             }
             rest = &rest[open + close + 1..];
         }
-        let position = fixed_folder(&config.path).join(format!(".streamhook-{name}.pos"));
+        let position = position_file(&config.path, &name);
         Ok(FileSink {
             name,
             template: config.path.clone(),
@@ -371,7 +495,7 @@ impl FileSink {
 
     /// The position file, where the seq and file of the line being written are recorded.
     pub fn position_path(&self) -> PathBuf {
-        fixed_folder(&self.template).join(format!(".streamhook-{}.pos", self.name))
+        position_file(&self.template, &self.name)
     }
 
     /// The file an event goes to.
@@ -434,6 +558,10 @@ impl Sink for FileSink {
             if record && let Some(position) = state.position.as_mut() {
                 position.record(seq, &id, &path, None);
             }
+            if record {
+                // Not durable until a sync (which the write itself may do).
+                state.written(seq, fsync);
+            }
             state.write(&path, &line, max_bytes, fsync)?;
             if record && let Some(position) = state.position.as_mut() {
                 position.written(seq, &id);
@@ -458,6 +586,7 @@ impl Sink for FileSink {
             lines: Vec<u8>,
             /// The index of its first delivery.
             first: usize,
+            first_seq: u64,
             last_seq: u64,
             last_id: String,
             in_order: bool,
@@ -479,6 +608,7 @@ impl Sink for FileSink {
                     path,
                     lines: Vec::with_capacity(d.json.len() + 1),
                     first: i,
+                    first_seq: d.envelope.seq,
                     last_seq: 0,
                     last_id: String::new(),
                     in_order,
@@ -514,6 +644,10 @@ impl Sink for FileSink {
                 if record && let Some(position) = state.position.as_mut() {
                     position.record(run.last_seq, &run.last_id, &run.path, Some(start));
                 }
+                if record {
+                    // Not durable until a sync (which the write itself may do).
+                    state.written(run.first_seq, fsync);
+                }
                 // A failed write is cut back off whole: none of the run was delivered.
                 state
                     .append(&run.path, &run.lines, fsync)
@@ -543,6 +677,10 @@ impl Sink for FileSink {
         })
         .await
         .map_err(|e| SinkError::retryable(format!("file sink task failed: {e}")))?
+    }
+
+    fn not_durable_from(&self) -> Option<u64> {
+        self.state.lock().ok().and_then(|s| s.unsynced_from)
     }
 
     async fn delivered_through(&self) -> Option<Held> {
@@ -655,12 +793,19 @@ impl State {
             self.open.remove(path);
             return Err(io_err("write", path, e));
         }
+        let before = open.size;
         open.size += line.len() as u64;
         open.last_used = Instant::now();
         open.dirty = true;
         match fsync {
             FsyncPolicy::Always => {
-                open.file.sync_data().map_err(|e| io_err("sync", path, e))?;
+                if let Err(e) = open.file.sync_data() {
+                    // Not durable, so not delivered: cut it back off, so the retry writes it
+                    // once.
+                    let _ = open.file.set_len(before);
+                    self.open.remove(path);
+                    return Err(io_err("sync", path, e));
+                }
                 open.dirty = false;
             }
             FsyncPolicy::Batch => {
@@ -668,7 +813,15 @@ impl State {
                 if self.unsynced >= BATCH_SYNC_BYTES
                     || self.last_sync.is_none_or(|t| t.elapsed() >= BATCH_SYNC)
                 {
-                    self.sync_all()?;
+                    // The lines are written; a failed sync leaves them not durable, and the
+                    // dispatcher's cursor waits for them (`not_durable_from`): failing this
+                    // write would have it written twice.
+                    if let Err(e) = self.sync_all() {
+                        if !self.sync_warned {
+                            self.sync_warned = true;
+                            tracing::warn!(error = %e, "file sink: sync failed; its lines are written but not durable, so the journal's cursor waits for them (retried at the next write or when idle)");
+                        }
+                    }
                 }
             }
             FsyncPolicy::Never => {}
@@ -676,6 +829,15 @@ impl State {
         Ok(())
     }
 
+    /// In-order lines from `first` on were written: until the next sync they are not durable.
+    fn written(&mut self, first: u64, fsync: FsyncPolicy) {
+        if fsync == FsyncPolicy::Batch && self.unsynced_from.is_none() {
+            self.unsynced_from = Some(first);
+        }
+    }
+
+    /// Syncs every written file, then records in the position file (synced too) that the
+    /// lines written so far are durable.
     fn sync_all(&mut self) -> Result<(), SinkError> {
         for (path, open) in &mut self.open {
             if open.dirty {
@@ -683,8 +845,18 @@ impl State {
                 open.dirty = false;
             }
         }
+        if let Some(position) = self.position.as_mut()
+            && let Err(e) = position.synced()
+        {
+            // The lines are durable; only the record of it is not (after a reboot, some may be
+            // written again).
+            position.file = None;
+            tracing::debug!(position = %position.path.display(), error = %e, "cannot sync the file sink's position");
+        }
         self.last_sync = Some(Instant::now());
         self.unsynced = 0;
+        self.unsynced_from = None;
+        self.sync_warned = false;
         Ok(())
     }
 

@@ -68,6 +68,10 @@ pub struct HttpConfig {
     /// self-signed receiver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Where the sink starts the first time it runs: `newest` (default: what arrives next),
+    /// `oldest` (everything the journal holds), or an RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::StartAt>,
 }
 
 fn default_timeout() -> Duration {
@@ -101,6 +105,7 @@ impl HttpConfig {
             pool_max_idle: default_pool_max_idle(),
             concurrency: default_concurrency(),
             tls_ca: None,
+            start: None,
         }
     }
 

@@ -89,6 +89,69 @@ impl std::fmt::Display for BodyMode {
     }
 }
 
+/// Where a sink starts the first time it runs (`start = "newest" | "oldest" | <time>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// What arrives next (the default).
+    Newest,
+    /// Everything the journal holds.
+    Oldest,
+    /// The first event received at or after this time.
+    Time(std::time::SystemTime),
+}
+
+impl StartAt {
+    /// The journal's form of it.
+    pub fn to_core(self) -> streamhook_core::SinkStart {
+        match self {
+            StartAt::Newest => streamhook_core::SinkStart::Newest,
+            StartAt::Oldest => streamhook_core::SinkStart::Oldest,
+            StartAt::Time(t) => streamhook_core::SinkStart::Time(t),
+        }
+    }
+}
+
+impl std::fmt::Display for StartAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartAt::Newest => f.write_str("newest"),
+            StartAt::Oldest => f.write_str("oldest"),
+            StartAt::Time(t) => write!(f, "{}", humantime::format_rfc3339_seconds(*t)),
+        }
+    }
+}
+
+impl std::str::FromStr for StartAt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "newest" => Ok(StartAt::Newest),
+            "oldest" => Ok(StartAt::Oldest),
+            other => humantime::parse_rfc3339_weak(other)
+                .map(StartAt::Time)
+                .map_err(|_| {
+                    format!(
+                        "start {other:?}: use \"newest\", \"oldest\" or an RFC 3339 time like \"2026-12-01T00:00:00Z\""
+                    )
+                }),
+        }
+    }
+}
+
+impl Serialize for StartAt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StartAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A sink that cannot be built from its configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("sink {sink:?}: {message}")]
@@ -112,6 +175,21 @@ impl SinkConfig {
             #[cfg(feature = "nats")]
             SinkConfig::Nats(c) => c.name.as_deref().unwrap_or("nats"),
         }
+    }
+
+    /// Where the sink starts the first time it runs (default: what arrives next).
+    pub fn start(&self) -> StartAt {
+        let start = match self {
+            #[cfg(feature = "stdout")]
+            SinkConfig::Stdout(c) => c.start,
+            #[cfg(feature = "file")]
+            SinkConfig::File(c) => c.start,
+            #[cfg(feature = "http")]
+            SinkConfig::Http(c) => c.start,
+            #[cfg(feature = "nats")]
+            SinkConfig::Nats(c) => c.start,
+        };
+        start.unwrap_or(StartAt::Newest)
     }
 
     /// Builds the sink.

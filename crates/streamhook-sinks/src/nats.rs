@@ -58,6 +58,10 @@ pub struct NatsConfig {
     /// A PEM file of CA certificates to trust for `tls://` servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// Where the sink starts the first time it runs: `newest` (default: what arrives next),
+    /// `oldest` (everything the journal holds), or an RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::StartAt>,
 }
 
 fn default_subject() -> String {
@@ -79,6 +83,7 @@ impl NatsConfig {
             timeout: default_timeout(),
             credentials: None,
             tls_ca: None,
+            start: None,
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct StdoutConfig {
     /// `auto` (default: when stdout is a terminal and `NO_COLOR` is unset), `always`, `never`.
     #[serde(default)]
     pub color: ColorChoice,
+    /// Where the sink starts the first time it runs: `newest` (default: what arrives next),
+    /// `oldest` (everything the journal holds), or an RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::StartAt>,
 }
 
 /// How events are printed.

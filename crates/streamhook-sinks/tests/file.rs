@@ -56,6 +56,7 @@ fn sink(path: &Path, max_bytes: u64, fsync: FsyncPolicy) -> FileSink {
         path: path.to_str().unwrap().to_owned(),
         max_bytes,
         fsync,
+        start: None,
     };
     FileSink::new("file".into(), &config).unwrap()
 }
@@ -641,4 +642,111 @@ async fn a_batch_rotates_before_a_run_would_pass_max_bytes() {
         all.extend(seqs(f));
     }
     assert_eq!(all, (1..=10).collect::<Vec<_>>());
+}
+
+/// With `fsync = "batch"` the sink tells the dispatcher what is not synced yet (its cursor
+/// waits for it); a sync makes it durable and records so in the position file.
+#[tokio::test]
+async fn unsynced_lines_hold_the_cursor_until_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let s = sink(&path, 0, FsyncPolicy::Batch);
+    assert_eq!(s.not_durable_from(), None);
+    // The first write syncs at once (no sync yet), the next ones wait for the next second.
+    for seq in 1..=3 {
+        s.send(&delivery(
+            seq,
+            &video(seq, "ready"),
+            "2026-11-28T10:00:00.000Z",
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.not_durable_from(), Some(2));
+    s.flush().await.unwrap();
+    assert_eq!(s.not_durable_from(), None);
+    let position = std::fs::read_to_string(s.position_path()).unwrap();
+    assert!(position.contains("\nsynced 3 0193-test-3\n"), "{position}");
+    // `always`: every line is durable before `send` returns; `never`: the operator chose.
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
+        let other = sink(&dir.path().join(format!("{fsync}.jsonl")), 0, fsync);
+        other
+            .send(&delivery(1, &video(1, "ready"), "2026-11-28T10:00:00.000Z"))
+            .await
+            .unwrap();
+        assert_eq!(other.not_durable_from(), None, "{fsync}");
+    }
+}
+
+/// After a reboot (another boot id in the position file), only the last line made durable is
+/// trusted: the kernel may have lost any line after it, in any file.
+#[tokio::test]
+async fn after_a_reboot_only_what_was_synced_counts() {
+    use streamhook_core::Held;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let s = sink(&path, 0, FsyncPolicy::Batch);
+    for seq in 1..=4 {
+        s.send(&delivery(
+            seq,
+            &video(seq, "ready"),
+            "2026-11-28T10:00:00.000Z",
+        ))
+        .await
+        .unwrap();
+    }
+    s.flush().await.unwrap();
+    s.send(&delivery(5, &video(5, "ready"), "2026-11-28T10:00:00.000Z"))
+        .await
+        .unwrap();
+    // This boot: the file's own last line (5).
+    assert_eq!(
+        s.delivered_through().await.map(|h| h.seq),
+        Some(5),
+        "a killed process: the kernel kept every line"
+    );
+    // Another boot: what was synced (4), whatever the file seems to hold.
+    let text = std::fs::read_to_string(s.position_path()).unwrap();
+    let rebooted: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("boot ") {
+                "boot 00000000-0000-0000-0000-000000000000".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    assert_ne!(text, rebooted, "the position file records the boot");
+    std::fs::write(s.position_path(), rebooted).unwrap();
+    assert_eq!(
+        s.delivered_through().await,
+        Some(Held {
+            seq: 4,
+            id: "0193-test-4".into()
+        })
+    );
+}
+
+/// A last line longer than 64 KiB is still read back whole.
+#[tokio::test]
+async fn a_last_line_over_64_kib_still_says_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let s = sink(&path, 0, FsyncPolicy::Always);
+    s.send(&delivery(1, &video(1, "ready"), "2026-11-28T10:00:00.000Z"))
+        .await
+        .unwrap();
+    let big = format!(
+        r#"{{"type":"video","message":{{"video":{{"id":2,"status":"ready","name":"{}"}}}}}}"#,
+        "x".repeat(200 * 1024)
+    );
+    s.send(&delivery(2, &big, "2026-11-28T10:00:00.000Z"))
+        .await
+        .unwrap();
+    drop(s);
+    let again = sink(&path, 0, FsyncPolicy::Always);
+    assert_eq!(again.delivered_through().await.map(|h| h.seq), Some(2));
 }

@@ -102,15 +102,17 @@ impl Dispatcher {
         let name = self.sink.name().to_owned();
         // Unregistered when dropped: when this returns, and when its task is aborted.
         let _registration = self.journal.register_dispatcher(&name);
-        let mut resume = if self.sink.concurrency() <= 1 {
-            self.sink.delivered_through().await
-        } else {
-            None
-        };
         let mut wait = Duration::from_millis(100);
         loop {
             let started = Instant::now();
-            match self.run_inner(&mut shutdown, resume.take()).await {
+            // What the sink holds already, read again at every (re)start: after a journal
+            // error the persisted cursor may be behind what the sink wrote since.
+            let resume = if self.sink.concurrency() <= 1 {
+                self.sink.delivered_through().await
+            } else {
+                None
+            };
+            match self.run_inner(&mut shutdown, resume).await {
                 Ok(()) => break,
                 Err(e) => {
                     if started.elapsed() > Duration::from_secs(60) {
@@ -151,36 +153,39 @@ impl Dispatcher {
                 move |j| Ok((j.cursor(&name)?, j.rewind(&name)?))
             })
             .await?;
-        // A replay moved the cursor back while no dispatcher ran: tell the sink before
-        // anything, and do not resume after what it held.
-        let resume_after = match rewind {
-            Some(seq) => {
-                // The replay stands even if a running dispatcher saved a later cursor since.
-                if seq < start {
-                    start = seq;
-                    self.persist(&name, start).await?;
-                }
-                self.apply_rewind(&name, seq).await?;
-                None
-            }
-            None => resume_after,
-        };
-        if let Some(held) = resume_after
-            && held.seq >= start
+        // A replay recorded while no dispatcher ran (see `Journal::replay`): the cursor goes
+        // back to it if it is behind, and the sink is told before anything.
+        if let Some(seq) = rewind
+            && seq < start
         {
+            start = seq;
+            self.persist(&name, start).await?;
+        }
+        if let Some(held) = resume_after {
             // Trust it only if this journal holds that very event (same seq, same id).
             let seq = held.seq;
             let stored = self.journal.blocking(move |j| j.get(seq)).await?;
             let same = stored
                 .and_then(|e| e.envelope().ok())
                 .is_some_and(|e| e.id.0 == held.id);
-            if same {
-                tracing::info!(sink = %name, cursor = start, resume = held.seq + 1, "the sink already holds what the cursor would deliver again; resuming after it");
-                start = held.seq + 1;
-                self.persist(&name, start).await?;
-            } else {
+            if !same {
                 tracing::warn!(sink = %name, held = held.seq, id = %held.id, "the sink's recorded position names an event this journal does not hold (another data directory?); ignoring it");
+            } else if held.seq >= start {
+                // Skip what the sink holds, but never past a replay's point.
+                let resume = rewind.map_or(held.seq + 1, |r| (held.seq + 1).min(r));
+                if resume > start {
+                    tracing::info!(sink = %name, cursor = start, resume, "the sink already holds what the cursor would deliver again; resuming after it");
+                    start = resume;
+                    self.persist(&name, start).await?;
+                }
+            } else if held.seq + 1 < start {
+                // The cursor never passes what the sink has not made durable, so this means
+                // its storage lost data it had synced (or was changed by hand).
+                tracing::warn!(sink = %name, cursor = start, holds_through = held.seq, "the sink holds less than its cursor says it was given: events after its last one were delivered but are not in it (its storage lost synced data, or was changed by hand); a replay delivers them again");
             }
+        }
+        if let Some(seq) = rewind {
+            self.apply_rewind(&name, seq).await?;
         }
         'generation: loop {
             self.stats.cursor.store(start, Ordering::Relaxed);
@@ -226,18 +231,30 @@ impl Dispatcher {
                             }
                         }
                     }
-                    let cursor = pending.first().copied().unwrap_or(next);
+                    // What the sink wrote becomes durable before the cursor passes it.
+                    if let Err(e) = self.sink.flush().await {
+                        tracing::warn!(sink = %name, error = %e, "flush on stop failed");
+                    }
+                    let cursor = self.cursor_at(&pending, next);
                     self.persist(&name, cursor).await?;
                     return Ok(());
                 }
-                if let Some((seq, ack)) = self.journal.take_replay(&name) {
-                    tasks.abort_all();
-                    self.persist(&name, seq).await?;
-                    self.apply_rewind(&name, seq).await?;
-                    tracing::info!(sink = %name, from = seq, "replay");
-                    let _ = ack.send(());
-                    start = seq;
-                    continue 'generation;
+                if let Some((asked, ack)) = self.journal.take_replay(&name) {
+                    // A replay only moves the sink back: past the oldest event it has in
+                    // flight (or the next to read) it would skip what the sink has not had.
+                    let position = pending.first().copied().unwrap_or(next);
+                    if asked >= position {
+                        tracing::info!(sink = %name, asked, position, "replay asked from a point the sink has not reached: it keeps its place, nothing is skipped");
+                        let _ = ack.send((position, false));
+                    } else {
+                        tasks.abort_all();
+                        self.persist(&name, asked).await?;
+                        self.apply_rewind(&name, asked).await?;
+                        tracing::info!(sink = %name, from = asked, "replay");
+                        let _ = ack.send((asked, true));
+                        start = asked;
+                        continue 'generation;
+                    }
                 }
 
                 // Fill the window from the journal.
@@ -251,6 +268,14 @@ impl Dispatcher {
                         break;
                     }
                     for record in records {
+                        let at = match &record {
+                            Ok(event) => event.seq,
+                            Err(JournalError::Corrupt { seq, .. }) => *seq,
+                            Err(_) => next,
+                        };
+                        if at > next {
+                            self.skipped_pruned(next, at);
+                        }
                         let event = match record {
                             Ok(event) => event,
                             Err(JournalError::Corrupt { seq, message }) => {
@@ -329,11 +354,19 @@ impl Dispatcher {
                     }
                 }
 
+                // Idle: what the sink wrote is made durable (then the cursor may pass it).
+                if pending.is_empty() && requeued_in_flight.is_empty() && !idle_flushed {
+                    idle_flushed = true;
+                    if let Err(e) = self.sink.flush().await {
+                        tracing::warn!(sink = %name, error = %e, "flush failed");
+                    }
+                }
                 // Persist the cursor at most every 200 ms (busy or idle: a commit per event
                 // at low rates would double the fsyncs and hold the journal's writer), and on
                 // stop. A crash repeats at most those 200 ms of deliveries (at least once; the
-                // file sink's position skips what it holds).
-                let cursor = pending.first().copied().unwrap_or(next);
+                // file sink's position skips what it holds). It never passes what the sink has
+                // not made durable yet ([`Sink::not_durable_from`]).
+                let cursor = self.cursor_at(&pending, next);
                 let persist_due = last_persist + PERSIST_EVERY;
                 if cursor != persisted && Instant::now() >= persist_due {
                     self.persist(&name, cursor).await?;
@@ -349,12 +382,6 @@ impl Dispatcher {
                         in_flight: pending.iter().copied().collect(),
                     };
                     shown = (next, Instant::now());
-                }
-                if pending.is_empty() && requeued_in_flight.is_empty() && !idle_flushed {
-                    idle_flushed = true;
-                    if let Err(e) = self.sink.flush().await {
-                        tracing::warn!(sink = %name, error = %e, "flush failed");
-                    }
                 }
 
                 if stop {
@@ -374,7 +401,7 @@ impl Dispatcher {
                         }
                     }
                     _ = tokio::time::sleep(Duration::from_millis(500)), if !pending.is_empty() => {}
-                    _ = tokio::time::sleep_until(persist_due.into()), if pending.first().copied().unwrap_or(next) != persisted => {}
+                    _ = tokio::time::sleep_until(persist_due.into()), if self.cursor_at(&pending, next) != persisted => {}
                 }
             }
         }
@@ -393,6 +420,23 @@ impl Dispatcher {
         })?;
         let name = name.to_owned();
         self.journal.blocking(move |j| j.clear_rewind(&name)).await
+    }
+
+    /// The cursor now: the oldest event in flight (or the next to read), but never past what
+    /// the sink has not made durable.
+    fn cursor_at(&self, pending: &BTreeSet<u64>, next: u64) -> u64 {
+        let cursor = pending.first().copied().unwrap_or(next);
+        match self.sink.not_durable_from() {
+            Some(seq) => cursor.min(seq),
+            None => cursor,
+        }
+    }
+
+    /// Events `from..to` were pruned before this sink had them: never silent.
+    fn skipped_pruned(&self, from: u64, to: u64) {
+        let n = to - from;
+        self.stats.skipped.fetch_add(n, Ordering::Relaxed);
+        tracing::error!(sink = %self.sink.name(), from, to = to - 1, events = n, "events were pruned before this sink had them (it was out of the configuration past retention.removed_sink_grace, or forgotten): they are not delivered to it");
     }
 
     async fn persist(&self, name: &str, cursor: u64) -> Result<(), JournalError> {

@@ -19,6 +19,9 @@ pub struct SinkStats {
     pub dead_lettered: AtomicU64,
     /// The persisted cursor: the first seq not yet passed.
     pub cursor: AtomicU64,
+    /// Events the sink never had because they were pruned before it reached them (a sink
+    /// out of the configuration past its grace): logged as errors, counted here.
+    pub skipped: AtomicU64,
     /// Journal errors that paused delivery (each is retried with backoff).
     pub journal_errors: AtomicU64,
     /// 1 while delivery is paused by a journal error, else 0.

@@ -61,6 +61,12 @@ pub enum JournalError {
         /// The seq.
         seq: u64,
     },
+    /// A sink the journal has no cursor for.
+    #[error("the journal knows no sink named {sink:?}")]
+    NoSuchSink {
+        /// The sink.
+        sink: String,
+    },
     /// A dead letter that does not exist.
     #[error("no dead letter for sink {sink:?} at seq {seq}")]
     NoSuchDeadLetter {
@@ -232,6 +238,7 @@ redb_causes!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::SetDurabilityError,
 );
 
 impl IntoCause for serde_json::Error {

@@ -48,7 +48,7 @@ impl Journal {
         Ok(())
     }
 
-    fn letters_changed(&self) {
+    pub(crate) fn letters_changed(&self) {
         self.inner
             .sinks
             .letters_changed

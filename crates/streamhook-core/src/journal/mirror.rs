@@ -5,17 +5,15 @@
 //! numbers a backend keeps beside the journal (`meta`).
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::Journal;
 use super::error::{JournalError, read_err, write_err};
-use super::record::{
-    EVENTS, HISTORY, META, NEXT_SEQ, PROBE, REQUESTS, encode_record, ms_since_epoch,
-};
-use super::store::MAX_CLOCK_STEP_BACK;
+use super::record::{EVENTS, HISTORY, META, NEXT_SEQ, PROBE, REQUESTS, encode_record};
 use super::store::Store;
+use super::store::{MAX_CLOCK_AHEAD, MAX_CLOCK_STEP_BACK};
 use crate::backend::Imported;
 
 impl Journal {
@@ -112,15 +110,11 @@ pub(crate) fn commit_import(
                 }
             };
             let stored = &event.stored;
-            // The receive time never goes back, and a time implausibly far ahead (a receiver
-            // whose clock jumped) is not followed: as for local appends.
+            // The receive time never goes back, and a time implausibly far ahead of this
+            // clock (a receiver whose clock jumped) is not followed: as for local appends.
             let mut ms = stored.received_at_ms;
-            let now = ms_since_epoch(SystemTime::now());
-            let ahead = now + MAX_CLOCK_STEP_BACK.as_millis() as u64;
-            if *last_ms > ahead {
-                *last_ms = now;
-            }
-            if ms > ahead {
+            let now = inner.wall_ms();
+            if ms > now + MAX_CLOCK_STEP_BACK.as_millis() as u64 {
                 inner.stats.clock_reset.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     seq,
@@ -128,10 +122,13 @@ pub(crate) fn commit_import(
                     now_ms = now,
                     "journal mirror: an event's receive time is more than a day ahead of this clock; stamping by the clock"
                 );
-                ms = now.max(*last_ms);
-            } else if ms < *last_ms {
-                ms = *last_ms;
+                ms = now;
             }
+            // Never back, but a stored time more than a year ahead was a corrupt record.
+            if *last_ms > now + MAX_CLOCK_AHEAD.as_millis() as u64 {
+                *last_ms = now;
+            }
+            ms = ms.max(*last_ms);
             if ms != stored.received_at_ms {
                 envelope.received_at =
                     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
@@ -164,5 +161,6 @@ pub(crate) fn commit_import(
         last = next - 1;
     }
     inner.health.commit(txn)?;
+    inner.advance_clock(*last_ms);
     Ok(last)
 }

@@ -122,6 +122,74 @@ pub enum ReplayFrom {
     Time(SystemTime),
 }
 
+/// The most events one pruning transaction deletes: a few milliseconds of work, never a
+/// whole backlog in one go (appends wait behind the transaction holding the file).
+pub const PRUNE_CHUNK: usize = 1_000;
+
+/// What [`Journal::prune`] may delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePolicy {
+    /// Events every sink passed, older than this (by the journal's clock).
+    pub max_age: Option<Duration>,
+    /// Events every sink passed, beyond the newest this many.
+    pub max_events: Option<u64>,
+    /// A resource's history, once no event came for it this long.
+    pub history_max_age: Option<Duration>,
+    /// How long the cursor of a sink taken out of the configuration keeps holding events
+    /// for it ([`Journal::configure_sinks`] records when it went).
+    pub removed_sink_grace: Duration,
+}
+
+/// Where a sink seen for the first time starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SinkStart {
+    /// After the events already journaled (the default: a new sink gets what comes next).
+    #[default]
+    Newest,
+    /// At the oldest event the journal holds.
+    Oldest,
+    /// At the first event received at or after this time.
+    Time(SystemTime),
+}
+
+/// A sink the journal holds a cursor for that the configuration no longer has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedSink {
+    /// Its name.
+    pub name: String,
+    /// Its cursor: the first seq it has not passed.
+    pub cursor: u64,
+    /// When it was first found missing from the configuration (ms since the Unix epoch, by
+    /// the journal's clock).
+    pub removed_at_ms: u64,
+    /// Until when its cursor holds events for it (ms since the Unix epoch).
+    pub holds_until_ms: u64,
+}
+
+/// What [`Journal::forget_sink`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Its dead letters.
+    pub dead_letters: u64,
+    /// Its requeued events.
+    pub requeued: u64,
+}
+
+/// What a replay does ([`Journal::replay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// The seq delivery goes on from: the one asked for, or the sink's cursor when that is
+    /// lower (a replay never moves a sink past events it has not had).
+    pub from_seq: u64,
+    /// The seq asked for (a time is turned into the first seq received at or after it).
+    pub asked_seq: u64,
+    /// How many events the journal holds from `from_seq` on (those routed to the sink are
+    /// delivered).
+    pub events: u64,
+    /// Whether the sink was moved back (false: it had not yet had those events).
+    pub moved: bool,
+}
+
 /// What [`Journal::prune`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -168,12 +236,17 @@ impl std::ops::Deref for Inner {
     }
 }
 
+/// A replay waiting for a running dispatcher: the seq asked for, and where to say what the
+/// dispatcher did (where it goes on from, and whether it moved back).
+pub(crate) type PendingReplay = (u64, oneshot::Sender<(u64, bool)>);
+
 /// What the handles know of the sinks' dispatchers: running ones, replays waiting for them,
 /// changes to dead letters.
 #[derive(Debug, Default)]
 struct SinkState {
     /// Replays waiting for a running dispatcher to apply them, by sink.
-    replays: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+    /// The answer is where the dispatcher goes on from, and whether it moved back.
+    replays: Mutex<HashMap<String, PendingReplay>>,
     /// Sinks with a running dispatcher, with the registration's id.
     dispatching: Mutex<Vec<(String, u64)>>,
     next_registration: AtomicU64,

@@ -2,34 +2,68 @@
 //! the histories of resources idle longer than `history_max_age`.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::error::{JournalError, read_err, write_err};
 use super::record::{
-    CURSORS, EVENTS, HISTORY, META, NEXT_SEQ, REQUESTS, header_ms, history_time, ms_since_epoch,
+    CURSORS, EVENTS, HISTORY, META, NEXT_SEQ, REQUESTS, REWINDS, SINK_REMOVED, header_ms,
+    history_time,
 };
-use super::{Journal, Pruned};
+use super::{Journal, PRUNE_CHUNK, PrunePolicy, Pruned};
 
 impl Journal {
-    /// Deletes what retention allows, in one write transaction:
-    /// - events every sink in `sinks` has passed (cursors read inside the transaction, and
-    ///   replays waiting to be applied count as cursors), that are older than `max_age` or
-    ///   beyond the newest `max_events`;
+    /// Deletes what `policy` allows:
+    /// - events every sink has passed (each of `sinks`, the configured ones, even one without
+    ///   a cursor yet; and each cursor in the journal, but a sink's taken
+    ///   out of the configuration for longer than `removed_sink_grace`; pending replays count
+    ///   as cursors, those waiting for a dispatcher and those recorded durably), that are older
+    ///   than `max_age` or beyond the newest `max_events`, in transactions of at most
+    ///   [`PRUNE_CHUNK`] events that never wait for a disk sync, so appends wait behind one
+    ///   chunk at a time, never behind a whole backlog;
     /// - the history of every resource not updated for `history_max_age`.
     ///
-    /// Returns how many events and histories were deleted.
-    pub fn prune(
-        &self,
-        sinks: &[String],
-        max_age: Option<Duration>,
-        max_events: Option<u64>,
-        history_max_age: Option<Duration>,
-    ) -> Result<Pruned, JournalError> {
-        let now_ms = ms_since_epoch(SystemTime::now());
+    /// Ages are measured by the journal's clock (the newest receive time it holds), not the
+    /// wall clock: a clock that jumps ahead ages nothing until events arrive. Returns how many
+    /// events and histories were deleted.
+    pub fn prune(&self, sinks: &[String], policy: &PrunePolicy) -> Result<Pruned, JournalError> {
+        let now_ms = self.inner.journal_ms();
         let cutoff = |age: Duration| now_ms.saturating_sub(age.as_millis() as u64);
-        let pending_replay = self
+        let mut pruned = Pruned::default();
+        if policy.max_age.is_some() || policy.max_events.is_some() {
+            loop {
+                let (events, full) = self.prune_chunk(sinks, policy, now_ms)?;
+                pruned.events += events;
+                if !full {
+                    break;
+                }
+                #[cfg(feature = "test-hooks")]
+                if let Ok(hook) = self.inner.prune_pause.lock()
+                    && let Some((paused, go)) = hook.as_ref()
+                {
+                    let _ = paused.send(());
+                    let _ = go.recv();
+                }
+            }
+        }
+        if let Some(age) = policy.history_max_age {
+            pruned.histories = self.prune_histories(cutoff(age), now_ms)?;
+        }
+        Ok(pruned)
+    }
+
+    /// The seq below which every sink has passed every event (`u64::MAX`: no sink), read in
+    /// `txn`: cursors, but a removed sink's past its grace; pending replays, in memory and
+    /// recorded.
+    fn passed_by_all(
+        &self,
+        txn: &redb::WriteTransaction,
+        sinks: &[String],
+        grace: Duration,
+        now_ms: u64,
+    ) -> Result<u64, JournalError> {
+        let mut passed = self
             .inner
             .sinks
             .replays
@@ -37,51 +71,88 @@ impl Journal {
             .ok()
             .and_then(|r| r.values().map(|(seq, _)| *seq).min())
             .unwrap_or(u64::MAX);
-        let mut pruned = Pruned::default();
-        if max_age.is_some() || max_events.is_some() {
-            let db = self.db()?;
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                let cursors = txn.open_table(CURSORS).map_err(write_err)?;
-                let mut passed = pending_replay;
-                for sink in sinks {
-                    // A sink without a cursor has passed nothing yet.
-                    let cursor = cursors.get(sink.as_str()).map_err(write_err)?;
-                    passed = passed.min(cursor.map_or(0, |c| c.value()));
+        let removed = txn.open_table(SINK_REMOVED).map_err(write_err)?;
+        let cursors = txn.open_table(CURSORS).map_err(write_err)?;
+        for sink in sinks {
+            // A configured sink without a cursor yet has passed nothing.
+            if cursors.get(sink.as_str()).map_err(write_err)?.is_none() {
+                return Ok(0);
+            }
+        }
+        for entry in cursors.iter().map_err(write_err)? {
+            let (name, cursor) = entry.map_err(write_err)?;
+            let gone_since = removed
+                .get(name.value())
+                .map_err(write_err)?
+                .map(|v| v.value());
+            let expired =
+                gone_since.is_some_and(|t| t.saturating_add(grace.as_millis() as u64) <= now_ms);
+            if !expired {
+                passed = passed.min(cursor.value());
+            }
+        }
+        let rewinds = txn.open_table(REWINDS).map_err(write_err)?;
+        for entry in rewinds.iter().map_err(write_err)? {
+            let (_, seq) = entry.map_err(write_err)?;
+            passed = passed.min(seq.value());
+        }
+        Ok(passed)
+    }
+
+    /// Deletes up to [`PRUNE_CHUNK`] events in one transaction; returns how many, and whether
+    /// the chunk was full (more may follow).
+    fn prune_chunk(
+        &self,
+        sinks: &[String],
+        policy: &PrunePolicy,
+        now_ms: u64,
+    ) -> Result<(u64, bool), JournalError> {
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(write_err)?;
+        // A prune lost to a crash is done again; the next append's commit makes it durable.
+        txn.set_durability(redb::Durability::None)
+            .map_err(write_err)?;
+        let passed = self.passed_by_all(&txn, sinks, policy.removed_sink_grace, now_ms)?;
+        let next = txn
+            .open_table(META)
+            .map_err(write_err)?
+            .get(NEXT_SEQ)
+            .map_err(write_err)?
+            .map_or(1, |v| v.value());
+        let keep_from_count = policy.max_events.map_or(0, |n| next.saturating_sub(n));
+        let cutoff_ms = policy
+            .max_age
+            .map_or(0, |age| now_ms.saturating_sub(age.as_millis() as u64));
+        let mut gone = Vec::new();
+        {
+            let mut events = txn.open_table(EVENTS).map_err(write_err)?;
+            // Receive times grow with seq, so what may go is a run from the oldest event.
+            for entry in events.range(..passed).map_err(write_err)? {
+                let (seq, value) = entry.map_err(write_err)?;
+                let seq = seq.value();
+                if seq >= keep_from_count && header_ms(value.value()) >= cutoff_ms {
+                    break;
                 }
-                let next = txn
-                    .open_table(META)
-                    .map_err(write_err)?
-                    .get(NEXT_SEQ)
-                    .map_err(write_err)?
-                    .map_or(1, |v| v.value());
-                let keep_from_count = max_events.map_or(0, |n| next.saturating_sub(n));
-                let cutoff_ms = max_age.map_or(0, cutoff);
-                let mut table = txn.open_table(EVENTS).map_err(write_err)?;
-                let removed = table
-                    .extract_from_if(..passed, |seq, value| {
-                        seq < keep_from_count || header_ms(value) < cutoff_ms
-                    })
-                    .map_err(write_err)?;
-                let mut gone = Vec::new();
-                for entry in removed {
-                    let (seq, _) = entry.map_err(write_err)?;
-                    gone.push(seq.value());
-                    pruned.events += 1;
-                }
-                drop(table);
-                // What arrived with exactly those events goes too.
-                let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
-                for seq in gone {
-                    requests.remove(seq).map_err(write_err)?;
+                gone.push(seq);
+                if gone.len() >= PRUNE_CHUNK {
+                    break;
                 }
             }
-            self.inner.health.commit(txn)?;
+            for seq in &gone {
+                events.remove(*seq).map_err(write_err)?;
+            }
+            // What arrived with exactly those events goes too.
+            let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
+            for seq in &gone {
+                requests.remove(*seq).map_err(write_err)?;
+            }
         }
-        if let Some(age) = history_max_age {
-            pruned.histories = self.prune_histories(cutoff(age), now_ms)?;
-        }
-        Ok(pruned)
+        self.inner.health.commit(txn)?;
+        self.inner
+            .stats
+            .prune_commits
+            .fetch_add(1, Ordering::Relaxed);
+        Ok((gone.len() as u64, gone.len() >= PRUNE_CHUNK))
     }
 
     /// Drops histories last written before `cutoff_ms`, in transactions of at most

@@ -107,6 +107,39 @@ impl Journal {
         Ok(self.len()? == 0)
     }
 
+    /// The oldest seq the journal holds (`None`: it holds no event).
+    pub fn first_seq(&self) -> Result<Option<u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(EVENTS).map_err(read_err)?;
+        Ok(table.first().map_err(read_err)?.map(|(k, _)| k.value()))
+    }
+
+    /// How many events the journal holds from `from` on.
+    pub fn events_from(&self, from: u64) -> Result<u64, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(EVENTS).map_err(read_err)?;
+        let first = table.first().map_err(read_err)?.map(|(k, _)| k.value());
+        let last = table.last().map_err(read_err)?.map(|(k, _)| k.value());
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(0);
+        };
+        if from > last {
+            return Ok(0);
+        }
+        // Seqs are contiguous unless a shared journal's pruning left holes: count then.
+        if table.len().map_err(read_err)? == last - first + 1 {
+            return Ok(last - from.max(first) + 1);
+        }
+        let mut n = 0;
+        for entry in table.range(from..).map_err(read_err)? {
+            entry.map_err(read_err)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The first seq received at or after `time` (or the next seq to be written).
     pub fn seq_at(&self, time: SystemTime) -> Result<u64, JournalError> {
         let want = ms_since_epoch(time);

@@ -28,6 +28,10 @@ pub(crate) const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("r
 /// The first seq each sink was given (its cursor when created, lowered by replays).
 pub(crate) const SINK_STARTS: TableDefinition<&str, u64> = TableDefinition::new("sink_starts");
 
+/// When each sink was first found missing from the configuration (journal clock, ms); gone
+/// again when it comes back or is forgotten.
+pub(crate) const SINK_REMOVED: TableDefinition<&str, u64> = TableDefinition::new("sink_removed");
+
 /// `meta`: the next seq to assign.
 pub(crate) const NEXT_SEQ: &str = "next_seq";
 /// `meta`: when the writer last probed whether it can commit.

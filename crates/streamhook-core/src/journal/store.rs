@@ -13,13 +13,17 @@ use tokio::sync::watch;
 use super::error::{CauseKind, JournalError, read_err, write_err};
 use super::record::{
     CURSORS, DEAD_LETTERS, EVENTS, HISTORY, META, NEXT_SEQ, REQUESTS, REQUEUED, REWINDS,
-    SINK_STARTS, header_ms,
+    SINK_REMOVED, SINK_STARTS, header_ms,
 };
 
-/// How far ahead of the clock the newest event's receive time may be and still be carried
-/// forward (a clock that stepped back); beyond it the stored time is taken for a corrupt
-/// record or a clock that had jumped ahead, and not followed.
+/// How far ahead of this clock another receiver's receive time may be and still be followed
+/// by a mirror; beyond it, its clock had jumped, and this one stamps the event.
 pub(crate) const MAX_CLOCK_STEP_BACK: Duration = Duration::from_secs(24 * 3600);
+
+/// How far ahead of the clock the newest stored receive time may be and still be carried
+/// forward (this clock was set back: receive times never go backwards); beyond it the stored
+/// time is taken for a corrupt record, and the clock is followed again.
+pub(crate) const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Counters the server's `/metrics` reads.
 #[derive(Debug, Default)]
@@ -28,7 +32,11 @@ pub struct JournalStats {
     pub history_corrupt: AtomicU64,
     /// Resource histories dropped after `history_max_age` idle.
     pub history_pruned: AtomicU64,
-    /// Times the stored receive time was too far ahead of the clock to carry forward.
+    /// Events stamped with the newest stored receive time because the clock was behind it
+    /// (it was set back): receive times never go backwards.
+    pub clock_behind: AtomicU64,
+    /// Times the stored receive time was too far ahead of the clock to carry forward (more
+    /// than a year: a corrupt record).
     pub clock_reset: AtomicU64,
     /// Events appended.
     pub appended: AtomicU64,
@@ -48,6 +56,8 @@ pub struct JournalStats {
     pub commit_latency: [AtomicU64; COMMIT_BUCKETS.len() + 1],
     /// Sum of commit latencies in microseconds.
     pub commit_latency_sum_us: AtomicU64,
+    /// Pruning transactions committed (each at most [`super::PRUNE_CHUNK`] events).
+    pub prune_commits: AtomicU64,
     /// Failed reads and writes, by what lay underneath ([`CauseKind::ALL`]'s order).
     pub errors_by_cause: [AtomicU64; CauseKind::ALL.len()],
 }
@@ -154,6 +164,18 @@ pub(crate) struct Store {
     pub(crate) changed: watch::Sender<u64>,
     pub(crate) stats: JournalStats,
     pub(crate) health: HealthState,
+    /// The journal's clock: the newest receive time stored (ms since the Unix epoch). Ages
+    /// (idle histories, `max_age`, a removed sink's grace) are measured by it, not by the
+    /// wall clock, so a clock that jumps ahead cannot age everything at once.
+    pub(crate) clock: AtomicU64,
+    /// Test only: added to the wall clock, as a clock that jumped would.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// Test only: where pruning says it paused between chunks, and waits to go on.
+    #[cfg(feature = "test-hooks")]
+    #[allow(clippy::type_complexity)]
+    pub(crate) prune_pause:
+        Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 impl Store {
@@ -171,8 +193,34 @@ impl Store {
             changed,
             stats: JournalStats::default(),
             health: HealthState::default(),
+            clock: AtomicU64::new(last_ms),
+            #[cfg(feature = "test-hooks")]
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+            #[cfg(feature = "test-hooks")]
+            prune_pause: Mutex::new(None),
         };
         Ok((store, last_ms))
+    }
+
+    /// The wall clock, in ms since the Unix epoch.
+    pub(crate) fn wall_ms(&self) -> u64 {
+        let now = super::record::ms_since_epoch(std::time::SystemTime::now());
+        #[cfg(feature = "test-hooks")]
+        let now = now.saturating_add_signed(self.clock_offset_ms.load(Ordering::Relaxed));
+        now
+    }
+
+    /// The journal's clock (see [`Store::clock`]); the wall clock while the journal is empty.
+    pub(crate) fn journal_ms(&self) -> u64 {
+        match self.clock.load(Ordering::SeqCst) {
+            0 => self.wall_ms(),
+            ms => ms,
+        }
+    }
+
+    /// Moves the journal's clock to `ms` if it is newer.
+    pub(crate) fn advance_clock(&self, ms: u64) {
+        self.clock.fetch_max(ms, Ordering::SeqCst);
     }
 
     pub(crate) fn db(&self) -> Result<Arc<Database>, JournalError> {
@@ -240,6 +288,7 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
         txn.open_table(REWINDS).map_err(write_err)?;
         txn.open_table(REQUESTS).map_err(write_err)?;
         txn.open_table(SINK_STARTS).map_err(write_err)?;
+        txn.open_table(SINK_REMOVED).map_err(write_err)?;
     }
     txn.commit().map_err(write_err)?;
     Ok(db)

@@ -8,6 +8,26 @@ use super::error::{JournalError, write_err};
 use super::record::{EVENTS, HISTORY};
 
 impl Journal {
+    /// Test only: the wall clock as the journal sees it moves by `offset_ms` (a clock that
+    /// jumped ahead, or was set back).
+    pub fn set_clock_offset(&self, offset_ms: i64) {
+        self.inner
+            .clock_offset_ms
+            .store(offset_ms, Ordering::SeqCst);
+    }
+
+    /// Test only: between two chunks of event pruning, [`Journal::prune`] says so on `paused`
+    /// and waits for `go`.
+    pub fn pause_pruning_between_chunks(
+        &self,
+        paused: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+    ) {
+        if let Ok(mut hook) = self.inner.prune_pause.lock() {
+            *hook = Some((paused, go));
+        }
+    }
+
     /// Test only: the next `n` commits fail as an I/O error would.
     pub fn inject_commit_failures(&self, n: u64) {
         self.inner.health.inject_failures.store(n, Ordering::SeqCst);

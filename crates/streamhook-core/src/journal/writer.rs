@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableTable};
@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::error::{JournalError, write_err};
 use super::record::{
     Appended, EVENTS, HISTORY, META, NEXT_SEQ, PROBE, Parsed, REQUESTS, encode_history,
-    encode_record, event_id, history_key, ms_since_epoch, read_history,
+    encode_record, event_id, history_key, read_history,
 };
-use super::store::{JournalStats, MAX_CLOCK_STEP_BACK, Store};
+use super::store::{JournalStats, MAX_CLOCK_AHEAD, MAX_CLOCK_STEP_BACK, Store};
 use crate::backend::{Draft, Imported, Sequencer};
 
 pub(crate) struct AppendRequest {
@@ -167,18 +167,30 @@ impl Sequencer for WriterHandle {
 }
 
 /// The receive time to stamp now: the clock, or the previous event's time if the clock is
-/// behind it (it stepped back), unless that time is implausibly far ahead (a corrupt record, or
-/// a clock that had jumped ahead): then the clock, counted and logged.
-fn stamp(stats: &JournalStats, last_ms: u64) -> u64 {
-    let now = ms_since_epoch(SystemTime::now());
-    if last_ms > now + MAX_CLOCK_STEP_BACK.as_millis() as u64 {
+/// behind it (it was set back). Receive times never go backwards (the binary search behind
+/// `replay --since` relies on it, and ages are measured by them): events keep the newest time
+/// until the clock catches up, counted in `clock_behind` and logged. Only a stored time more
+/// than a year ahead (a corrupt record) is not followed: then the clock, counted in
+/// `clock_reset` and logged.
+pub(crate) fn stamp(stats: &JournalStats, last_ms: u64, now: u64) -> u64 {
+    if last_ms > now + MAX_CLOCK_AHEAD.as_millis() as u64 {
         stats.clock_reset.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             stored_ms = last_ms,
             now_ms = now,
-            "the newest event's receive time is more than a day ahead of the clock; stamping by the clock"
+            "the newest event's receive time is more than a year ahead of the clock (a corrupt record?); stamping by the clock"
         );
         return now;
+    }
+    if last_ms > now {
+        let seen = stats.clock_behind.fetch_add(1, Ordering::Relaxed);
+        if seen % 10_000 == 0 && last_ms > now + MAX_CLOCK_STEP_BACK.as_millis() as u64 {
+            tracing::warn!(
+                stored_ms = last_ms,
+                now_ms = now,
+                "the newest event's receive time is more than a day ahead of the clock (was the clock set back?); receive times never go backwards, so new events get that time until the clock catches up"
+            );
+        }
     }
     now.max(last_ms)
 }
@@ -247,7 +259,7 @@ pub(crate) fn writer_loop(
                 let txn = db.begin_write().map_err(write_err)?;
                 txn.open_table(META)
                     .map_err(write_err)?
-                    .insert(PROBE, ms_since_epoch(SystemTime::now()))
+                    .insert(PROBE, inner.wall_ms())
                     .map_err(write_err)?;
                 inner.health.commit(txn)
             });
@@ -268,7 +280,7 @@ pub(crate) fn writer_loop(
             let started = Instant::now();
             // Stamped here, in journal order, never earlier than the previous event: a wall
             // clock that steps back cannot make `replay --since` miss an event.
-            last_ms = stamp(&inner.stats, last_ms);
+            last_ms = stamp(&inner.stats, last_ms, inner.wall_ms());
             let result = inner
                 .db()
                 .and_then(|db| commit_batch(inner, &db, &batch, last_ms));
@@ -281,6 +293,7 @@ pub(crate) fn writer_loop(
                         .appended
                         .fetch_add(appended.len() as u64, Ordering::Relaxed);
                     let last = appended.last().map_or(0, |a| a.seq);
+                    inner.advance_clock(last_ms);
                     for (request, done) in batch.drain(..).zip(appended) {
                         let _ = request.reply.send(Ok(done));
                     }

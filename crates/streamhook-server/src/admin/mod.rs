@@ -10,7 +10,9 @@
 //! | `GET /admin/status` | each sink's cursor, lag, counters and dead letters |
 //! | `GET /admin/dead-letters[?sink=NAME]` | dead letters with their last error |
 //! | `POST /admin/dead-letters/requeue` | `{"sink", "seq"}` or `{"sink", "all": true}`: deliver again |
-//! | `POST /admin/replay` | `{"sink", "from_seq"}` or `{"sink", "since": "2026-11-28T09:00:00Z" or "2h"}` |
+//! | `POST /admin/sinks/forget` | `{"sink"}`: a sink out of the configuration stops holding events |
+//! | `POST /admin/sinks/forget` | `{"sink"}`: a sink out of the configuration stops holding events |
+//! | `POST /admin/replay` | `{"sink", "from_seq"}` or `{"sink", "since": "2026-11-28T09:00:00Z" or "2h"}`, `"dry_run"`: only move a sink back |
 //! | `GET /admin/events?from=SEQ&limit=N&wait=SECS` | envelopes from SEQ on, as NDJSON; waits up to SECS for new ones |
 //! | `POST /admin/reload` | re-reads the config (as SIGHUP does) |
 //! | `GET /admin/session` | the CSRF token and sink names, for the console |
@@ -74,6 +76,7 @@ pub fn admin_app(
         .route("/admin/dead-letters", get(operator::dead_letters))
         .route("/admin/dead-letters/requeue", post(operator::requeue))
         .route("/admin/replay", post(operator::replay))
+        .route("/admin/sinks/forget", post(operator::forget))
         .route("/admin/events", get(operator::events))
         .route("/admin/events/search", get(read::search))
         .route("/admin/events/live", get(read::live))

@@ -21,11 +21,18 @@ use super::state::Admin;
 /// `GET /admin/status`: each sink's cursor, lag, counters and dead letters.
 pub(crate) async fn status(State(admin): State<Admin>) -> Response {
     let journal = admin.intake.journal().clone();
-    let result = blocking(&journal, |j| {
-        Ok((j.last_seq()?, j.len()?, j.cursors()?, j.dead_letters(None)?))
+    let grace = admin.intake.sink_grace();
+    let result = blocking(&journal, move |j| {
+        Ok((
+            j.last_seq()?,
+            j.len()?,
+            j.cursors()?,
+            j.dead_letters(None)?,
+            j.removed_sinks(grace)?,
+        ))
     })
     .await;
-    let (last_seq, events, cursors, dead) = match result {
+    let (last_seq, events, cursors, dead, removed) = match result {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -40,9 +47,15 @@ pub(crate) async fn status(State(admin): State<Admin>) -> Response {
                 "dead_letters": dead.iter().filter(|d| &d.sink == name).count(),
                 "running": false,
             });
+            if let Some(r) = removed.iter().find(|r| &r.name == name) {
+                // Out of the configuration: its cursor holds its events until then.
+                sink["removed_at"] = json!(rfc3339(r.removed_at_ms));
+                sink["holds_events_until"] = json!(rfc3339(r.holds_until_ms));
+            }
             if let Some((_, stats)) = running.iter().find(|(n, _)| n == name) {
                 sink["running"] = json!(true);
                 sink["activity"] = sink_activity(stats);
+                sink["skipped"] = json!(stats.skipped.load(Ordering::Relaxed));
                 if journal.is_replicated() {
                     // Only the lease holder delivers; the others' cursors are copies.
                     sink["delivering_here"] =
@@ -52,13 +65,8 @@ pub(crate) async fn status(State(admin): State<Admin>) -> Response {
             sink
         })
         .collect();
-    let backend = if journal.is_replicated() {
-        "jetstream"
-    } else {
-        "redb"
-    };
     Json(json!({
-        "backend": backend,
+        "backend": journal.backend(),
         "last_seq": last_seq,
         "events": events,
         "sinks": sinks,
@@ -180,6 +188,13 @@ pub(crate) struct ReplayBody {
     sink: String,
     from_seq: Option<u64>,
     since: Option<String>,
+    /// Say what the replay would do, without doing it.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 /// `POST /admin/replay`: a sink delivers again from a seq or a time.
@@ -211,7 +226,16 @@ pub(crate) async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBo
             format!("no sink named {:?}", body.sink),
         );
     }
-    match journal.replay(&body.sink, from).await {
+    let replayed = if body.dry_run {
+        let sink = body.sink.clone();
+        blocking(journal, move |j| j.replay_plan(&sink, from)).await
+    } else {
+        journal
+            .replay(&body.sink, from)
+            .await
+            .map_err(journal_error)
+    };
+    match replayed {
         // The sink's lease may have moved while the replay was handed over: then the replay
         // was recorded in a mirror nobody delivers from. Say so rather than 200.
         Ok(_) if !journal.delivers_here(&body.sink) => error(
@@ -221,8 +245,68 @@ pub(crate) async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBo
                 body.sink
             ),
         ),
-        Ok(seq) => Json(json!({ "sink": body.sink, "from_seq": seq })).into_response(),
-        Err(e) => journal_error(e),
+        Ok(r) => {
+            let message = if r.moved || r.from_seq == r.asked_seq {
+                format!(
+                    "sink {:?} {} {} journaled events from seq {} (those routed to it)",
+                    body.sink,
+                    if body.dry_run {
+                        "would get again"
+                    } else {
+                        "gets again"
+                    },
+                    r.events,
+                    r.from_seq
+                )
+            } else {
+                format!(
+                    "sink {:?} has not yet had the events from seq {} on (asked: {}): nothing is skipped, it goes on from seq {} ({} journaled events)",
+                    body.sink, r.from_seq, r.asked_seq, r.from_seq, r.events
+                )
+            };
+            Json(json!({
+                "sink": body.sink,
+                "from_seq": r.from_seq,
+                "asked_from_seq": r.asked_seq,
+                "events": r.events,
+                "moved": r.moved,
+                "dry_run": body.dry_run,
+                "message": message,
+            }))
+            .into_response()
+        }
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForgetBody {
+    sink: String,
+}
+
+/// `POST /admin/sinks/forget`: a sink taken out of the configuration stops holding events
+/// (its cursor, dead letters and requeued events go). A configured sink is refused.
+pub(crate) async fn forget(State(admin): State<Admin>, Json(body): Json<ForgetBody>) -> Response {
+    if admin.intake.sink_names().iter().any(|s| s == &body.sink) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "sink {:?} is in the configuration: remove it from the configuration (and reload) first",
+                body.sink
+            ),
+        );
+    }
+    let sink = body.sink.clone();
+    match blocking(admin.intake.journal(), move |j| j.forget_sink(&sink)).await {
+        Ok(f) => Json(json!({
+            "sink": body.sink,
+            "forgotten": true,
+            "dead_letters": f.dead_letters,
+            "requeued": f.requeued,
+        }))
+        .into_response(),
+        Err(resp) => resp,
     }
 }
 

@@ -18,9 +18,9 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 
 pub(crate) fn journal_error(e: JournalError) -> Response {
     let status = match e {
-        JournalError::NoSuchDeadLetter { .. } | JournalError::NoSuchEvent { .. } => {
-            StatusCode::NOT_FOUND
-        }
+        JournalError::NoSuchDeadLetter { .. }
+        | JournalError::NoSuchEvent { .. }
+        | JournalError::NoSuchSink { .. } => StatusCode::NOT_FOUND,
         JournalError::AlreadyQueued { .. } => StatusCode::CONFLICT,
         JournalError::ReplayPastEnd { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::SERVICE_UNAVAILABLE,
