@@ -750,3 +750,71 @@ async fn a_last_line_over_64_kib_still_says_where_to_resume() {
     let again = sink(&path, 0, FsyncPolicy::Always);
     assert_eq!(again.delivered_through().await.map(|h| h.seq), Some(2));
 }
+
+/// A journal error pauses the dispatcher, which starts again from its persisted cursor: what
+/// the file sink wrote since is read again (its own position), so nothing is written twice.
+#[tokio::test]
+async fn a_journal_error_does_not_make_the_file_sink_write_twice() {
+    use std::sync::{Arc, RwLock};
+    use streamhook_core::{Dispatcher, Journal, JournalConfig, RetryPolicy, Router, Verified};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(JournalConfig::new(dir.path().join("data"))).unwrap();
+    journal.set_cursor("file", 1).unwrap();
+    let source = Verified::trusted_local([127, 0, 0, 1].into());
+    let append = |i: u64| {
+        let journal = journal.clone();
+        async move {
+            let body = video(i, "ready");
+            let webhook = streamhook_types::decode::decode(body.as_bytes())
+                .unwrap()
+                .webhook;
+            journal
+                .append(source, body.as_bytes(), webhook)
+                .await
+                .unwrap();
+        }
+    };
+    for i in 0..10 {
+        append(i).await;
+    }
+    let path = dir.path().join("events.jsonl");
+    let router = Arc::new(RwLock::new(Arc::new(
+        Router::new(&[], &[], &["file".to_owned()]).unwrap(),
+    )));
+    let sink = Arc::new(sink(&path, 0, FsyncPolicy::Always));
+    let d = Dispatcher::new(journal.clone(), sink, router, RetryPolicy::default());
+    let stats = d.stats();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(d.run(rx));
+    for _ in 0..500 {
+        if journal.cursor("file").unwrap() == 11 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The persisted cursor behind what the file holds (as 200 ms after a write), then the
+    // next save fails: the dispatcher starts again from the persisted cursor.
+    journal.set_cursor("file", 1).unwrap();
+    journal.fail_next_cursor_saves(1);
+    append(10).await;
+    for _ in 0..500 {
+        if stats
+            .journal_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+            && journal.cursor("file").unwrap() == 12
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        stats
+            .journal_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(seqs(&path), (1..=11).collect::<Vec<_>>(), "each event once");
+}

@@ -83,6 +83,18 @@ impl Journal {
     /// not yet applied keeps the cursor at its seq: a dispatcher saving the position it had
     /// reached never carries the sink past the replay.
     pub fn set_cursor(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        #[cfg(feature = "test-hooks")]
+        if self
+            .inner
+            .fail_cursor_saves
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(JournalError::write(
+                super::CauseKind::Io,
+                "injected I/O error (test)",
+            ));
+        }
         let db = self.db()?;
         let txn = db.begin_write().map_err(write_err)?;
         let rewind = txn

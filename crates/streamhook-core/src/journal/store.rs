@@ -171,6 +171,9 @@ pub(crate) struct Store {
     /// Test only: added to the wall clock, as a clock that jumped would.
     #[cfg(feature = "test-hooks")]
     pub(crate) clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// Test only: the next N cursor saves fail as an I/O error would.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fail_cursor_saves: AtomicU64,
     /// Test only: where pruning says it paused between chunks, and waits to go on.
     #[cfg(feature = "test-hooks")]
     #[allow(clippy::type_complexity)]
@@ -198,6 +201,8 @@ impl Store {
             clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             #[cfg(feature = "test-hooks")]
             prune_pause: Mutex::new(None),
+            #[cfg(feature = "test-hooks")]
+            fail_cursor_saves: AtomicU64::new(0),
         };
         Ok((store, last_ms))
     }

@@ -28,6 +28,11 @@ impl Journal {
         }
     }
 
+    /// Test only: the next `n` cursor saves fail as an I/O error would (appends go on).
+    pub fn fail_next_cursor_saves(&self, n: u64) {
+        self.inner.fail_cursor_saves.store(n, Ordering::SeqCst);
+    }
+
     /// Test only: the next `n` commits fail as an I/O error would.
     pub fn inject_commit_failures(&self, n: u64) {
         self.inner.health.inject_failures.store(n, Ordering::SeqCst);
