@@ -47,6 +47,10 @@ Tasks:
 Fault runs against the real server binary (add --release to build optimised):
   crash-test [--cycles N]           SIGKILL under load, N times (default 20);
                                     nothing acknowledged may be lost
+  power-loss-test [--cycles N]      emulated power cuts (default 10): SIGKILL under
+                                    strace, the file sink's archive and position
+                                    file rolled back to their last sync, restart;
+                                    every acknowledged event in the archive once
   outage-test [--seconds N]         the http sink's receiver refuses, is down,
                                     returns, under load (default 20 s)
   disk-full-test                    the journal's disk fills up, then frees
@@ -65,7 +69,7 @@ Fault runs against the real server binary (add --release to build optimised):
                                     receiver, then a NATS node, N times (default 6):
                                     nothing acknowledged lost, every event delivered,
                                     order per resource, classification as one journal
-  faults                            all six, short (what CI runs)
+  faults                            all seven, short (what CI runs)
   bench [ARGS]                      build release binaries, run the criterion
                                     benches, then measure intake (vs a bare axum
                                     server), memory, drain, restart and validate
@@ -98,6 +102,7 @@ fn main() -> Result<()> {
         }
         "demo" => demo::run(),
         "crash-test" => harness(&["crash"], &rest).map(drop),
+        "power-loss-test" => harness(&["power-loss"], &rest).map(drop),
         "outage-test" => harness(&["outage"], &rest).map(drop),
         "disk-full-test" => harness(&["disk-full"], &rest).map(drop),
         "slow-clients-test" => harness(&["slow-clients"], &rest).map(drop),
@@ -489,8 +494,9 @@ fn faults_short(rest: &[String]) -> Result<Vec<String>> {
             .collect()
     };
     tools::ensure_nats_server()?;
-    let runs: [(&str, Vec<String>); 6] = [
+    let runs: [(&str, Vec<String>); 7] = [
         ("crash", with(&["--cycles", "3"])),
+        ("power-loss", with(&["--cycles", "3"])),
         ("outage", with(&["--seconds", "6"])),
         ("disk-full", with(&[])),
         ("slow-clients", with(&["--connections", "100"])),

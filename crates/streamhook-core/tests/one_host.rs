@@ -345,3 +345,76 @@ async fn pruning_a_backlog_goes_in_chunks_that_let_appends_through() {
     assert_eq!(pruned.events, total as u64);
     assert_eq!(journal.stats().prune_commits.load(Ordering::Relaxed), 3);
 }
+
+/// A sink that accepts at once but makes what it accepted durable only when allowed (a file
+/// sink between two syncs).
+#[derive(Debug)]
+struct Unsynced {
+    got: std::sync::Mutex<Vec<u64>>,
+    unsynced_from: std::sync::Mutex<Option<u64>>,
+    may_sync: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl streamhook_core::Sink for Unsynced {
+    fn name(&self) -> &str {
+        "archive"
+    }
+
+    async fn send(&self, d: &streamhook_core::Delivery) -> Result<(), streamhook_core::SinkError> {
+        self.got.lock().unwrap().push(d.envelope.seq);
+        self.unsynced_from
+            .lock()
+            .unwrap()
+            .get_or_insert(d.envelope.seq);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), streamhook_core::SinkError> {
+        if self.may_sync.load(Ordering::SeqCst) {
+            *self.unsynced_from.lock().unwrap() = None;
+        }
+        Ok(())
+    }
+
+    fn not_durable_from(&self) -> Option<u64> {
+        *self.unsynced_from.lock().unwrap()
+    }
+}
+
+/// The cursor never passes what the sink has not made durable: a power cut then costs the
+/// sink nothing the journal does not deliver again.
+#[tokio::test]
+async fn the_cursor_waits_for_what_the_sink_has_not_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    journal.set_cursor("archive", 1).unwrap();
+    for i in 0..5 {
+        append(&journal, &video(i, "ready")).await;
+    }
+    let sink = Arc::new(Unsynced {
+        got: std::sync::Mutex::default(),
+        unsynced_from: std::sync::Mutex::default(),
+        may_sync: AtomicBool::new(false),
+    });
+    let dispatcher = Dispatcher::new(
+        journal.clone(),
+        sink.clone(),
+        everything(&["archive"]),
+        fast_policy(),
+    );
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(dispatcher.run(rx));
+    eventually("all delivered", || sink.got.lock().unwrap().len() == 5).await;
+    // Several persist periods: the cursor stays before the first line not durable.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(journal.cursor("archive").unwrap(), 1);
+    sink.may_sync.store(true, Ordering::SeqCst);
+    append(&journal, &video(9, "ready")).await;
+    eventually("durable, the cursor passes them", || {
+        journal.cursor("archive").unwrap() == 7
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

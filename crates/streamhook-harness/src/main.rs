@@ -9,6 +9,7 @@ mod bench;
 mod faults;
 mod ha;
 mod load;
+mod power;
 mod receiver;
 mod restart;
 mod server;
@@ -34,6 +35,13 @@ enum Run {
     Crash {
         /// How many kills.
         #[arg(long, default_value_t = 20)]
+        cycles: usize,
+    },
+    /// Emulated power cuts: SIGKILL under strace, the file sink's archive and position file
+    /// rolled back to their last sync, restart; every acknowledged event in the archive once.
+    PowerLoss {
+        /// How many cuts.
+        #[arg(long, default_value_t = 10)]
         cycles: usize,
     },
     /// The http sink's receiver refuses, goes down, comes back, under load.
@@ -115,6 +123,7 @@ async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.run {
         Run::Crash { cycles } => faults::crash(&cli.server_bin, cycles).await,
+        Run::PowerLoss { cycles } => power::power_loss(&cli.server_bin, cycles).await,
         Run::Outage { seconds } => faults::outage(&cli.server_bin, seconds).await,
         Run::DiskFull => faults::disk_full(&cli.server_bin).await,
         Run::Restart { restarts, clients } => {

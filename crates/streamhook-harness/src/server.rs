@@ -57,6 +57,20 @@ impl Process {
         Process::spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()))
     }
 
+    /// Waits until it exits (up to `within`).
+    pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("the process did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its process id.
     pub fn id(&self) -> u32 {
         self.child.id()
@@ -187,6 +201,8 @@ pub struct ServerProcess {
     log: Option<PathBuf>,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    /// A program (and its arguments) it runs under, such as `strace -o ...`.
+    wrapper: Vec<OsString>,
     /// The webhook port.
     pub port: u16,
     process: Option<Process>,
@@ -205,9 +221,38 @@ impl ServerProcess {
             log: Some(dir.join("server.log")),
             args: Vec::new(),
             envs: Vec::new(),
+            wrapper: Vec::new(),
             port,
             process: None,
         })
+    }
+
+    /// The same server run under `wrapper` (a program and its arguments, the server's command
+    /// line after them), not started.
+    pub fn wrapped(&self, wrapper: Vec<OsString>) -> ServerProcess {
+        ServerProcess {
+            bin: self.bin.clone(),
+            config: self.config.clone(),
+            log: self.log.clone(),
+            args: self.args.clone(),
+            envs: self.envs.clone(),
+            wrapper,
+            port: self.port,
+            process: None,
+        }
+    }
+
+    /// Starts a process of it, waits until it answers `/healthz`, and hands it over.
+    pub async fn spawn_started(&self) -> Result<Process> {
+        let mut process = self.spawn()?;
+        let poll = Poll {
+            every: Duration::from_millis(20),
+            within: Duration::from_secs(60),
+        };
+        wait_ready(self.port, Probe::Get("/healthz"), poll, Some(&mut process))
+            .await
+            .with_context(|| format!("the server did not become healthy; {}", self.see_log()))?;
+        Ok(process)
     }
 
     /// Its stderr goes nowhere (no log written while it is measured).
@@ -235,7 +280,14 @@ impl ServerProcess {
 
     /// The command that runs it (without its stdio): to run it under another program.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("--config").arg(&self.config).args(&self.args);
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd

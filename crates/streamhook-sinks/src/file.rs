@@ -279,8 +279,18 @@ impl Position {
 /// one of the run's (a seq after the line written before the run); otherwise the line written
 /// before it. After a reboot only the last line made durable counts: the kernel may have lost
 /// any line written after it, in any file.
-fn read_position(position: &Path) -> Option<Held> {
+///
+/// A template without placeholders writes one file, whose last line is always the newest
+/// written: that line decides where to resume, whatever the position says (a power cut may
+/// leave the position file behind or ahead of the file; the file's own content is what it
+/// holds). Only a missing position file (a replay moved the sink back) says nothing.
+fn read_position(position: &Path, single_file: Option<&Path>) -> Option<Held> {
     let text = std::fs::read_to_string(position).ok()?;
+    if let Some(path) = single_file
+        && let Some((seq, id, _)) = last_line_of(path)
+    {
+        return Some(Held { seq, id });
+    }
     let mut lines = text.lines();
     let mut intent = lines.next()?.splitn(3, ' ');
     let seq: u64 = intent.next()?.parse().ok()?;
@@ -685,7 +695,8 @@ impl Sink for FileSink {
 
     async fn delivered_through(&self) -> Option<Held> {
         let position = self.position_path();
-        let held = tokio::task::spawn_blocking(move || read_position(&position))
+        let single = (!self.template.contains('{')).then(|| PathBuf::from(&self.template));
+        let held = tokio::task::spawn_blocking(move || read_position(&position, single.as_deref()))
             .await
             .ok()
             .flatten();

@@ -678,13 +678,14 @@ async fn unsynced_lines_hold_the_cursor_until_a_sync() {
     }
 }
 
-/// After a reboot (another boot id in the position file), only the last line made durable is
-/// trusted: the kernel may have lost any line after it, in any file.
+/// After a reboot (another boot id in the position file), a templated sink (several files)
+/// trusts only the last line made durable: the kernel may have lost any line after it, in any
+/// file. A sink of one file trusts that file's own last line, whatever the position says.
 #[tokio::test]
 async fn after_a_reboot_only_what_was_synced_counts() {
     use streamhook_core::Held;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.jsonl");
+    let path = dir.path().join("{type}.jsonl");
     let s = sink(&path, 0, FsyncPolicy::Batch);
     for seq in 1..=4 {
         s.send(&delivery(
@@ -720,7 +721,7 @@ async fn after_a_reboot_only_what_was_synced_counts() {
         .join("\n")
         + "\n";
     assert_ne!(text, rebooted, "the position file records the boot");
-    std::fs::write(s.position_path(), rebooted).unwrap();
+    std::fs::write(s.position_path(), &rebooted).unwrap();
     assert_eq!(
         s.delivered_through().await,
         Some(Held {
@@ -728,6 +729,15 @@ async fn after_a_reboot_only_what_was_synced_counts() {
             id: "0193-test-4".into()
         })
     );
+    // One file: its last line (5) is on disk, so it holds 5, rebooted or not; and the
+    // position cannot claim more than the file holds.
+    let one = dir.path().join("video.jsonl");
+    let single = sink(&one, 0, FsyncPolicy::Batch);
+    std::fs::write(single.position_path(), &rebooted).unwrap();
+    assert_eq!(single.delivered_through().await.map(|h| h.seq), Some(5));
+    let ahead = rebooted.replace("5 0193-test-5", "9 0193-test-9");
+    std::fs::write(single.position_path(), ahead).unwrap();
+    assert_eq!(single.delivered_through().await.map(|h| h.seq), Some(5));
 }
 
 /// A last line longer than 64 KiB is still read back whole.
