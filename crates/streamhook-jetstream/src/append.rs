@@ -218,6 +218,7 @@ impl JetStreamSequencer {
                         origin: meaning.origin,
                         resource: meaning.resource,
                         problems: Vec::new(),
+                        late: false,
                         payload: draft.payload.clone(),
                     };
                     // A resource's newest message always carries its state: an event that
@@ -234,6 +235,7 @@ impl JetStreamSequencer {
                         origin: None,
                         resource: resource.clone(),
                         problems: problems.clone(),
+                        late: false,
                         payload: draft.payload.clone(),
                     },
                     None,

@@ -8,8 +8,10 @@
 //!
 //! Keep, then judge: JSON from a verified source that does not fit the typed model is stored
 //! with the kind `invalid` and its problems, and answered 200 with them (Gcore never resends,
-//! so a refusal would lose the event). Strict mode answers 422 instead; a body that is not JSON
-//! is 400 in both modes.
+//! so a refusal would lose the event). So is a body that is not JSON at all (cut short, not
+//! UTF-8, empty): its bytes are kept as `{"unparsed": TEXT}` (or `{"unparsed_base64": ...}`)
+//! in an `invalid` event. Strict mode answers 422 and 400 instead. The body size limit still
+//! refuses (413).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -428,8 +430,23 @@ async fn receive(
 
     // Decode without locating what was tolerated (the server does not report warnings); only
     // a problem needs a line and column, so only a problem decodes again to find them.
-    let value =
-        decode::parse_json(&bytes).map_err(|e| ApiError::new(Reason::NotJson, e.to_string()))?;
+    let strict = intake
+        .inner
+        .strict
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let value = match decode::parse_json(&bytes) {
+        Ok(value) => value,
+        Err(e) if strict => return Err(ApiError::new(Reason::NotJson, e.to_string())),
+        // Not JSON (cut short, not UTF-8, empty) from a verified sender: kept whole, flagged.
+        Err(e) => {
+            let (payload, problem) = unparsed(&bytes, &e);
+            let parsed = Parsed::Invalid {
+                resource: salvage_resource(&serde_json::Value::Null),
+                problems: vec![problem],
+            };
+            return accept(&intake, verified, &payload, parsed, &parts.headers).await;
+        }
+    };
     let parsed = match decode::decode_value(&value) {
         Ok(decoded) => Parsed::Webhook(decoded.webhook),
         Err(_) => {
@@ -442,11 +459,7 @@ async fn receive(
                     message: "not a webhook".into(),
                 },
             };
-            if intake
-                .inner
-                .strict
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
+            if strict {
                 return Err(ApiError::new(Reason::NotWebhook, problem.to_string()));
             }
             Parsed::Invalid {
@@ -455,13 +468,37 @@ async fn receive(
             }
         }
     };
+    accept(&intake, verified, &bytes, parsed, &parts.headers).await
+}
+
+/// A body that is not JSON, as the journal keeps it: `{"unparsed": TEXT}`, or
+/// `{"unparsed_base64": ...}` when it is not UTF-8, with the problem.
+fn unparsed(bytes: &[u8], error: &streamhook_types::DecodeError) -> (Vec<u8>, Problem) {
+    use base64::Engine as _;
+    let wrapper = match std::str::from_utf8(bytes) {
+        Ok(text) => json!({ "unparsed": text }),
+        Err(_) => json!({
+            "unparsed_base64": base64::engine::general_purpose::STANDARD.encode(bytes)
+        }),
+    };
+    (wrapper.to_string().into_bytes(), Problem::from_error(error))
+}
+
+/// Journals the event and answers `200 {"id", "kinds"}` (with `problems` for an invalid one).
+async fn accept(
+    intake: &Intake,
+    verified: streamhook_core::Verified,
+    bytes: &[u8],
+    parsed: Parsed,
+    headers: &HeaderMap,
+) -> Result<(streamhook_core::Appended, Vec<Problem>, Response), ApiError> {
     let problems = match &parsed {
         Parsed::Invalid { problems, .. } => problems.clone(),
         Parsed::Webhook(_) => Vec::new(),
     };
     let appended = intake
         .journal()
-        .append_received(verified, &bytes, parsed, kept_headers(&parts.headers))
+        .append_received(verified, bytes, parsed, kept_headers(headers))
         .await
         .map_err(|e| match e {
             JournalError::Busy => {

@@ -185,21 +185,22 @@ async fn hostile_requests_get_clear_answers_and_store_nothing() {
 
     type Case = (&'static str, &'static str, Vec<u8>, u16, String);
     let mut cases: Vec<Case> = vec![
-        // Not JSON.
-        ("invalid UTF-8", "127.0.0.1", hook(b"{\"type\": \"\xc3\x28\"}"), 400, err("invalid JSON: the input is not valid UTF-8 (line 1, column 11)")),
-        ("truncated", "127.0.0.1", hook(br#"{"type":"stream","message":{"stream":{"id":1"#), 400, err("invalid JSON: the input ends in the middle of an object; is it truncated? (line 1, column 44)")),
-        ("empty body", "127.0.0.1", hook(b""), 400, err("invalid JSON: empty input: expected a JSON object (line 1, column 1)")),
-        ("whitespace only", "127.0.0.1", hook(b" \r\n\t "), 400, err("invalid JSON: empty input: expected a JSON object (line 1, column 1)")),
-        ("NUL bytes", "127.0.0.1", hook(b"\0\0\0\0"), 400, err("invalid JSON: expected a JSON value (an object, array, string, number, true, false or null) (line 1, column 1)")),
-        ("trailing garbage", "127.0.0.1", hook(format!("{VALID} trailing").as_bytes()), 400, err("invalid JSON: trailing characters (line 1, column 79)")),
-        ("two documents", "127.0.0.1", hook(format!("{VALID}{VALID}").as_bytes()), 400, err("invalid JSON: trailing characters (line 1, column 78)")),
-        ("deep nesting", "127.0.0.1", hook(deep.as_bytes()), 400, err("invalid JSON: recursion limit exceeded (line 1, column 128)")),
-        ("deep nesting inside a payload", "127.0.0.1", hook(deep_object.as_bytes()), 400, err("invalid JSON: recursion limit exceeded (line 1, column 174)")),
-        ("single quotes", "127.0.0.1", hook(b"{'type': 'stream'}"), 400, err("invalid JSON: key must be a string (line 1, column 2)")),
-        ("comments", "127.0.0.1", hook(b"// hi\n{}"), 400, err("invalid JSON: expected a JSON value (an object, array, string, number, true, false or null) (line 1, column 1)")),
-        ("a lone surrogate", "127.0.0.1", hook(lone_surrogate.as_bytes()), 400, err("invalid JSON: unexpected end of hex escape: a \\u escape of half a surrogate pair; JSON text must be valid Unicode (line 1, column 58)")),
-        ("number out of range", "127.0.0.1", hook(huge_number.as_bytes()), 400, err("invalid JSON: number out of range (line 1, column 46)")),
-        ("BOM", "127.0.0.1", hook(format!("\u{feff}{VALID}").as_bytes()), 400, err("invalid JSON: expected a JSON value (an object, array, string, number, true, false or null) (line 1, column 1)")),
+        // Not JSON: kept whole as an `invalid` event (Gcore never resends; strict mode
+        // refuses them with 400, below).
+        ("invalid UTF-8", "127.0.0.1", hook(b"{\"type\": \"\xc3\x28\"}"), 200, kept("$", 1, 11, "invalid JSON: the input is not valid UTF-8")),
+        ("truncated", "127.0.0.1", hook(br#"{"type":"stream","message":{"stream":{"id":1"#), 200, kept("$", 1, 44, "invalid JSON: the input ends in the middle of an object; is it truncated?")),
+        ("empty body", "127.0.0.1", hook(b""), 200, kept("$", 1, 1, "invalid JSON: empty input: expected a JSON object")),
+        ("whitespace only", "127.0.0.1", hook(b" \r\n\t "), 200, kept("$", 1, 1, "invalid JSON: empty input: expected a JSON object")),
+        ("NUL bytes", "127.0.0.1", hook(b"\0\0\0\0"), 200, kept("$", 1, 1, "invalid JSON: expected a JSON value (an object, array, string, number, true, false or null)")),
+        ("trailing garbage", "127.0.0.1", hook(format!("{VALID} trailing").as_bytes()), 200, kept("$", 1, 79, "invalid JSON: trailing characters")),
+        ("two documents", "127.0.0.1", hook(format!("{VALID}{VALID}").as_bytes()), 200, kept("$", 1, 78, "invalid JSON: trailing characters")),
+        ("deep nesting", "127.0.0.1", hook(deep.as_bytes()), 200, kept("$", 1, 128, "invalid JSON: recursion limit exceeded")),
+        ("deep nesting inside a payload", "127.0.0.1", hook(deep_object.as_bytes()), 200, kept("$", 1, 174, "invalid JSON: recursion limit exceeded")),
+        ("single quotes", "127.0.0.1", hook(b"{'type': 'stream'}"), 200, kept("$", 1, 2, "invalid JSON: key must be a string")),
+        ("comments", "127.0.0.1", hook(b"// hi\n{}"), 200, kept("$", 1, 1, "invalid JSON: expected a JSON value (an object, array, string, number, true, false or null)")),
+        ("a lone surrogate", "127.0.0.1", hook(lone_surrogate.as_bytes()), 200, kept("$", 1, 58, "invalid JSON: unexpected end of hex escape: a \\u escape of half a surrogate pair; JSON text must be valid Unicode")),
+        ("number out of range", "127.0.0.1", hook(huge_number.as_bytes()), 200, kept("$", 1, 46, "invalid JSON: number out of range")),
+        ("BOM", "127.0.0.1", hook(format!("\u{feff}{VALID}").as_bytes()), 200, kept("$", 1, 1, "invalid JSON: expected a JSON value (an object, array, string, number, true, false or null)")),
         // JSON, not a webhook: see `not_webhooks` below (kept as `invalid`, answered 200).
         // Size.
         ("10 MB body", "127.0.0.1", hook(&huge), 413, err("body larger than 65536 bytes")),
@@ -322,6 +323,31 @@ async fn strict_mode_refuses_what_does_not_fit_the_model_with_422() {
         let want = err(&format!("{message} (line {line}, column {column})"));
         if status != 422 || got != want {
             wrong.push(format!("{name}: expected 422 {want}\n  got {status} {got}"));
+        }
+    }
+    // A body that is not JSON at all: 400, as before.
+    for (name, body, want) in [
+        (
+            "truncated",
+            &br#"{"type":"stream","message":{"stream":{"id":1"#[..],
+            err(
+                "invalid JSON: the input ends in the middle of an object; is it truncated? (line 1, column 44)",
+            ),
+        ),
+        (
+            "empty body",
+            &b""[..],
+            err("invalid JSON: empty input: expected a JSON object (line 1, column 1)"),
+        ),
+        (
+            "invalid UTF-8",
+            &b"{\"type\": \"\xc3\x28\"}"[..],
+            err("invalid JSON: the input is not valid UTF-8 (line 1, column 11)"),
+        ),
+    ] {
+        let (status, got) = raw(server.addr, "127.0.0.1", &hook(body)).await;
+        if status != 400 || got != want {
+            wrong.push(format!("{name}: expected 400 {want}\n  got {status} {got}"));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

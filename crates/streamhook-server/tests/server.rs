@@ -152,7 +152,12 @@ async fn a_trusted_proxy_passes_on_the_real_client() {
 
 #[tokio::test]
 async fn each_refusal_has_its_status_and_a_json_error() {
-    let mut server = TestServer::start(|c| c.limits.max_body_bytes = 1024).await;
+    // Strict mode: a body that is not JSON is refused (by default it is kept as `invalid`).
+    let mut server = TestServer::start(|c| {
+        c.limits.max_body_bytes = 1024;
+        c.strict = true;
+    })
+    .await;
     let c = client();
     let url = server.url("/webhook");
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![

@@ -35,6 +35,12 @@ pub struct Envelope {
     /// For `invalid` events: what in the payload does not fit the model (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
+    /// The event was received before one already stored for the same resource (on the
+    /// replicated journal: it waited in a receiver's spool, or a retry came after a newer
+    /// event): it is delivered, classified on its own, and does not change the resource's
+    /// state. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
     /// Gcore's JSON, unchanged.
     #[schemars(with = "crate::Webhook")]
     pub payload: Box<RawValue>,

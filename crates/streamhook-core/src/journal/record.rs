@@ -121,8 +121,14 @@ impl StoredEvent {
         one_line(&self.json)
     }
 
-    /// The request body exactly as Gcore sent it.
+    /// The request body exactly as Gcore sent it (for a body that was not JSON, kept as
+    /// `{"unparsed": TEXT}`, that text; one that was not UTF-8 either stays in its wrapper).
     pub fn body(&self, envelope: &Envelope) -> String {
+        if envelope.kinds == [EventKind::Invalid]
+            && let Some(text) = unparsed_text(envelope.payload.get())
+        {
+            return text;
+        }
         let mut body = String::with_capacity(
             self.body_prefix.len() + envelope.payload.get().len() + self.body_suffix.len(),
         );
@@ -131,6 +137,18 @@ impl StoredEvent {
         body.push_str(&self.body_suffix);
         body
     }
+}
+
+/// The text of a body that was not JSON, from its `{"unparsed": TEXT}` wrapper.
+fn unparsed_text(payload: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Unparsed {
+        unparsed: String,
+    }
+    serde_json::from_str::<Unparsed>(payload)
+        .ok()
+        .map(|u| u.unparsed)
 }
 
 /// JSON on one line: raw CR and LF become spaces (they can only be whitespace).

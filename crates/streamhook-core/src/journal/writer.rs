@@ -362,6 +362,7 @@ fn commit_batch(
                         origin: meaning.origin,
                         resource: meaning.resource,
                         problems: Vec::new(),
+                        late: false,
                         payload: draft.payload.clone(),
                     };
                     (envelope, key, state)
@@ -377,6 +378,7 @@ fn commit_batch(
                         origin: None,
                         resource: resource.clone(),
                         problems: problems.clone(),
+                        late: false,
                         payload: draft.payload.clone(),
                     };
                     (envelope, None, None)
