@@ -127,7 +127,7 @@ pub fn run() -> Result<()> {
             .current_dir(&root)
             .status()?;
         println!(
-            "\n(exit {}: the bodies that are not JSON were refused with 400; the JSON ones that do not fit the model were kept as `invalid` events, flagged with their problem)",
+            "\n(exit {}: the payloads that do not fit the model, JSON or not, were kept as `invalid` events, flagged with their problem)",
             status.code().unwrap_or(-1)
         );
         // Let the sinks catch up.
