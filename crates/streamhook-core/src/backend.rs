@@ -63,6 +63,12 @@ pub trait Sequencer: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// How the connection to what the backend shares stands, for readiness checks and
+    /// metrics (`None`: nothing shared). No I/O.
+    fn shared_status(&self) -> Option<SharedStatus> {
+        None
+    }
+
     /// Prunes what the backend shares with other receivers, as
     /// [`Journal::prune`](crate::Journal::prune) prunes the local file (`None`: nothing
     /// shared, or another receiver prunes now).
@@ -72,6 +78,26 @@ pub trait Sequencer: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<SharedPruned>, JournalError> {
         let _ = retention;
         Ok(None)
+    }
+}
+
+/// How a backend's connection to its shared journal stands ([`Sequencer::shared_status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedStatus {
+    /// Connected to a server of the shared journal now.
+    pub connected: bool,
+    /// What it says of itself, for people (`connected`, `not connected: ...`, `refused: ...`).
+    pub state: String,
+}
+
+impl SharedStatus {
+    /// A status.
+    pub fn new(connected: bool, state: impl Into<String>) -> Self {
+        SharedStatus {
+            connected,
+            state: state.into(),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub use dispatch::{
 pub use journal::{
     Appended, Cause, CauseKind, DeadLetter, Forgotten, Health, Journal, JournalConfig,
     JournalError, PRUNE_CHUNK, Parsed, PrunePolicy, Pruned, Received, RemovedSink, ReplayFrom,
-    Replayed, SinkStart, StoredEvent,
+    Replayed, SinkStart, SpoolStats, Spooled, StoredEvent,
 };
 pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
 pub use sink::{Delivery, Held, Sink, SinkError};

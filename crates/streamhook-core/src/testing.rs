@@ -39,6 +39,24 @@ pub async fn append(journal: &Journal, body: &[u8]) -> crate::Appended {
     journal.append(source, body, webhook).await.unwrap()
 }
 
+/// Keeps `body` in the spool as if it had been received at `received_at_ms` and spooled then
+/// (the scenario of an event a receiver kept while its stream was away); returns its id.
+pub async fn spool_received_at(
+    journal: &Journal,
+    body: &[u8],
+    received_at_ms: u64,
+) -> streamhook_types::EventId {
+    let webhook = decode::decode(body).unwrap().webhook;
+    let source = Verified::trusted_local("92.223.123.1".parse().unwrap());
+    let draft = crate::journal::draft_of(&source, body, webhook.into(), None).unwrap();
+    let id = crate::journal::record::event_id(received_at_ms);
+    journal
+        .spool(id.clone(), received_at_ms, draft)
+        .await
+        .unwrap();
+    id
+}
+
 /// A `stream` webhook.
 pub fn stream(id: u64, live: bool, recording: bool) -> Vec<u8> {
     format!(r#"{{"type":"stream","message":{{"stream":{{"id":{id},"live":{live},"recording":{recording}}}}}}}"#).into_bytes()

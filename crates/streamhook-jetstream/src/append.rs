@@ -1,10 +1,25 @@
-//! Where an event gets its place on the replicated journal (the [`Sequencer`]): each event is
-//! one message on its resource's subject, carrying the resource's classifier state after it.
-//! The receiver reads the subject's last message from the stream's leader, classifies against
-//! the state it carries, and publishes with `Nats-Expected-Last-Subject-Sequence` (re-reading
-//! and classifying again when another receiver appended in between) and `Nats-Msg-Id` = the
-//! event id. The append is answered once the stream acknowledged it (a quorum of replicas)
-//! and, within 5 s, this receiver's mirror holds it.
+//! Where an event gets its place on the replicated journal (the [`Sequencer`]), and the spool
+//! that keeps it when the stream cannot take it now.
+//!
+//! Each event is one message on its resource's subject, carrying the resource's classifier
+//! state after it. The receiver classifies against the resource's last message (known from
+//! its own previous append or its mirror; read from the stream's leader otherwise) and
+//! publishes with `Nats-Expected-Last-Subject-Sequence` (reading and classifying again when
+//! another receiver appended in between) and `Nats-Msg-Id` = the event id: one round trip in
+//! the common case. The answer follows the stream's ack (a quorum of replicas); it does not
+//! wait for this receiver's mirror.
+//!
+//! **The spool.** When no server is connected, the stream and buckets are not set up (or are
+//! refused), events wait in the spool already, or the stream does not acknowledge within
+//! `spool_after`, the event is kept in the local file's spool (synced, as on one host) with
+//! the id and receive time it was given, and the request is answered. A forwarder publishes
+//! spooled events to the stream in arrival order (per resource; the same `Nats-Msg-Id`, so a
+//! publish that did land meanwhile is stored once) as soon as it takes events.
+//!
+//! **Late events.** A resource's history follows receive time: every message carries the
+//! newest receive time of its resource's events (a header). An event received before that
+//! (spooled, retried, resent by a balancer to another receiver) is stored after it, kept and
+//! delivered, flagged `late`, classified on its own; the resource's state is left as it was.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,29 +29,32 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self as js};
 use async_trait::async_trait;
-use streamhook_core::backend::{Draft, Sequencer, SharedPruned, SharedRetention};
+use streamhook_core::backend::{Draft, Sequencer, SharedPruned, SharedRetention, SharedStatus};
 use streamhook_core::journal::WeakJournal;
 use streamhook_core::journal::record::{decode_event, event_id, history_key};
-use streamhook_core::{Appended, CauseKind, JournalError, Parsed};
+use streamhook_core::{Appended, Journal, JournalError, Parsed, Spooled};
 use streamhook_types::classify::classify_with;
-use streamhook_types::{Envelope, EventKind, ResourceState};
-use tokio::sync::watch;
+use streamhook_types::{Envelope, EventId, EventKind};
+use tokio::sync::Notify;
 
 use crate::config::MAX_CONFLICTS;
-use crate::message::{decode_message, encode_message};
-use crate::remote::{Remote, remote_err, remote_msg};
+use crate::message::{NEWEST_HEADER, decode_message, encode_message, newest_ms};
+use crate::remote::{Known, Phase, Remote, remote_err, remote_msg};
+
+/// How many spooled events the forwarder takes at once.
+const FORWARD_BATCH: usize = 256;
 
 /// The replicated journal's appends.
 pub(crate) struct JetStreamSequencer {
     pub(crate) remote: Arc<Remote>,
-    /// The local mirror's last seq, to wait for an appended event to arrive there.
-    pub(crate) mirrored: watch::Receiver<u64>,
-    /// The local journal (pruning reads its cursors).
+    /// The local journal (the spool, pruning's cursors, the history for a spooled answer).
     journal: WeakJournal,
     /// One append at a time per resource in this receiver: concurrent appends of one resource
     /// would otherwise all race on its compare-and-set, and all but one retry. (Other
     /// receivers' appends still race, and the compare-and-set serialises them.)
     appending: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Wakes the forwarder when an event is spooled.
+    pub(crate) spooled: Notify,
 }
 
 impl std::fmt::Debug for JetStreamSequencer {
@@ -47,6 +65,12 @@ impl std::fmt::Debug for JetStreamSequencer {
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[async_trait]
 impl Sequencer for JetStreamSequencer {
     fn backend(&self) -> &'static str {
@@ -54,21 +78,79 @@ impl Sequencer for JetStreamSequencer {
     }
 
     async fn append(&self, draft: Draft) -> Result<Appended, JournalError> {
-        let appended = self.publish(draft).await?;
-        // The stream holds it (a quorum acknowledged it); wait, briefly, until this
-        // receiver's mirror does too, so what it shows and delivers includes it.
-        let mut mirrored = self.mirrored.clone();
-        let seq = appended.seq;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            mirrored.wait_for(|last| *last >= seq),
+        let journal = self.journal.upgrade().ok_or(JournalError::Closed)?;
+        let key = match &draft.parsed {
+            Parsed::Webhook(webhook) => history_key(webhook),
+            Parsed::Invalid { .. } => None,
+        };
+        let remote = &*self.remote;
+        let spool_after = remote.config.spool_after;
+        // One event of a resource at a time, stamped in its turn: this receiver's events of
+        // a resource are received, spooled and stored in one order (none is late here). The
+        // wait is bounded: the event ahead is stored or spooled within `spool_after`, and
+        // once one is spooled the others spool at once.
+        let turn = key.as_ref().map(|k| self.turn_for(k));
+        let _turn = match &turn {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let received_at_ms = now_ms();
+        let id = event_id(received_at_ms);
+        if !remote.takes_events() || journal.spool_len() > 0 {
+            // The stream cannot take it now, or earlier events wait in the spool (this one
+            // must not overtake them).
+            return self.spool(&journal, id, received_at_ms, draft, key).await;
+        }
+        let placed = tokio::time::timeout(
+            spool_after,
+            self.place(&id, received_at_ms, &draft, key.as_deref()),
         )
         .await;
-        Ok(appended)
+        match placed {
+            Ok(Ok(appended)) => Ok(appended),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the stream did not take the event; spooling it");
+                self.spool(&journal, id, received_at_ms, draft, key).await
+            }
+            Err(_) => {
+                // It may still land: the forwarder publishes it again with the same id,
+                // which the stream's duplicate window stores once.
+                if let Some(k) = &key {
+                    remote.forget(k);
+                }
+                tracing::debug!(
+                    after = ?spool_after,
+                    "no acknowledgement from the stream in time; spooling the event"
+                );
+                self.spool(&journal, id, received_at_ms, draft, key).await
+            }
+        }
     }
 
     fn unavailable(&self) -> Option<String> {
-        (!self.remote.connected()).then(|| "not connected to any NATS server".to_owned())
+        if let Phase::Refused(why) = self.remote.phase() {
+            return Some(format!(
+                "the shared journal is refused (events are kept in the spool): {why}"
+            ));
+        }
+        self.remote.mirror_refused().map(|why| {
+            format!("this receiver's mirror cannot follow the shared journal (it delivers nothing): {why}")
+        })
+    }
+
+    fn shared_status(&self) -> Option<SharedStatus> {
+        let remote = &*self.remote;
+        let connected = remote.connected();
+        let state = match remote.phase() {
+            Phase::Refused(why) => format!("refused: {why}"),
+            _ if !connected => "not connected to any NATS server (events are spooled)".into(),
+            Phase::Connecting(why) => format!("setting up: {why}"),
+            Phase::Ready => match remote.mirror_refused() {
+                Some(why) => format!("mirror refused: {why}"),
+                None => "connected".into(),
+            },
+        };
+        Some(SharedStatus::new(connected, state))
     }
 
     async fn prune_shared(
@@ -78,21 +160,20 @@ impl Sequencer for JetStreamSequencer {
         let Some(journal) = self.journal.upgrade() else {
             return Err(JournalError::Closed);
         };
+        if !self.remote.takes_events() {
+            return Ok(None);
+        }
         crate::prune::prune_shared(&self.remote, &journal, retention).await
     }
 }
 
 impl JetStreamSequencer {
-    pub(crate) fn new(
-        remote: Arc<Remote>,
-        mirrored: watch::Receiver<u64>,
-        journal: WeakJournal,
-    ) -> Self {
+    pub(crate) fn new(remote: Arc<Remote>, journal: WeakJournal) -> Self {
         JetStreamSequencer {
             remote,
-            mirrored,
             journal,
             appending: Mutex::default(),
+            spooled: Notify::new(),
         }
     }
 
@@ -109,222 +190,478 @@ impl JetStreamSequencer {
         Arc::clone(map.entry(key.to_owned()).or_default())
     }
 
-    /// The resource's last message: its sequence and the state it carries.
-    async fn last_state(
+    /// Keeps the event in the spool and answers it: its kinds as this receiver's copy of the
+    /// resource's history reads them (the stream classifies again when it takes it).
+    async fn spool(
         &self,
-        subject: &str,
-    ) -> Result<(u64, Option<ResourceState>), JournalError> {
-        match self
-            .remote
-            .stream
-            .get_last_raw_message_by_subject(subject)
-            .await
-        {
+        journal: &Journal,
+        id: EventId,
+        received_at_ms: u64,
+        draft: Draft,
+        key: Option<String>,
+    ) -> Result<Appended, JournalError> {
+        let kinds = match &draft.parsed {
+            Parsed::Webhook(webhook) => {
+                let prior = match &key {
+                    Some(k) => journal.history(k).ok().flatten(),
+                    None => None,
+                };
+                classify_with(webhook, prior.as_ref()).0.kinds
+            }
+            Parsed::Invalid { .. } => vec![EventKind::Invalid],
+        };
+        journal.spool(id.clone(), received_at_ms, draft).await?;
+        self.spooled.notify_one();
+        Ok(Appended {
+            id,
+            seq: 0,
+            kinds,
+            spooled: true,
+        })
+    }
+
+    /// The resource's last message, read from the stream's leader.
+    async fn read_last(&self, subject: &str) -> Result<Known, JournalError> {
+        let ready = self.remote.need()?;
+        match ready.stream.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
-                // A resource idle longer than history_max_age is new, as on one host.
-                if let Some(age) = self.remote.history_max_age
-                    && SystemTime::from(msg.time) + age < SystemTime::now()
-                {
-                    return Ok((msg.sequence, None));
-                }
                 // An unreadable last message (another publisher, a newer format) must not
                 // block the resource for ever: classify as new, as an unreadable redb
                 // history record is, and say so.
-                let state = match decode_message(&msg.payload) {
-                    Ok(decoded) => match decoded.state.map(serde_json::from_slice) {
-                        Some(Ok(state)) => Some(state),
-                        Some(Err(e)) => {
-                            tracing::error!(seq = msg.sequence, error = %e, "unreadable classifier state in the shared stream; classifying the resource as new");
-                            None
-                        }
-                        None => None,
-                    },
+                let (state, newest) = match decode_message(&msg.payload) {
+                    Ok(decoded) => {
+                        let newest = newest_ms(Some(&msg.headers), decoded.record);
+                        let state = match decoded.state.map(serde_json::from_slice) {
+                            Some(Ok(state)) => Some(state),
+                            Some(Err(e)) => {
+                                tracing::error!(seq = msg.sequence, error = %e, "unreadable classifier state in the shared stream; classifying the resource as new");
+                                None
+                            }
+                            None => None,
+                        };
+                        (state, newest)
+                    }
                     Err(e) => {
                         tracing::error!(seq = msg.sequence, error = %e, "unreadable message on a resource's subject; classifying the resource as new");
-                        None
+                        (None, 0)
                     }
                 };
-                Ok((msg.sequence, state))
+                Ok(Known {
+                    seq: msg.sequence,
+                    state,
+                    newest_ms: newest,
+                })
             }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, None)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(Known {
+                seq: 0,
+                state: None,
+                newest_ms: 0,
+            }),
             Err(e) => Err(remote_err("reading the resource's last event", e)),
         }
     }
 
-    /// Journals one event in the stream (see the module's docs).
-    async fn publish(&self, draft: Draft) -> Result<Appended, JournalError> {
-        let remote = &*self.remote;
-        if !remote.connected() {
-            return Err(JournalError::write(
-                CauseKind::Shared,
-                "not connected to any NATS server; the event was not stored",
-            ));
+    /// What a resource's last message is: known, or read from the stream's leader.
+    async fn known_or_read(&self, key: Option<&str>) -> Result<Known, JournalError> {
+        match key {
+            Some(k) => match self.remote.known(k) {
+                Some(known) => Ok(known),
+                None => self.read_last(&self.remote.subject(key)).await,
+            },
+            None => Ok(Known {
+                seq: 0,
+                state: None,
+                newest_ms: 0,
+            }),
         }
-        let deadline = Instant::now() + remote.timeout;
-        let received_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+    }
+
+    /// Classifies an event against its resource's last message and builds its publish.
+    fn prepare(
+        &self,
+        id: &EventId,
+        received_at_ms: u64,
+        draft: &Draft,
+        key: Option<&str>,
+        known: &Known,
+    ) -> Result<Prepared, JournalError> {
         let received_at =
             humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(received_at_ms))
                 .to_string();
-        let id = event_id(received_at_ms);
-        let key = match &draft.parsed {
-            Parsed::Webhook(webhook) => history_key(webhook),
-            Parsed::Invalid { .. } => None,
-        };
-        let subject = remote.subject(key.as_deref());
-        let turn = key.as_ref().map(|k| self.turn_for(k));
-        let _turn = match &turn {
-            Some(lock) => match tokio::time::timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                lock.lock(),
-            )
-            .await
-            {
-                Ok(guard) => Some(guard),
-                Err(_) => {
-                    return Err(remote_msg(
-                        "append",
-                        "timed out waiting behind earlier events of the same resource; the event was not stored",
-                    ));
-                }
-            },
-            None => None,
-        };
-        let mut conflicts = 0;
-        loop {
-            let (last, prior) = match &key {
-                Some(_) => match self.last_state(&subject).await {
-                    Ok(found) => found,
-                    // A leader election (a node died) stalls reads for a few seconds.
-                    Err(JournalError::Write(e)) if Instant::now() < deadline => {
-                        tracing::debug!(error = %e, "reading a resource's last event; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
-                None => (0, None),
-            };
-            let (envelope, state) = match &draft.parsed {
-                Parsed::Webhook(webhook) => {
+        // Received before the resource's newest event: kept, flagged, and the resource's
+        // state left as it is (never rolled back).
+        let late = key.is_some() && received_at_ms < known.newest_ms;
+        let (envelope, state, newest) = match &draft.parsed {
+            Parsed::Webhook(webhook) => {
+                // A resource idle longer than history_max_age is new, as on one host.
+                let expired =
+                    self.remote.config.history_max_age.is_some_and(|age| {
+                        known.newest_ms + (age.as_millis() as u64) < received_at_ms
+                    });
+                let prior = if expired { None } else { known.state.clone() };
+                let (meaning, state) = if late {
+                    (classify_with(webhook, None).0, known.state.clone())
+                } else {
                     let (meaning, state) = classify_with(webhook, prior.as_ref());
-                    let envelope = Envelope {
-                        id: id.clone(),
-                        seq: 0,
-                        received_at: received_at.clone(),
-                        source_ip: draft.source,
-                        kinds: meaning.kinds,
-                        origin: meaning.origin,
-                        resource: meaning.resource,
-                        problems: Vec::new(),
-                        late: false,
-                        payload: draft.payload.clone(),
-                    };
                     // A resource's newest message always carries its state: an event that
                     // changes nothing carries the previous one forward.
-                    (envelope, state.or(prior))
-                }
-                Parsed::Invalid { resource, problems } => (
-                    Envelope {
-                        id: id.clone(),
-                        seq: 0,
-                        received_at: received_at.clone(),
-                        source_ip: draft.source,
-                        kinds: vec![EventKind::Invalid],
-                        origin: None,
-                        resource: resource.clone(),
-                        problems: problems.clone(),
-                        late: false,
-                        payload: draft.payload.clone(),
-                    },
-                    None,
-                ),
-            };
-            let kinds = envelope.kinds.clone();
-            let payload = encode_message(
-                key.as_deref(),
-                state.as_ref(),
-                draft.received.as_deref(),
-                received_at_ms,
-                &draft.prefix,
-                &draft.suffix,
-                &envelope,
-            )?;
-            let mut publish = js::message::PublishMessage::build()
-                .payload(payload)
-                .message_id(&id.0);
-            if key.is_some() {
-                publish = publish.expected_last_subject_sequence(last);
+                    (meaning, state.or(prior))
+                };
+                let envelope = Envelope {
+                    id: id.clone(),
+                    seq: 0,
+                    received_at,
+                    source_ip: draft.source,
+                    kinds: meaning.kinds,
+                    origin: meaning.origin,
+                    resource: meaning.resource,
+                    problems: Vec::new(),
+                    late,
+                    payload: draft.payload.clone(),
+                };
+                (envelope, state, known.newest_ms.max(received_at_ms))
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = async {
-                match remote.context.send_publish(subject.clone(), publish).await {
-                    Ok(ack) => ack.await,
-                    Err(e) => Err(e),
+            Parsed::Invalid { resource, problems } => (
+                Envelope {
+                    id: id.clone(),
+                    seq: 0,
+                    received_at,
+                    source_ip: draft.source,
+                    kinds: vec![EventKind::Invalid],
+                    origin: None,
+                    resource: resource.clone(),
+                    problems: problems.clone(),
+                    late: false,
+                    payload: draft.payload.clone(),
+                },
+                None,
+                received_at_ms,
+            ),
+        };
+        let kinds = envelope.kinds.clone();
+        let payload = encode_message(
+            key,
+            state.as_ref(),
+            draft.received.as_deref(),
+            received_at_ms,
+            &draft.prefix,
+            &draft.suffix,
+            &envelope,
+        )?;
+        let mut publish = js::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(&id.0)
+            .header(NEWEST_HEADER, newest.to_string().as_str());
+        if key.is_some() {
+            publish = publish.expected_last_subject_sequence(known.seq);
+        }
+        Ok(Prepared {
+            publish,
+            kinds,
+            after: Known {
+                seq: 0,
+                state,
+                newest_ms: newest,
+            },
+        })
+    }
+
+    /// What the stream answered a publish with, as an append's answer (`Ok(None)`: refused
+    /// because another receiver appended to the resource since it was read).
+    async fn settle(
+        &self,
+        id: &EventId,
+        key: Option<&str>,
+        prepared: Prepared,
+        result: Result<js::publish::PublishAck, js::context::PublishError>,
+    ) -> Result<Option<Appended>, JournalError> {
+        let remote = &*self.remote;
+        match result {
+            Ok(ack) if ack.duplicate => {
+                // A retry of a publish that was stored: answer with what was stored.
+                if let Some(k) = key {
+                    remote.forget(k);
+                }
+                let msg = remote
+                    .need()?
+                    .stream
+                    .get_raw_message(ack.sequence)
+                    .await
+                    .map_err(|e| remote_err("reading a duplicate back", e))?;
+                let decoded = decode_message(&msg.payload).map_err(|m| JournalError::Corrupt {
+                    seq: ack.sequence,
+                    message: m,
+                })?;
+                let stored = decode_event(ack.sequence, decoded.record)?;
+                Ok(Some(Appended {
+                    id: id.clone(),
+                    seq: ack.sequence,
+                    kinds: stored.envelope()?.kinds,
+                    spooled: false,
+                }))
+            }
+            Ok(ack) => {
+                if let Some(k) = key {
+                    let mut after = prepared.after;
+                    after.seq = ack.sequence;
+                    remote.learn(k, after);
+                }
+                Ok(Some(Appended {
+                    id: id.clone(),
+                    seq: ack.sequence,
+                    kinds: prepared.kinds,
+                    spooled: false,
+                }))
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // Another receiver appended to the resource: read it again.
+                if let Some(k) = key {
+                    remote.forget(k);
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                if let Some(k) = key {
+                    remote.forget(k);
+                }
+                Err(remote_err(
+                    "no acknowledgement (the event may have been stored; it is published again with the same id)",
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Publishes one event to its resource's subject (see the module's docs), classifying it
+    /// against the resource's last message; returns once the stream acknowledged it.
+    pub(crate) async fn place(
+        &self,
+        id: &EventId,
+        received_at_ms: u64,
+        draft: &Draft,
+        key: Option<&str>,
+    ) -> Result<Appended, JournalError> {
+        let ready = self.remote.need()?;
+        let subject = self.remote.subject(key);
+        let mut conflicts = 0;
+        loop {
+            let known = self.known_or_read(key).await?;
+            let mut prepared = self.prepare(id, received_at_ms, draft, key, &known)?;
+            let publish = std::mem::take(&mut prepared.publish);
+            let result = match ready.context.send_publish(subject.clone(), publish).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            if let Some(appended) = self.settle(id, key, prepared, result).await? {
+                return Ok(appended);
+            }
+            conflicts += 1;
+            if conflicts >= MAX_CONFLICTS {
+                return Err(remote_msg(
+                    "append",
+                    format!("{conflicts} conflicting writers on one resource"),
+                ));
+            }
+        }
+    }
+
+    /// Forwards a wave of spooled events, no two of one resource, in arrival order: their
+    /// publishes are sent one after another on the one connection (so the stream stores them
+    /// in that order), then their acks awaited. Returns the spool keys of those stored.
+    async fn forward_wave(
+        &self,
+        wave: &[(Option<String>, &Spooled)],
+    ) -> (Vec<u64>, Option<JournalError>) {
+        let ready = match self.remote.need() {
+            Ok(ready) => ready,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        // The resources not known yet are read side by side first.
+        let reads = futures_util::future::join_all(
+            wave.iter()
+                .map(|(key, _)| self.known_or_read(key.as_deref())),
+        )
+        .await;
+        let mut sent = Vec::with_capacity(wave.len());
+        let mut failure = None;
+        for ((key, spooled), known) in wave.iter().zip(reads) {
+            let known = match known {
+                Ok(known) => known,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
             };
-            let result = match tokio::time::timeout(left, attempt).await {
+            let mut prepared = match self.prepare(
+                &spooled.id,
+                spooled.received_at_ms,
+                &spooled.draft,
+                key.as_deref(),
+                &known,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let publish = std::mem::take(&mut prepared.publish);
+            match ready
+                .context
+                .send_publish(self.remote.subject(key.as_deref()), publish)
+                .await
+            {
+                Ok(ack) => sent.push((key, spooled, prepared, ack)),
+                Err(e) => {
+                    failure = Some(remote_err("forwarding a spooled event", e));
+                    break;
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (key, spooled, prepared, ack) in sent {
+            let result = match tokio::time::timeout(self.remote.config.timeout, ack).await {
                 Ok(result) => result,
                 Err(_) => {
-                    return Err(remote_msg(
-                        "append",
-                        format!(
-                            "no acknowledgement within {} (the event may have been stored; it was not answered as accepted)",
-                            humantime::format_duration(remote.timeout)
-                        ),
+                    if let Some(k) = key {
+                        self.remote.forget(k);
+                    }
+                    failure = Some(remote_msg(
+                        "forwarding a spooled event",
+                        "no acknowledgement in time",
                     ));
+                    continue;
                 }
             };
-            match result {
-                Ok(ack) if ack.duplicate => {
-                    // A retry of a publish that was stored: answer with what was stored.
-                    let msg = remote
-                        .stream
-                        .get_raw_message(ack.sequence)
-                        .await
-                        .map_err(|e| remote_err("reading a duplicate back", e))?;
-                    let decoded =
-                        decode_message(&msg.payload).map_err(|m| JournalError::Corrupt {
-                            seq: ack.sequence,
-                            message: m,
-                        })?;
-                    let stored = decode_event(ack.sequence, decoded.record)?;
-                    return Ok(Appended {
-                        id,
-                        seq: ack.sequence,
-                        kinds: stored.envelope()?.kinds,
-                    });
+            match self
+                .settle(&spooled.id, key.as_deref(), prepared, result)
+                .await
+            {
+                Ok(Some(_)) => done.push(spooled.key),
+                // Another receiver appended to the resource: forwarded again (read first).
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        (done, failure)
+    }
+}
+
+/// An event ready to publish.
+struct Prepared {
+    publish: js::message::PublishMessage,
+    kinds: Vec<EventKind>,
+    /// What the resource's last message is once it is stored (its seq set then).
+    after: Known,
+}
+
+/// Forwards spooled events to the stream, in arrival order per resource, for as long as the
+/// journal is open: each is taken out of the spool once the stream acknowledged it.
+pub(crate) async fn run_forwarder(sequencer: Arc<JetStreamSequencer>) {
+    let mut wait = Duration::from_millis(100);
+    let mut logged = Instant::now() - Duration::from_secs(60);
+    loop {
+        let Some(journal) = sequencer.journal.upgrade() else {
+            return;
+        };
+        if journal.is_closed() {
+            return;
+        }
+        if journal.spool_len() == 0 {
+            drop(journal);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), sequencer.spooled.notified()).await;
+            continue;
+        }
+        if !sequencer.remote.takes_events() {
+            drop(journal);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let batch = match journal.blocking(|j| j.spooled(FORWARD_BATCH)).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        // In arrival order, in waves in which no resource comes twice (a resource's next
+        // event is classified against the one before it, once that one is stored).
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut unreadable = Vec::new();
+        for (key, entry) in batch {
+            match entry {
+                Ok(spooled) => {
+                    let resource = match &spooled.draft.parsed {
+                        Parsed::Webhook(webhook) => history_key(webhook),
+                        Parsed::Invalid { .. } => None,
+                    };
+                    entries.push((resource, spooled));
                 }
-                Ok(ack) => {
-                    return Ok(Appended {
-                        id,
-                        seq: ack.sequence,
-                        kinds,
-                    });
+                Err(e) => unreadable.push((key, e)),
+            }
+        }
+        for (key, e) in &unreadable {
+            tracing::error!(key, error = %e, "an unreadable spooled event (its record is damaged); taken out of the spool");
+        }
+        let mut forwarded: Vec<u64> = unreadable.iter().map(|(k, _)| *k).collect();
+        let mut failure = None;
+        let mut at = 0;
+        while at < entries.len() && failure.is_none() {
+            let mut seen = std::collections::HashSet::new();
+            let mut wave = Vec::new();
+            while at < entries.len() {
+                let (resource, spooled) = &entries[at];
+                if let Some(r) = resource
+                    && !seen.insert(r.clone())
+                {
+                    break;
                 }
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    conflicts += 1;
-                    if conflicts >= MAX_CONFLICTS || Instant::now() > deadline {
-                        return Err(remote_msg(
-                            "append",
-                            format!("{conflicts} conflicting writers on one resource"),
-                        ));
-                    }
-                }
-                Err(e) => {
-                    // A timeout or a lost connection: the publish may have been stored. Try
-                    // again with the same id until the deadline; the duplicate window
-                    // answers with the stored one.
-                    if Instant::now() > deadline {
-                        return Err(remote_err(
-                            "no acknowledgement (the event may have been stored; it was not answered as accepted)",
-                            e,
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                wave.push((resource.clone(), spooled));
+                at += 1;
+            }
+            let (done, error) = sequencer.forward_wave(&wave).await;
+            let all = done.len() == wave.len();
+            forwarded.extend(done);
+            if let Some(e) = error {
+                failure = Some(e);
+            } else if !all {
+                // A conflict: what was not stored goes again first, next round.
+                break;
+            }
+        }
+        if !forwarded.is_empty() {
+            let n = forwarded.len();
+            if let Err(e) = journal.blocking(move |j| j.unspool(&forwarded)).await {
+                // Forwarded again later: the stream stores each id once (within its
+                // duplicate window), so at worst a duplicate with the same id.
+                tracing::error!(error = %e, "cannot take forwarded events out of the spool");
+            } else {
+                tracing::debug!(
+                    events = n,
+                    left = journal.spool_len(),
+                    "forwarded spooled events to the stream"
+                );
+                if journal.spool_len() == 0 {
+                    tracing::info!(
+                        "the spool is empty: every event it kept is in the shared journal"
+                    );
                 }
             }
+        }
+        match failure {
+            Some(e) => {
+                if logged.elapsed() > Duration::from_secs(10) {
+                    tracing::warn!(error = %e, spooled = journal.spool_len(), "cannot forward spooled events to the stream yet; retrying");
+                    logged = Instant::now();
+                }
+                drop(journal);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            None => wait = Duration::from_millis(100),
         }
     }
 }

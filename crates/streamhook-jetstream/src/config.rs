@@ -5,18 +5,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The oldest NATS server the replicated journal accepts: 2.9 accepted concurrent publishes
-/// that expected the same last subject sequence (the compare-and-set everything rests on).
-pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 10, 0);
+/// that expected the same last subject sequence (the compare-and-set everything rests on), and
+/// 2.11 added `Nats-Expected-Last-Subject-Sequence-Subject`, which fences a stale deliverer's
+/// writes of a sink's shared cursor and dead letters.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
 
 /// How long a sink's lease lasts without renewal.
 pub const LEASE_TTL: Duration = Duration::from_secs(6);
 
-/// How often a lease is renewed and the sink's cursor written back.
-pub const LEASE_RENEW: Duration = Duration::from_secs(1);
+/// How often a lease is renewed and the sink's cursor written back (twice a second: a
+/// successor repeats at most about that much of a dead holder's deliveries).
+pub const LEASE_RENEW: Duration = Duration::from_millis(500);
 
 /// A mirror that made no progress for this long while the stream holds messages it lacks is
 /// behind: its receiver neither takes nor keeps leases. (Idle, it checks every 5 s.)
 pub const MIRROR_STALE: Duration = Duration::from_secs(20);
+
+/// The shortest duplicate window the stream may have: a publish retried (or forwarded from
+/// a spool) within it is recognised by its `Nats-Msg-Id` and stored once.
+pub const MIN_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How long `open` waits for a NATS server before starting without one (spooling).
+pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(3);
+
+/// How long `open` waits, once connected, for the stream and buckets (a cluster that just
+/// started elects its leaders first) before starting without them (spooling).
+pub(crate) const SETUP_WAIT: Duration = Duration::from_secs(20);
 
 /// How many times an append reads and classifies again after losing a race.
 pub(crate) const MAX_CONFLICTS: u32 = 1000;
@@ -34,8 +48,19 @@ pub struct JetStreamConfig {
     pub credentials: Option<PathBuf>,
     /// A PEM file of CA certificates for `tls://` servers.
     pub tls_ca: Option<PathBuf>,
-    /// How long an append may take, retries included (default 10 s).
+    /// How long one publish may take before it is tried again (default 10 s); a spooled
+    /// event is tried until it is stored.
     pub timeout: Duration,
+    /// How long an append waits for the stream before the event is kept in this receiver's
+    /// spool instead (default 500 ms): the request is answered, and the event forwarded to
+    /// the stream, in arrival order, once it takes events again.
+    pub spool_after: Duration,
+    /// How often the client pings the server (default 2 s): a dead or blackholed connection
+    /// is noticed after two unanswered pings.
+    pub ping_interval: Duration,
+    /// How long a receiver that stopped sharing how far its mirror has copied still holds the
+    /// stream's pruning back (default 1 day).
+    pub mirror_grace: Duration,
     /// A resource idle this long is classified as new (as the single-host journal drops its
     /// history): its last message's state is not used. `None`: kept for ever.
     pub history_max_age: Option<Duration>,
@@ -51,6 +76,9 @@ impl JetStreamConfig {
             credentials: None,
             tls_ca: None,
             timeout: Duration::from_secs(10),
+            spool_after: Duration::from_millis(500),
+            ping_interval: Duration::from_secs(2),
+            mirror_grace: Duration::from_secs(24 * 3600),
             history_max_age: None,
         }
     }
@@ -84,7 +112,7 @@ pub fn check_version(version: &str) -> Result<(), String> {
         Some(_) => Err(format!(
             "NATS server {version} is too old for the replicated journal: it needs {a}.{b}.{c} \
              or newer (older servers accept concurrent publishes that expect the same last \
-             subject sequence, so two receivers could both extend one resource's history)"
+             subject sequence, or cannot fence a stale deliverer's writes)"
         )),
         None => Err(format!("cannot read the NATS server's version {version:?}")),
     }
@@ -95,13 +123,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_below_2_10_are_refused() {
+    fn versions_below_2_11_are_refused() {
         assert!(check_version("2.15.1").is_ok());
-        assert!(check_version("v2.10.0").is_ok());
-        assert!(check_version("2.11.0-beta.2").is_ok());
+        assert!(check_version("v2.11.0").is_ok());
+        assert!(check_version("2.12.0-beta.2").is_ok());
         assert!(check_version("3.0").is_ok());
-        let err = check_version("2.9.10").unwrap_err();
-        assert!(err.contains("2.10.0 or newer"), "{err}");
+        let err = check_version("2.10.22").unwrap_err();
+        assert!(err.contains("2.11.0 or newer"), "{err}");
+        assert!(check_version("2.9.10").is_err());
         assert!(check_version("banana").is_err());
     }
 }

@@ -71,7 +71,7 @@ mod prune;
 mod remote;
 
 pub use config::{
-    JetStreamConfig, LEASE_RENEW, LEASE_TTL, MIN_SERVER_VERSION, MIRROR_STALE, check_url,
-    check_version, parse_version,
+    JetStreamConfig, LEASE_RENEW, LEASE_TTL, MIN_DUPLICATE_WINDOW, MIN_SERVER_VERSION,
+    MIRROR_STALE, check_url, check_version, parse_version,
 };
 pub use mirror::open;

@@ -3,6 +3,7 @@
 //! (so a mirror stores what it copies byte for byte). And the neutral record a mirror hands
 //! the journal ([`Imported`]).
 
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use streamhook_core::JournalError;
 use streamhook_core::backend::{Imported, ImportedEvent};
@@ -82,6 +83,25 @@ pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message<'_>, String> {
         received: parts[2],
         record: &bytes[at..],
     })
+}
+
+/// The header carrying the newest receive time (ms since the epoch) of the resource's events
+/// as of the message: an event received before it is `late`. (A header, so receivers of the
+/// earlier version, which do not know it, read the message unchanged.)
+pub(crate) const NEWEST_HEADER: &str = "Streamhook-Newest-Ms";
+
+/// The newest receive time of the resource's events as of a message: its header, or (a
+/// message of the earlier version) the message's own receive time.
+pub(crate) fn newest_ms(headers: Option<&HeaderMap>, record: &[u8]) -> u64 {
+    headers
+        .and_then(|h| h.get(NEWEST_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or_else(|| {
+            record
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes)
+        })
 }
 
 /// A stream message as the journal imports it: unreadable ones are kept as such (with why).

@@ -1,38 +1,63 @@
 //! Opening a receiver on the replicated journal, and its mirror: every receiver copies the
 //! stream, in order, into its own redb file (the same tables as a single-host journal: events
 //! at the stream's seqs, the requests table, the history), through [`Journal::import`], so
-//! that dispatchers, the admin API, the console and the CLI read locally, unchanged. A
-//! folder mirrors one stream: one that holds a single-host journal, or the mirror of another
-//! stream of the same name, is refused.
+//! that dispatchers, the admin API, the console and the CLI read locally, unchanged.
+//!
+//! A folder mirrors one stream, known by its identity (its name and creation time, recorded in
+//! the folder): a folder that holds a single-host journal, or the mirror of another
+//! incarnation of the stream (deleted and created again), is refused. Each receiver also
+//! shares how far its mirror has copied (`<STREAM>_mirrors`), so that the stream is never
+//! pruned below what a live mirror lacks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::stream;
 use async_nats::jetstream::{self as js};
+use bytes::Bytes;
 use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
 use streamhook_core::{Cause, CauseKind, Journal, JournalConfig, JournalError};
 
-use crate::append::JetStreamSequencer;
-use crate::config::{JetStreamConfig, MIRROR_STALE};
+use crate::append::{JetStreamSequencer, run_forwarder};
+use crate::config::{CONNECT_WAIT, JetStreamConfig, MIRROR_STALE, SETUP_WAIT};
 use crate::lease::JetStreamLeases;
-use crate::message::imported;
-use crate::remote::Remote;
+use crate::message::{decode_message, imported, newest_ms};
+use crate::remote::{Known, Phase, Remote, SetupError};
 
 /// The `meta` key holding the creation time of the stream a mirror copies.
 const MIRROR_OF: &str = "mirror_of_stream_created_ns";
+
+/// The `meta` key holding this folder's receiver id (its key in `<STREAM>_mirrors`).
+const RECEIVER_ID: &str = "receiver_id";
+
+/// How often an idle receiver shares again how far its mirror has copied (a busy one shares
+/// at most once a second).
+const MIRROR_SHARE: Duration = Duration::from_secs(30);
+
+/// What a receiver shares of its mirror.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MirrorPosition {
+    /// The stream's creation time (ns since the epoch).
+    pub(crate) stream: u64,
+    /// The last seq the mirror holds.
+    pub(crate) seq: u64,
+    /// Which receiver (for people).
+    pub(crate) instance: String,
+}
 
 fn task_err(e: tokio::task::JoinError) -> JournalError {
     JournalError::Write(Cause::with_source(CauseKind::Other, e.to_string(), e))
 }
 
 /// Opens a replicated journal: `config.dir` holds this receiver's mirror of the shared stream
-/// `remote.stream`. Connects (refusing a server older than
-/// [`MIN_SERVER_VERSION`](crate::config::MIN_SERVER_VERSION)), creates the stream and buckets when
-/// missing, refuses a data folder that mirrors another stream (or holds a single-host
-/// journal), copies what the mirror lacks, and keeps copying in the background until the
-/// journal is closed.
+/// and its spool. The client connects in the background: with every NATS server down the
+/// receiver starts at once (after [`CONNECT_WAIT`]) and keeps events in its spool. Once a
+/// server answers, the stream and buckets are created when missing and checked when not (a
+/// server older than [`MIN_SERVER_VERSION`](crate::config::MIN_SERVER_VERSION), a setting
+/// that can lose events, or a folder that mirrors another stream is refused: an error here
+/// when it is found during `open`), what the mirror lacks is copied, and copying goes on in
+/// the background until the journal is closed.
 pub async fn open(
     config: JournalConfig,
     remote: &JetStreamConfig,
@@ -43,36 +68,72 @@ pub async fn open(
             .await
             .map_err(task_err)??
     };
-    let remote = Arc::new(Remote::connect(remote).await?);
-    let journal = local.with_backend(|writer, journal| {
+    let remote = Arc::new(Remote::new(remote).await?);
+    let mut sequencer = None;
+    let journal = local.with_backend(|_writer, journal| {
+        let s = Arc::new(JetStreamSequencer::new(
+            Arc::clone(&remote),
+            journal.clone(),
+        ));
+        sequencer = Some(Arc::clone(&s));
         (
-            Arc::new(JetStreamSequencer::new(
-                Arc::clone(&remote),
-                writer.subscribe(),
-                journal.clone(),
-            )),
-            Arc::new(JetStreamLeases::new(Arc::clone(&remote), journal)),
+            s as Arc<dyn streamhook_core::backend::Sequencer>,
+            Arc::new(JetStreamLeases::new(Arc::clone(&remote), journal)) as _,
         )
     });
-    let target = remote.last_seq().await?;
-    // A mirror belongs to one stream: a folder that holds a single-host journal, or the
-    // mirror of a stream since deleted and created again, would skip the new stream's
-    // first seqs (it holds those seqs already) and answer 2xx for events it never holds.
-    let (mirror_of, local_last, local_id) = {
-        let j = journal.clone();
-        tokio::task::spawn_blocking(move || {
-            let last = j.last_seq()?;
-            let id = match j.get(last) {
-                Ok(Some(event)) => event.envelope().ok().map(|e| e.id.0),
-                _ => None,
-            };
-            Ok::<_, JournalError>((j.meta(MIRROR_OF)?, last, id))
-        })
-        .await
-        .map_err(task_err)??
-    };
-    let refuse = |why: String| {
-        Err(JournalError::Open {
+    if let Some(sequencer) = sequencer {
+        tokio::spawn(run_forwarder(sequencer));
+    }
+    let spooled = journal.spool_len();
+    if spooled > 0 {
+        tracing::info!(
+            events = spooled,
+            "the spool holds events from before this start: they are forwarded to the stream once it takes events"
+        );
+    }
+    let mut phase = remote.watch_phase();
+    let link = tokio::spawn(link(journal.clone(), Arc::clone(&remote)));
+    // Wait, briefly, for a server; then for the stream and buckets (a cluster that just
+    // started elects its leaders first); then for the mirror to copy what it lacks.
+    let connect_by = Instant::now() + CONNECT_WAIT;
+    while !remote.connected() && Instant::now() < connect_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !remote.connected() {
+        tracing::warn!(
+            servers = ?remote.config.urls.iter().map(|u| streamhook_core::redact_url(u)).collect::<Vec<_>>(),
+            "no NATS server answers: starting without one; events are kept in the spool and forwarded once a server answers"
+        );
+        return Ok(journal);
+    }
+    let set_up = tokio::time::timeout(
+        SETUP_WAIT,
+        phase.wait_for(|p| !matches!(p, Phase::Connecting(_))),
+    )
+    .await;
+    match remote.phase() {
+        Phase::Ready => {}
+        Phase::Refused(why) => {
+            link.abort();
+            journal.close().await;
+            return Err(JournalError::Open {
+                path: config.dir.clone(),
+                source: Cause::new(CauseKind::Shared, why),
+            });
+        }
+        Phase::Connecting(why) => {
+            debug_assert!(set_up.is_err());
+            tracing::warn!(
+                waiting_for = %why,
+                "the shared stream is not set up yet: starting without it; events are kept in the spool"
+            );
+            return Ok(journal);
+        }
+    }
+    if let Some(why) = remote.mirror_refused() {
+        link.abort();
+        journal.close().await;
+        return Err(JournalError::Open {
             path: config.dir.clone(),
             source: Cause::new(
                 CauseKind::Shared,
@@ -80,66 +141,106 @@ pub async fn open(
                     "{why}; give this receiver an empty data folder (it copies the shared journal at start)"
                 ),
             ),
-        })
+        });
+    }
+    catch_up(&journal, &remote).await?;
+    Ok(journal)
+}
+
+/// Sets the stream and buckets up (retrying while no server answers, checking again now and
+/// then while refused), checks the folder, then runs the mirror.
+async fn link(journal: Journal, remote: Arc<Remote>) {
+    let mut wait = Duration::from_millis(100);
+    let ready = loop {
+        if journal.is_closed() {
+            return;
+        }
+        match remote.setup().await {
+            Ok(ready) => break ready,
+            Err(SetupError::Wait(why)) => {
+                tracing::debug!(waiting_for = %why, "the shared stream is not set up yet");
+                remote.set_phase(Phase::Connecting(why));
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(SetupError::Refuse(why)) => {
+                if remote.phase() != Phase::Refused(why.clone()) {
+                    tracing::error!(problem = %why, "the shared journal is refused: events are kept in the spool until it is fixed (checked again every 30 s)");
+                }
+                remote.set_phase(Phase::Refused(why));
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
     };
-    if mirror_of.is_none() && local_last > 0 {
-        return refuse(format!(
-            "this data folder holds a single-host journal ({local_last} events), not a mirror of stream {}",
-            remote.name
-        ));
+    let created = ready.created_ns;
+    if let Err(why) = check_folder(&journal, &remote.name, created).await {
+        tracing::error!(problem = %why, "this receiver's data folder does not mirror the shared stream: it takes events (into the stream) but delivers nothing; restart it with an empty data folder");
+        remote.refuse_mirror(why);
     }
-    if local_last > target {
-        return refuse(format!(
-            "this mirror holds events up to seq {local_last} but stream {} ends at {target} \
-             (it mirrors an earlier stream of that name)",
-            remote.name
-        ));
+    remote.set_ready(ready);
+    if remote.mirror_refused().is_some() {
+        return;
     }
-    // The same seq must hold the same event (when the stream still holds it).
-    if let Some(local_id) = &local_id
-        && let Some(stream_id) = remote.event_id_at(local_last).await
-        && &stream_id != local_id
-    {
-        return refuse(format!(
-            "this mirror's seq {local_last} holds another event than stream {}'s \
-             (it mirrors an earlier stream of that name)",
-            remote.name
-        ));
+    let from = journal.last_committed() + 1;
+    let share = tokio::spawn(share_position(journal.clone(), Arc::clone(&remote)));
+    run_mirror(journal, Arc::clone(&remote), from, created).await;
+    share.abort();
+}
+
+/// Refuses a folder that is not a mirror of this incarnation of the stream (by identity);
+/// records the identity in a new one.
+async fn check_folder(journal: &Journal, name: &str, created: u64) -> Result<(), String> {
+    let j = journal.clone();
+    let (mirror_of, last) = tokio::task::spawn_blocking(move || {
+        Ok::<_, JournalError>((j.meta(MIRROR_OF)?, j.last_seq()?))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    match mirror_of {
+        Some(of) if of == created => Ok(()),
+        Some(of) => Err(format!(
+            "this folder mirrors an earlier stream named {name} (created {}), not the one the servers hold (created {}): the stream was deleted and created again",
+            format_ns(of),
+            format_ns(created)
+        )),
+        None if last > 0 => Err(format!(
+            "this data folder holds a single-host journal ({last} events), not a mirror of stream {name}"
+        )),
+        None => {
+            let j = journal.clone();
+            tokio::task::spawn_blocking(move || j.set_meta(MIRROR_OF, created.max(1)))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
     }
-    if mirror_of.is_none() {
-        let (j, created) = (journal.clone(), remote.created_ns);
-        tokio::task::spawn_blocking(move || j.set_meta(MIRROR_OF, created.max(1)))
-            .await
-            .map_err(task_err)??;
-    }
-    let from = local_last + 1;
-    let mirror = journal.clone();
-    let stream = remote.stream.clone();
-    let task = tokio::spawn(run_mirror(mirror, Arc::clone(&remote), stream, from));
-    if target >= from {
+}
+
+fn format_ns(ns: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+}
+
+/// Waits until the mirror holds what the stream held when it was set up, saying how far it
+/// is; gives up when it makes no progress for a minute.
+async fn catch_up(journal: &Journal, remote: &Remote) -> Result<(), JournalError> {
+    let (target, _) = remote.stream_state().await?;
+    let mut changed = journal.subscribe();
+    let mut last_seen = journal.last_committed();
+    let mut stalled_since = Instant::now();
+    if target > last_seen {
         tracing::info!(
-            from,
+            from = last_seen + 1,
             to = target,
             "copying the shared journal into the local mirror"
         );
     }
-    // Wait until the mirror holds what the stream held at connect, saying how far it is;
-    // give up when it makes no progress for a minute.
-    let mut changed = journal.subscribe();
-    let mut last_seen = journal.last_committed();
-    let mut stalled_since = Instant::now();
     while journal.last_committed() < target {
         // The stream's last messages may have been purged (pruning): done when it holds
         // nothing more up to the target.
         let next = remote.next_seq_from(journal.last_committed() + 1).await?;
         if next.is_none_or(|seq| seq > target) {
             break;
-        }
-        if task.is_finished() {
-            return Err(JournalError::write(
-                CauseKind::Shared,
-                "the local mirror stopped copying the shared journal",
-            ));
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), changed.changed()).await;
         let now = journal.last_committed();
@@ -148,21 +249,94 @@ pub async fn open(
             last_seen = now;
             stalled_since = Instant::now();
         } else if stalled_since.elapsed() > Duration::from_secs(60) {
-            task.abort();
             return Err(JournalError::write(
                 CauseKind::Shared,
                 format!("the local mirror made no progress for a minute at seq {now} of {target}"),
             ));
         }
     }
-    Ok(journal)
+    Ok(())
 }
 
-/// Copies the stream into the local mirror, in order, for as long as the journal is open.
-async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Stream, mut from: u64) {
+/// Shares how far this receiver's mirror has copied, every few seconds, so that pruning
+/// never removes what it lacks (a receiver silent longer than `mirror_grace` is not waited
+/// for).
+async fn share_position(journal: Journal, remote: Arc<Remote>) {
+    let id = {
+        let j = journal.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(id) = j.meta(RECEIVER_ID)? {
+                return Ok(id);
+            }
+            let id = fastrand::u64(1..);
+            j.set_meta(RECEIVER_ID, id)?;
+            Ok::<_, JournalError>(id)
+        })
+        .await
+    };
+    let id = match id {
+        Ok(Ok(id)) => id,
+        _ => {
+            tracing::error!(
+                "cannot record this receiver's id; its mirror's position is not shared (pruning does not wait for it)"
+            );
+            return;
+        }
+    };
+    let key = format!("{id:016x}");
+    let _ = remote.mirror_key.set(key.clone());
+    let mut changed = journal.subscribe();
+    let mut shared = None;
+    loop {
+        if journal.is_closed() {
+            return;
+        }
+        let seq = journal.last_committed();
+        if let Some(ready) = remote.ready()
+            && shared != Some(seq)
+        {
+            let position = MirrorPosition {
+                stream: ready.created_ns,
+                seq,
+                instance: remote.instance().to_owned(),
+            };
+            if let Ok(bytes) = serde_json::to_vec(&position) {
+                match ready.mirrors.put(&key, Bytes::from(bytes)).await {
+                    Ok(_) => shared = Some(seq),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot share the mirror's position (retried)")
+                    }
+                }
+            }
+        }
+        // At most once a second; at least every MIRROR_SHARE (the entry must not expire).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if tokio::time::timeout(MIRROR_SHARE, changed.changed())
+            .await
+            .is_err()
+        {
+            shared = None;
+        }
+    }
+}
+
+/// Copies the stream into the local mirror, in order, for as long as the journal is open and
+/// the stream is the one it mirrors.
+async fn run_mirror(journal: Journal, remote: Arc<Remote>, mut from: u64, created: u64) {
     let closed = |j: &Journal| j.is_closed();
+    let Some(ready) = remote.ready() else {
+        return;
+    };
+    let stream = ready.stream.clone();
     let mut wait = Duration::from_millis(100);
     loop {
+        // The stream deleted and created again: this folder holds the earlier one's seqs.
+        if let Ok((_, now)) = remote.stream_state().await
+            && now != created
+        {
+            refuse_recreated(&remote, created, now);
+            return;
+        }
         let consumer = stream
             .create_consumer(js::consumer::pull::OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
@@ -204,6 +378,12 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Strea
                     if closed(&journal) {
                         return;
                     }
+                    if let Ok((_, now)) = remote.stream_state().await
+                        && now != created
+                    {
+                        refuse_recreated(&remote, created, now);
+                        return;
+                    }
                     match remote.next_seq_from(from).await {
                         Ok(None) => {
                             remote.mirror_progressed();
@@ -220,6 +400,7 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Strea
                 }
             };
             let mut items = Vec::with_capacity(chunk.len());
+            let mut learned = Vec::new();
             let mut restart = false;
             for msg in chunk {
                 match msg {
@@ -231,11 +412,15 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Strea
                             break;
                         }
                         Ok(info) => {
+                            let seq = info.stream_sequence;
                             journal
                                 .stats()
                                 .mirror_pending
                                 .store(info.pending, std::sync::atomic::Ordering::Relaxed);
-                            items.push(imported(info.stream_sequence, &msg.payload));
+                            if let Some(known) = known_of(seq, msg.headers.as_ref(), &msg.payload) {
+                                learned.push(known);
+                            }
+                            items.push(imported(seq, &msg.payload));
                         }
                         Err(_) => restart = true,
                     },
@@ -251,6 +436,11 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Strea
                         from = last + 1;
                         wait = Duration::from_millis(100);
                         remote.mirror_progressed();
+                        // What another receiver appended: this one's next append of those
+                        // resources needs no read first.
+                        for (key, known) in learned {
+                            remote.learn(&key, known);
+                        }
                     }
                     Err(JournalError::Closed) => return,
                     Err(e) => {
@@ -269,4 +459,38 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, stream: stream::Strea
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+}
+
+fn refuse_recreated(remote: &Remote, created: u64, now: u64) {
+    let why = format!(
+        "stream {} was deleted and created again (created {}; this mirror copies the one created {})",
+        remote.name,
+        format_ns(now),
+        format_ns(created)
+    );
+    tracing::error!(problem = %why, "this receiver's mirror stops: it takes events (into the new stream) but delivers nothing; once its spool is empty, restart it with an empty data folder");
+    remote.refuse_mirror(why);
+    remote.forget_all();
+}
+
+/// What a copied message tells of its resource's last message.
+fn known_of(
+    seq: u64,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Option<(String, Known)> {
+    let message = decode_message(payload).ok()?;
+    let key = message.key?;
+    let state = match message.state {
+        Some(bytes) => Some(serde_json::from_slice(bytes).ok()?),
+        None => None,
+    };
+    Some((
+        key.to_owned(),
+        Known {
+            seq,
+            state,
+            newest_ms: newest_ms(headers, message.record),
+        },
+    ))
 }

@@ -11,6 +11,8 @@ use futures_util::StreamExt as _;
 use streamhook_core::backend::{SharedPruned, SharedRetention};
 use streamhook_core::{CauseKind, Journal, JournalError};
 
+use crate::lease::{Position, Tied};
+use crate::mirror::MirrorPosition;
 use crate::remote::{Remote, read_err};
 
 /// The lease key of the receiver pruning the shared stream (`=` then not two hex digits: no
@@ -51,20 +53,11 @@ async fn prune_held(
         retention.history_max_age,
     );
     {
-        // What every sink has passed: the lowest shared cursor of any sink, and the local
-        // cursors of this receiver's sinks (one that never delivered has no shared cursor).
-        let mut floor = u64::MAX;
-        let mut keys = remote.cursors.keys().await.map_err(read_err)?;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(read_err)?;
-            if let Some(value) = remote.cursors.get(&key).await.map_err(read_err)? {
-                let seq = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-                floor = floor.min(seq);
-            }
-        }
+        // What every sink has passed, and what every live mirror holds: the lowest shared
+        // cursor of any sink (its start record while it has none), and the lowest position
+        // of any receiver's mirror that shared one within `mirror_grace` (the bucket's
+        // entries expire after it); then the local cursors of this receiver's sinks.
+        let mut floor = shared_floor(remote).await?;
         let (journal, names) = (journal.clone(), sinks.to_vec());
         let (local_floor, last, by_age) = tokio::task::spawn_blocking(move || {
             // Read without creating: a configured sink without a cursor yet has passed
@@ -107,7 +100,8 @@ async fn prune_held(
         let none_subject = format!("{}.ev._", remote.name);
         let mut n_subjects = 0u64;
         let mut subjects = Vec::new();
-        let mut listed = remote
+        let ready = remote.need()?;
+        let mut listed = ready
             .stream
             .info_with_subjects(&events_subject)
             .await
@@ -116,7 +110,7 @@ async fn prune_held(
             subjects.push(entry.map_err(read_err)?);
         }
         for (subject, count) in subjects {
-            let purge = remote.stream.purge().filter(subject.clone());
+            let purge = ready.stream.purge().filter(subject.clone());
             let purged = if subject == none_subject {
                 // Invalid events carry no state: cut like any event.
                 if below <= 1 {
@@ -140,11 +134,7 @@ async fn prune_held(
                     }
                 }
                 n_subjects += 1;
-                let last = match remote
-                    .stream
-                    .get_last_raw_message_by_subject(&subject)
-                    .await
-                {
+                let last = match ready.stream.get_last_raw_message_by_subject(&subject).await {
                     Ok(msg) => msg,
                     Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
                     Err(e) => return Err(read_err(e)),
@@ -178,4 +168,65 @@ async fn prune_held(
         }
         Ok(pruned)
     }
+}
+
+/// The lowest seq some sink or some other live mirror still needs (`u64::MAX`: none), by
+/// the records of this incarnation of the stream. (This receiver's mirror holds what it
+/// copied: the local pruning floor covers it.)
+pub(crate) async fn shared_floor(remote: &Remote) -> Result<u64, JournalError> {
+    let ready = remote.need()?;
+    let created = ready.created_ns;
+    let mut floor = u64::MAX;
+    let mut cursors: std::collections::HashMap<String, u64> = Default::default();
+    let mut starts: std::collections::HashMap<String, u64> = Default::default();
+    let mut keys = ready.sinks.keys().await.map_err(read_err)?;
+    let mut wanted = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(read_err)?;
+        if key.ends_with(".cursor") || key.ends_with(".start") {
+            wanted.push(key);
+        }
+    }
+    for key in wanted {
+        let Some(value) = ready.sinks.get(&key).await.map_err(read_err)? else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<Tied<Position>>(&value) else {
+            continue;
+        };
+        if record.stream != created {
+            continue;
+        }
+        if let Some(sink) = key.strip_suffix(".cursor") {
+            cursors.insert(sink.to_owned(), record.value.seq);
+        } else if let Some(sink) = key.strip_suffix(".start") {
+            starts.insert(sink.to_owned(), record.value.seq);
+        }
+    }
+    for (sink, start) in &starts {
+        floor = floor.min(cursors.get(sink).copied().unwrap_or(*start));
+    }
+    for cursor in cursors.values() {
+        floor = floor.min(*cursor);
+    }
+    let mut keys = ready.mirrors.keys().await.map_err(read_err)?;
+    let mut mirrors = Vec::new();
+    while let Some(key) = keys.next().await {
+        mirrors.push(key.map_err(read_err)?);
+    }
+    for key in mirrors {
+        // This receiver's own mirror counts by what it holds now (its shared entry lags).
+        if remote.mirror_key.get() == Some(&key) {
+            continue;
+        }
+        let Some(value) = ready.mirrors.get(&key).await.map_err(read_err)? else {
+            continue;
+        };
+        if let Ok(position) = serde_json::from_slice::<MirrorPosition>(&value)
+            && position.stream == created
+        {
+            floor = floor.min(position.seq + 1);
+        }
+    }
+    Ok(floor)
 }

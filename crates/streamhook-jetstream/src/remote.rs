@@ -1,36 +1,86 @@
-//! The connection to the shared stream and its buckets: connecting (the server's version
-//! checked), creating the stream and the `leases`, `cursors` and `letters` buckets when
-//! missing, the stream's subjects, and the small reads and lease-key operations the other
-//! files share.
+//! The connection to the shared stream and its buckets. The client connects in the background
+//! (a receiver starts, and spools, with every NATS server down) and pings every
+//! `ping_interval`; the stream and the `leases`, `sinks` and `mirrors` buckets are set up (or
+//! checked, when they exist) once a server answers. A setting that can lose events or break
+//! retries and pruning is refused, naming the setting and the command that fixes it. Also the
+//! reads and conditional writes the other files share.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream;
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self as js};
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use streamhook_core::{Cause, CauseKind, JournalError};
+use streamhook_types::ResourceState;
+use tokio::sync::watch;
 
-use crate::config::{JetStreamConfig, LEASE_RENEW, LEASE_TTL, check_version};
-use crate::message::decode_message;
+use crate::config::{JetStreamConfig, LEASE_TTL, MIN_DUPLICATE_WINDOW, check_version};
+
+/// What this receiver knows of a resource's last message on the stream: enough to append the
+/// next event in one round trip (the compare-and-set refuses it if another receiver appended
+/// since, and the resource is read again).
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    /// The resource's last message's stream sequence (0: none).
+    pub(crate) seq: u64,
+    /// The classifier state it carries.
+    pub(crate) state: Option<ResourceState>,
+    /// The newest receive time of the resource's events (ms since the epoch).
+    pub(crate) newest_ms: u64,
+}
+
+/// The most resources [`Remote::known`] remembers (then it forgets them all; each is read
+/// again at its next event).
+const KNOWN_MAX: usize = 100_000;
+
+/// Where the receiver stands with the shared stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for a server, or for the stream and buckets (events are spooled).
+    Connecting(String),
+    /// The stream and buckets are set up.
+    Ready,
+    /// The stream, a bucket or the server is refused (events are spooled; fix and it is
+    /// checked again).
+    Refused(String),
+}
+
+/// The stream and buckets, once set up.
+pub(crate) struct Ready {
+    pub(crate) context: js::Context,
+    pub(crate) stream: stream::Stream,
+    /// `<STREAM>_leases`: who delivers each sink (keys expire unless renewed).
+    pub(crate) leases: kv::Store,
+    /// `<STREAM>_sinks`: each sink's shared cursor, start record, fence and dead letters.
+    pub(crate) sinks: kv::Store,
+    /// `<STREAM>_mirrors`: how far each receiver's mirror has copied.
+    pub(crate) mirrors: kv::Store,
+    /// When the stream was created (ns since the epoch): its identity, with its name.
+    pub(crate) created_ns: u64,
+}
 
 /// The connection to the shared stream and buckets.
 pub(crate) struct Remote {
     pub(crate) client: async_nats::Client,
-    pub(crate) context: js::Context,
-    pub(crate) stream: stream::Stream,
     pub(crate) name: String,
-    pub(crate) leases: kv::Store,
-    pub(crate) cursors: kv::Store,
-    /// Each sink's dead letters and requeued events, as its deliverer last shared them.
-    pub(crate) letters: kv::Store,
+    pub(crate) config: JetStreamConfig,
     pub(crate) instance: String,
-    pub(crate) timeout: Duration,
-    pub(crate) history_max_age: Option<Duration>,
-    /// When the stream was created (ns since the epoch): a mirror belongs to one stream.
-    pub(crate) created_ns: u64,
+    ready: OnceLock<Ready>,
+    phase: watch::Sender<Phase>,
+    /// Why this folder's mirror cannot follow the stream (it was recreated while running).
+    mirror_refused: Mutex<Option<String>>,
     /// When the mirror last recorded something, or found nothing to copy.
-    mirror_progress: std::sync::Mutex<Instant>,
+    mirror_progress: Mutex<Instant>,
+    /// What this receiver knows of each resource's last message (see [`Known`]).
+    known: Mutex<HashMap<String, Known>>,
+    /// This receiver's key in `<STREAM>_mirrors`, once known.
+    pub(crate) mirror_key: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -71,12 +121,39 @@ where
     ))
 }
 
+/// Why setting up failed: try again later, or refused until the operator changes something.
+#[derive(Debug)]
+pub(crate) enum SetupError {
+    Wait(String),
+    Refuse(String),
+}
+
+/// A write of a sink's shared state that was refused because another receiver wrote there
+/// since (the sink has a newer holder), or that failed.
+#[derive(Debug)]
+pub(crate) enum FencedWrite {
+    /// Another receiver wrote the sink's state since this one's last write.
+    Fenced,
+    /// The write failed (it may be tried again).
+    Failed(JournalError),
+}
+
+/// A value read from a bucket's leader.
+#[derive(Debug)]
+pub(crate) struct LeaderValue {
+    pub(crate) key: String,
+    pub(crate) value: Bytes,
+}
+
 impl Remote {
-    /// Connects, checks the server's version, creates the stream and buckets if missing.
-    pub(crate) async fn connect(config: &JetStreamConfig) -> Result<Remote, JournalError> {
+    /// Creates the client: it connects in the background, and reconnects for ever.
+    pub(crate) async fn new(config: &JetStreamConfig) -> Result<Remote, JournalError> {
         let mut options = async_nats::ConnectOptions::new()
             .name("streamhook journal")
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            .ping_interval(config.ping_interval)
+            .retry_on_initial_connect()
+            .max_reconnects(None);
         if let Some(creds) = &config.credentials {
             options = options
                 .credentials_file(creds)
@@ -98,80 +175,217 @@ impl Remote {
             .connect(addrs)
             .await
             .map_err(|e| remote_err("cannot connect", e))?;
-        let version = client.server_info().version;
-        check_version(&version)
-            .map_err(|message| JournalError::write(CauseKind::Shared, message))?;
-        let context = js::ContextBuilder::new()
-            .timeout(config.timeout.min(Duration::from_secs(5)))
-            .build(client.clone());
-        let name = config.stream.clone();
-        let replicas = config.replicas.max(1);
-        let mut stream = retry_setup(|| {
-            context.get_or_create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{name}.ev.>")],
-                num_replicas: replicas,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                description: Some("streamhook: the shared journal".into()),
-                ..Default::default()
-            })
-        })
-        .await
-        .map_err(|e| remote_msg(&format!("stream {name}"), setup_hint(e, replicas)))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| remote_err(&format!("stream {name}"), e))?
-            .clone();
-        if info.config.num_replicas != replicas {
-            return Err(remote_msg(
-                &format!("stream {name}"),
-                format!(
-                    "it has {} replicas, the configuration says {replicas}: change `replicas`, \
-                     or the stream (`nats stream edit {name} --replicas {replicas}`)",
-                    info.config.num_replicas
-                ),
-            ));
-        }
-        let created_ns = info.created.unix_timestamp_nanos().max(0) as u64;
-        let bucket = |suffix: &str, max_age: Duration| kv::Config {
-            bucket: format!("{name}_{suffix}"),
-            history: 1,
-            max_age,
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        };
-        let leases = retry_setup(|| context.create_key_value(bucket("leases", LEASE_TTL)))
-            .await
-            .map_err(|e| remote_msg("bucket leases", setup_hint(e, replicas)))?;
-        let cursors = retry_setup(|| context.create_key_value(bucket("cursors", Duration::ZERO)))
-            .await
-            .map_err(|e| remote_msg("bucket cursors", setup_hint(e, replicas)))?;
-        let letters = retry_setup(|| context.create_key_value(bucket("letters", Duration::ZERO)))
-            .await
-            .map_err(|e| remote_msg("bucket letters", setup_hint(e, replicas)))?;
         let instance = format!(
             "{}-{}-{:08x}",
             hostname(),
             std::process::id(),
             fastrand::u32(..)
         );
+        let (phase, _) = watch::channel(Phase::Connecting("connecting".into()));
         Ok(Remote {
             client,
+            name: config.stream.clone(),
+            config: config.clone(),
+            instance,
+            ready: OnceLock::new(),
+            phase,
+            mirror_refused: Mutex::new(None),
+            mirror_progress: Mutex::new(Instant::now()),
+            known: Mutex::new(HashMap::new()),
+            mirror_key: OnceLock::new(),
+        })
+    }
+
+    /// The stream and buckets, once set up.
+    pub(crate) fn ready(&self) -> Option<&Ready> {
+        self.ready.get()
+    }
+
+    /// Where the receiver stands with the stream.
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    /// Waits for the phase to change.
+    pub(crate) fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.send_if_modified(|p| {
+            let changed = *p != phase;
+            *p = phase;
+            changed
+        });
+    }
+
+    /// Records the stream and buckets (once).
+    pub(crate) fn set_ready(&self, ready: Ready) {
+        let _ = self.ready.set(ready);
+        self.set_phase(Phase::Ready);
+    }
+
+    /// Why this folder's mirror cannot follow the stream, if so.
+    pub(crate) fn mirror_refused(&self) -> Option<String> {
+        self.mirror_refused.lock().ok().and_then(|m| m.clone())
+    }
+
+    pub(crate) fn refuse_mirror(&self, why: String) {
+        if let Ok(mut m) = self.mirror_refused.lock() {
+            *m = Some(why);
+        }
+    }
+
+    /// Whether events can go to the stream now: set up, connected, nothing refused.
+    pub(crate) fn takes_events(&self) -> bool {
+        self.ready.get().is_some() && self.connected() && self.phase() == Phase::Ready
+    }
+
+    /// What this receiver knows of a resource's last message.
+    pub(crate) fn known(&self, key: &str) -> Option<Known> {
+        self.known.lock().ok()?.get(key).cloned()
+    }
+
+    /// Records what a resource's last message is now (kept only if it is newer than what was
+    /// known).
+    pub(crate) fn learn(&self, key: &str, known: Known) {
+        if let Ok(mut map) = self.known.lock() {
+            if map.len() >= KNOWN_MAX && !map.contains_key(key) {
+                map.clear();
+            }
+            match map.get_mut(key) {
+                Some(k) if k.seq >= known.seq => {}
+                Some(k) => *k = known,
+                None => {
+                    map.insert(key.to_owned(), known);
+                }
+            }
+        }
+    }
+
+    /// Forgets what was known of every resource.
+    pub(crate) fn forget_all(&self) {
+        if let Ok(mut map) = self.known.lock() {
+            map.clear();
+        }
+    }
+
+    /// Forgets what was known of a resource (read it again before the next append).
+    pub(crate) fn forget(&self, key: &str) {
+        if let Ok(mut map) = self.known.lock() {
+            map.remove(key);
+        }
+    }
+
+    /// Sets the stream and buckets up (creates them when missing, checks them when not).
+    pub(crate) async fn setup(&self) -> Result<Ready, SetupError> {
+        if !self.connected() {
+            return Err(SetupError::Wait("not connected to any NATS server".into()));
+        }
+        let info = self.client.server_info();
+        check_version(&info.version).map_err(SetupError::Refuse)?;
+        let context = js::ContextBuilder::new()
+            .timeout(self.config.timeout.min(Duration::from_secs(5)))
+            .build(self.client.clone());
+        let name = &self.name;
+        let replicas = self.config.replicas.max(1);
+        let wanted = stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.ev.>")],
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            duplicate_window: MIN_DUPLICATE_WINDOW,
+            description: Some("streamhook: the shared journal".into()),
+            ..Default::default()
+        };
+        let mut stream = match context.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(e) if is_not_found(&e) => {
+                context.get_or_create_stream(wanted).await.map_err(|e| {
+                    SetupError::Wait(setup_hint(format!("stream {name}: {e}"), replicas))
+                })?
+            }
+            Err(e) => return Err(SetupError::Wait(format!("stream {name}: {e}"))),
+        };
+        let stream_info = stream
+            .info()
+            .await
+            .map_err(|e| SetupError::Wait(format!("stream {name}: {e}")))?
+            .clone();
+        let problems = check_stream(name, &stream_info.config, replicas);
+        if !problems.is_empty() {
+            return Err(SetupError::Refuse(problems.join("; ")));
+        }
+        let created_ns = stream_info.created.unix_timestamp_nanos().max(0) as u64;
+        let leases = self.bucket(&context, "leases", LEASE_TTL, replicas).await?;
+        let sinks = self
+            .bucket(&context, "sinks", Duration::ZERO, replicas)
+            .await?;
+        let mirrors = self
+            .bucket(&context, "mirrors", self.config.mirror_grace, replicas)
+            .await?;
+        // More servers than replicas: a node's loss can cost the stream its quorum sooner
+        // than it needs to (not wrong, but worth a word).
+        let servers = info.connect_urls.len().max(1);
+        if replicas < servers && replicas < 3 {
+            tracing::warn!(
+                stream = %name,
+                replicas,
+                servers,
+                "the stream has fewer replicas than the cluster has servers: losing the servers that hold it loses its events (set [journal] replicas = {} and `nats stream edit {name} --replicas {}`)",
+                servers.min(3),
+                servers.min(3),
+            );
+        }
+        Ok(Ready {
             context,
             stream,
-            name,
             leases,
-            cursors,
-            letters,
-            instance,
-            timeout: config.timeout,
-            history_max_age: config.history_max_age,
+            sinks,
+            mirrors,
             created_ns,
-            mirror_progress: std::sync::Mutex::new(Instant::now()),
         })
+    }
+
+    /// A bucket: created when missing; checked when it exists.
+    async fn bucket(
+        &self,
+        context: &js::Context,
+        suffix: &str,
+        max_age: Duration,
+        replicas: usize,
+    ) -> Result<kv::Store, SetupError> {
+        let bucket = format!("{}_{suffix}", self.name);
+        match context.get_stream(format!("KV_{bucket}")).await {
+            Ok(mut stream) => {
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| SetupError::Wait(format!("bucket {bucket}: {e}")))?;
+                let problems = check_bucket(&bucket, &info.config, max_age, replicas);
+                if !problems.is_empty() {
+                    return Err(SetupError::Refuse(problems.join("; ")));
+                }
+                context
+                    .get_key_value(&bucket)
+                    .await
+                    .map_err(|e| SetupError::Wait(format!("bucket {bucket}: {e}")))
+            }
+            Err(e) if is_not_found(&e) => context
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    max_age,
+                    num_replicas: replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    SetupError::Wait(setup_hint(format!("bucket {bucket}: {e}"), replicas))
+                }),
+            Err(e) => Err(SetupError::Wait(format!("bucket {bucket}: {e}"))),
+        }
     }
 
     /// Whether the mirror made progress (or had nothing to copy) in the last `within`.
@@ -206,10 +420,21 @@ impl Remote {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// The stream and buckets, or an error saying why they are not there.
+    pub(crate) fn need(&self) -> Result<&Ready, JournalError> {
+        self.ready.get().ok_or_else(|| {
+            remote_msg(
+                "not set up",
+                "no NATS server has answered since this receiver started",
+            )
+        })
+    }
+
     /// The seq of the first message the stream holds at or after `from` (`None`: none; purged
     /// messages leave gaps, so the stream's last sequence may be one it no longer holds).
     pub(crate) async fn next_seq_from(&self, from: u64) -> Result<Option<u64>, JournalError> {
-        let found = self
+        let ready = self.need()?;
+        let found = ready
             .stream
             .raw_message_builder()
             .sequence(from.max(1))
@@ -223,22 +448,17 @@ impl Remote {
         }
     }
 
-    /// The event id of the message at `seq`, when the stream holds a readable one there.
-    pub(crate) async fn event_id_at(&self, seq: u64) -> Option<String> {
-        let msg = self.stream.get_raw_message(seq).await.ok()?;
-        let decoded = decode_message(&msg.payload).ok()?;
-        let stored = streamhook_core::journal::record::decode_event(seq, decoded.record).ok()?;
-        Some(stored.envelope().ok()?.id.0)
-    }
-
-    /// The stream's last sequence now.
-    pub(crate) async fn last_seq(&self) -> Result<u64, JournalError> {
-        let mut stream = self.stream.clone();
+    /// The stream's last sequence and creation time now.
+    pub(crate) async fn stream_state(&self) -> Result<(u64, u64), JournalError> {
+        let mut stream = self.need()?.stream.clone();
         let info = stream
             .info()
             .await
             .map_err(|e| remote_err("stream info", e))?;
-        Ok(info.state.last_sequence)
+        Ok((
+            info.state.last_sequence,
+            info.created.unix_timestamp_nanos().max(0) as u64,
+        ))
     }
 
     /// This receiver's name in leases.
@@ -249,7 +469,8 @@ impl Remote {
     /// Takes a lease key if nobody holds it; returns its revision.
     pub(crate) async fn try_lease_key(&self, key: &str) -> Option<u64> {
         let sink = key;
-        match self
+        let ready = self.ready.get()?;
+        match ready
             .leases
             .create(key, Bytes::from(self.instance.clone()))
             .await
@@ -266,10 +487,11 @@ impl Remote {
     /// Renews a held lease key; `None` when it was lost.
     pub(crate) async fn renew_lease_key(&self, key: &str, revision: u64) -> Option<u64> {
         let sink = key;
-        let renew = self
+        let ready = self.ready.get()?;
+        let renew = ready
             .leases
             .update(key, Bytes::from(self.instance.clone()), revision);
-        match tokio::time::timeout(LEASE_RENEW, renew).await {
+        match tokio::time::timeout(Duration::from_secs(1), renew).await {
             Ok(Ok(revision)) => Some(revision),
             Ok(Err(e)) => {
                 tracing::warn!(sink, error = %e, "cannot renew the sink's lease");
@@ -284,11 +506,271 @@ impl Remote {
 
     /// Deletes a lease key if it is still at `revision` (ours).
     pub(crate) async fn delete_lease_key(&self, key: &str, revision: u64) {
-        let _ = self
-            .leases
-            .delete_expect_revision(key, Some(revision))
-            .await;
+        if let Some(ready) = self.ready.get() {
+            let _ = ready
+                .leases
+                .delete_expect_revision(key, Some(revision))
+                .await;
+        }
     }
+
+    /// Every live key under `prefix` (`<sink>.`) in the `sinks` bucket, read from its stream's
+    /// leader (never a replica that may lag), and the sequence of the last message under it
+    /// (what a conditional write expects; 0: none).
+    pub(crate) async fn read_tree(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<LeaderValue>, u64), JournalError> {
+        let ready = self.need()?;
+        let bucket = &ready.sinks;
+        let filter = format!("{}{prefix}>", bucket.prefix);
+        let mut subjects = Vec::new();
+        let mut listed = bucket
+            .stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(read_err)?;
+        while let Some(entry) = listed.next().await {
+            subjects.push(entry.map_err(read_err)?.0);
+        }
+        let mut last = 0;
+        let mut out = Vec::new();
+        for subject in subjects {
+            let msg = match bucket
+                .stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+                Err(e) => return Err(read_err(e)),
+            };
+            last = last.max(msg.sequence);
+            let deleted = msg
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            if deleted {
+                continue;
+            }
+            let key = subject[bucket.prefix.len()..].to_owned();
+            out.push(LeaderValue {
+                key,
+                value: msg.payload,
+            });
+        }
+        Ok((out, last))
+    }
+
+    /// Writes (or, with `None`, deletes) a key under a sink's prefix in the `sinks` bucket,
+    /// only if the last message under `<sink>.` is still `expect` (this holder's last write):
+    /// a stale holder's write is refused once a newer holder wrote its fence. Returns the
+    /// write's sequence, what the next write expects.
+    pub(crate) async fn write_fenced(
+        &self,
+        sink_key: &str,
+        key: &str,
+        value: Option<Bytes>,
+        expect: u64,
+    ) -> Result<u64, FencedWrite> {
+        let ready = self.need().map_err(FencedWrite::Failed)?;
+        let bucket = &ready.sinks;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            format!("{}{sink_key}.>", bucket.prefix).as_str(),
+        );
+        let payload = match value {
+            Some(v) => v,
+            None => {
+                headers.insert("KV-Operation", "DEL");
+                Bytes::new()
+            }
+        };
+        let publish = js::message::PublishMessage::build()
+            .payload(payload)
+            .headers(headers)
+            .expected_last_subject_sequence(expect);
+        let subject = format!("{}{key}", bucket.prefix);
+        let sent = async {
+            match ready.context.send_publish(subject, publish).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), sent).await {
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(FencedWrite::Fenced)
+            }
+            Ok(Err(e)) => Err(FencedWrite::Failed(remote_err("sink state", e))),
+            Err(_) => Err(FencedWrite::Failed(remote_msg("sink state", "timed out"))),
+        }
+    }
+}
+
+fn is_not_found(e: &js::context::GetStreamError) -> bool {
+    match e.kind() {
+        GetStreamErrorKind::JetStream(inner) => {
+            inner.error_code() == js::ErrorCode::STREAM_NOT_FOUND
+        }
+        _ => false,
+    }
+}
+
+/// What is wrong with an existing stream, each with the command that fixes it.
+pub(crate) fn check_stream(name: &str, config: &stream::Config, replicas: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut refuse = |setting: &str, why: &str, fix: String| {
+        problems.push(format!(
+            "stream {name}: {setting} {why} (fix: `nats stream edit {name} {fix}`, or give \
+             streamhook a stream of its own with [journal] stream)"
+        ));
+    };
+    let subject = format!("{name}.ev.>");
+    if !config
+        .subjects
+        .iter()
+        .any(|s| s == &subject || s == ">" || s == &format!("{name}.>"))
+    {
+        refuse(
+            &format!("subjects = {:?}", config.subjects),
+            &format!("do not take {subject}, where events are published"),
+            format!("--subjects '{subject}'"),
+        );
+    }
+    if config.storage != stream::StorageType::File {
+        refuse(
+            "storage = memory",
+            "loses every event when the servers restart",
+            "(a stream's storage cannot change: copy it to a new file-backed stream)".into(),
+        );
+    }
+    if config.num_replicas != replicas {
+        refuse(
+            &format!("replicas = {}", config.num_replicas),
+            &format!("differs from [journal] replicas = {replicas}"),
+            format!("--replicas {replicas}` or change [journal] replicas`"),
+        );
+    }
+    if config.max_age != Duration::ZERO {
+        refuse(
+            &format!("max_age = {}", humantime::format_duration(config.max_age)),
+            "deletes events whatever the sinks have had (streamhook prunes the stream itself, by [retention])",
+            "--max-age 0".into(),
+        );
+    }
+    if config.max_messages > 0 {
+        refuse(
+            &format!("max_msgs = {}", config.max_messages),
+            "deletes (or refuses) events whatever the sinks have had",
+            "--max-msgs -1".into(),
+        );
+    }
+    if config.max_bytes > 0 {
+        refuse(
+            &format!("max_bytes = {}", config.max_bytes),
+            "deletes (or refuses) events whatever the sinks have had",
+            "--max-bytes -1".into(),
+        );
+    }
+    if config.max_messages_per_subject > 0 {
+        refuse(
+            &format!("max_msgs_per_subject = {}", config.max_messages_per_subject),
+            "deletes a resource's older events whatever the sinks have had",
+            "--max-msgs-per-subject -1".into(),
+        );
+    }
+    if config.duplicate_window < MIN_DUPLICATE_WINDOW {
+        refuse(
+            &format!(
+                "duplicate_window = {}",
+                humantime::format_duration(config.duplicate_window)
+            ),
+            "is shorter than 2 minutes: a publish retried (or forwarded from a spool) after it would store an event twice",
+            "--dupe-window 2m".into(),
+        );
+    }
+    if config.deny_purge {
+        refuse(
+            "deny_purge = true",
+            "stops streamhook pruning the stream (it grows without end)",
+            "--no-deny-purge".into(),
+        );
+    }
+    if config.sealed {
+        refuse(
+            "sealed = true",
+            "takes no events",
+            "(a sealed stream cannot be unsealed: create a new one)".into(),
+        );
+    }
+    if config.mirror.is_some() {
+        refuse(
+            "mirror",
+            "is set: a mirror takes no published events",
+            "(use the stream it mirrors)".into(),
+        );
+    }
+    problems
+}
+
+/// What is wrong with an existing bucket's stream.
+pub(crate) fn check_bucket(
+    bucket: &str,
+    config: &stream::Config,
+    max_age: Duration,
+    replicas: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut refuse = |setting: String, why: &str, fix: String| {
+        problems.push(format!(
+            "bucket {bucket}: {setting} {why} (fix: `nats kv edit {bucket} {fix}`, or delete the bucket and let streamhook create it: `nats kv del {bucket}`)"
+        ));
+    };
+    if config.storage != stream::StorageType::File {
+        refuse(
+            "storage = memory".into(),
+            "loses the sinks' cursors and dead letters when the servers restart",
+            "(storage cannot change)".into(),
+        );
+    }
+    if config.num_replicas != replicas {
+        refuse(
+            format!("replicas = {}", config.num_replicas),
+            &format!("differs from [journal] replicas = {replicas}"),
+            format!("--replicas {replicas}"),
+        );
+    }
+    if config.max_age != max_age {
+        refuse(
+            format!("ttl = {}", humantime::format_duration(config.max_age)),
+            &if max_age.is_zero() {
+                "deletes cursors and dead letters as they age".to_owned()
+            } else {
+                format!(
+                    "differs from {} (what streamhook times by)",
+                    humantime::format_duration(max_age)
+                )
+            },
+            format!("--ttl {}", humantime::format_duration(max_age)),
+        );
+    }
+    if config.max_messages > 0 || config.max_bytes > 0 {
+        refuse(
+            "a size limit".into(),
+            "drops or refuses the sinks' shared state",
+            "--max-bytes -1".into(),
+        );
+    }
+    if config.max_messages_per_subject < 1 {
+        refuse(
+            format!("history = {}", config.max_messages_per_subject),
+            "is not a key-value bucket's",
+            "--history 1".into(),
+        );
+    }
+    problems
 }
 
 /// A sink name as a key (keys allow `A-Z a-z 0-9 - _ = .`; anything else is hex-escaped).
@@ -307,30 +789,8 @@ pub(crate) fn kv_key(sink: &str) -> String {
     key
 }
 
-pub(crate) async fn retry_setup<
-    T,
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
->(
-    mut attempt: impl FnMut() -> F,
-) -> Result<T, E> {
-    // A cluster that just started may not have elected its meta leader yet.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "JetStream not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Adds what to do to a setup error that usually means too few servers for the replicas.
-fn setup_hint(e: impl std::fmt::Display, replicas: usize) -> String {
-    let text = e.to_string();
+fn setup_hint(text: String, replicas: usize) -> String {
     if replicas > 1
         && (text.contains("insufficient resources") || text.contains("no suitable peers"))
     {
@@ -349,4 +809,137 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good(name: &str) -> stream::Config {
+        stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{name}.ev.>")],
+            num_replicas: 3,
+            storage: stream::StorageType::File,
+            duplicate_window: MIN_DUPLICATE_WINDOW,
+            max_messages: -1,
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_setting_that_loses_events_is_named_with_its_fix() {
+        assert!(check_stream("S", &good("S"), 3).is_empty());
+        let cases: Vec<(stream::Config, &str, &str)> = vec![
+            (
+                stream::Config {
+                    max_age: Duration::from_secs(3600),
+                    ..good("S")
+                },
+                "max_age = 1h",
+                "--max-age 0",
+            ),
+            (
+                stream::Config {
+                    max_messages: 10,
+                    ..good("S")
+                },
+                "max_msgs = 10",
+                "--max-msgs -1",
+            ),
+            (
+                stream::Config {
+                    max_bytes: 1 << 20,
+                    ..good("S")
+                },
+                "max_bytes",
+                "--max-bytes -1",
+            ),
+            (
+                stream::Config {
+                    max_messages_per_subject: 1,
+                    ..good("S")
+                },
+                "max_msgs_per_subject = 1",
+                "--max-msgs-per-subject -1",
+            ),
+            (
+                stream::Config {
+                    storage: stream::StorageType::Memory,
+                    ..good("S")
+                },
+                "storage = memory",
+                "file-backed",
+            ),
+            (
+                stream::Config {
+                    duplicate_window: Duration::from_secs(10),
+                    ..good("S")
+                },
+                "duplicate_window = 10s",
+                "--dupe-window 2m",
+            ),
+            (
+                stream::Config {
+                    deny_purge: true,
+                    ..good("S")
+                },
+                "deny_purge",
+                "--no-deny-purge",
+            ),
+            (
+                stream::Config {
+                    num_replicas: 1,
+                    ..good("S")
+                },
+                "replicas = 1",
+                "--replicas 3",
+            ),
+            (
+                stream::Config {
+                    subjects: vec!["other.>".into()],
+                    ..good("S")
+                },
+                "subjects",
+                "--subjects 'S.ev.>'",
+            ),
+        ];
+        for (config, setting, fix) in cases {
+            let problems = check_stream("S", &config, 3);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains(setting), "{setting}: {}", problems[0]);
+            assert!(problems[0].contains(fix), "{fix}: {}", problems[0]);
+            assert!(
+                problems[0].contains("nats stream edit S"),
+                "{}",
+                problems[0]
+            );
+        }
+    }
+
+    #[test]
+    fn buckets_are_checked_too() {
+        let mut config = stream::Config {
+            name: "KV_S_sinks".into(),
+            num_replicas: 3,
+            storage: stream::StorageType::File,
+            max_messages: -1,
+            max_bytes: -1,
+            max_messages_per_subject: 1,
+            ..Default::default()
+        };
+        assert!(check_bucket("S_sinks", &config, Duration::ZERO, 3).is_empty());
+        config.max_age = Duration::from_secs(60);
+        let problems = check_bucket("S_sinks", &config, Duration::ZERO, 3);
+        assert!(
+            problems[0].contains("ttl = 1m")
+                && problems[0].contains("nats kv edit S_sinks --ttl 0s"),
+            "{problems:?}"
+        );
+        config.max_age = Duration::ZERO;
+        config.num_replicas = 1;
+        assert!(check_bucket("S_sinks", &config, Duration::ZERO, 3)[0].contains("--replicas 3"));
+    }
 }

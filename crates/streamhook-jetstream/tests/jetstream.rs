@@ -3,106 +3,19 @@
 //! on the same resources classifying exactly as one redb journal would, mirrors that agree,
 //! a 3-node cluster losing a node, and sink leases that fail over.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
-use streamhook_core::dispatch::SharedRouter;
+use common::*;
+use streamhook_core::JournalConfig;
 use streamhook_core::testing::{
-    Behaviour, RecordingSink, append, eventually, everything, fast_policy, open,
-    stream as stream_body,
+    Behaviour, RecordingSink, append, eventually, everything, open, stream as stream_body,
 };
-use streamhook_core::{Dispatcher, Journal, JournalConfig};
 use streamhook_jetstream::JetStreamConfig;
 use streamhook_testkit::{Nats, nats_server_or_skip};
 use tokio::sync::watch;
-
-async fn replica(nats: &Nats, dir: &std::path::Path, replicas: usize) -> Journal {
-    let mut config = JetStreamConfig::new(nats.url_list());
-    config.replicas = replicas;
-    config.timeout = Duration::from_secs(20);
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        streamhook_jetstream::open(JournalConfig::new(dir), &config),
-    )
-    .await
-    .expect("a replicated journal opens within 60 s")
-    .unwrap()
-}
-
-/// Waits (at most 5 s) until some receiver holds the sink's lease.
-async fn wait_for_lease(journal: &Journal, sink: &str) {
-    for _ in 0..200 {
-        if journal.lease_holder(sink).await.is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("nobody took the free lease of {sink} within 5 s");
-}
-
-/// Two receivers, A and B, on one stream (one replica), with sink `app`'s cursor at the
-/// start in each; the folders live as long as the first element.
-async fn two_receivers(nats: &Nats) -> ([tempfile::TempDir; 2], Journal, Journal) {
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let a = replica(nats, dirs[0].path(), 1).await;
-    let b = replica(nats, dirs[1].path(), 1).await;
-    a.set_cursor("app", 1).unwrap();
-    b.set_cursor("app", 1).unwrap();
-    (dirs, a, b)
-}
-
-/// A dispatcher of `sink` on `journal`, with every event routed to it (on the replicated
-/// journal, its lease decides whether this receiver delivers).
-fn deliver(
-    journal: &Journal,
-    sink: &Arc<RecordingSink>,
-    router: &SharedRouter,
-    stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(
-        Dispatcher::new(
-            journal.clone(),
-            sink.clone(),
-            Arc::clone(router),
-            fast_policy(),
-        )
-        .run(stop),
-    )
-}
-
-fn kinds(appended: &streamhook_core::Appended) -> Vec<String> {
-    appended.kinds.iter().map(|k| k.to_string()).collect()
-}
-
-/// Every event of a mirror, as (seq, id, kinds, payload).
-fn events(journal: &Journal) -> Vec<(u64, String, Vec<String>, String)> {
-    journal
-        .read_from(1, 100_000)
-        .unwrap()
-        .into_iter()
-        .map(|e| {
-            let env = e.envelope().unwrap();
-            assert_eq!(env.seq, e.seq, "the envelope carries the stream's seq");
-            (
-                e.seq,
-                env.id.0.clone(),
-                env.kinds.iter().map(|k| k.to_string()).collect(),
-                env.payload.get().to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// A stream's lifecycle: start, recording on, recording off, stop.
-fn lifecycle(id: u64) -> Vec<Vec<u8>> {
-    vec![
-        stream_body(id, true, false),
-        stream_body(id, true, true),
-        stream_body(id, true, false),
-        stream_body(id, false, false),
-    ]
-}
 
 #[tokio::test]
 async fn exactly_one_of_sixteen_concurrent_writers_wins_each_step() {
@@ -193,23 +106,29 @@ async fn interleaved_receivers_classify_as_one_journal_would() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = replica(&nats, da.path(), 1).await;
     let b = replica(&nats, db.path(), 1).await;
-    // 12 streams; each one's four events are sent at once, alternately through both
-    // receivers, so writers race on every resource.
+    // 12 streams side by side; each one's four events in order (as Gcore sends them),
+    // alternately through both receivers, so each receiver's next event of a resource
+    // follows one the other stored.
     let mut tasks = Vec::new();
     for id in 1..=12u64 {
-        for (i, body) in lifecycle(id).into_iter().enumerate() {
-            let journal = if (id as usize + i) % 2 == 0 {
-                a.clone()
-            } else {
-                b.clone()
-            };
-            tasks.push(tokio::spawn(async move { append(&journal, &body).await }));
-        }
+        let (a, b) = (a.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for (i, body) in lifecycle(id).into_iter().enumerate() {
+                let journal = if (id as usize + i) % 2 == 0 { &a } else { &b };
+                acked.push(append(journal, &body).await);
+            }
+            acked
+        }));
     }
     let mut acked = Vec::new();
     for t in tasks {
-        acked.push(t.await.unwrap());
+        acked.extend(t.await.unwrap());
     }
+    assert!(
+        acked.iter().all(|a| !a.spooled),
+        "with the stream up, nothing is spooled"
+    );
     let total = acked.len() as u64;
     eventually("both mirrors hold every event", || {
         a.last_committed() >= total && b.last_committed() >= total
@@ -267,12 +186,19 @@ async fn a_cluster_keeps_journaling_when_a_node_dies_and_a_new_receiver_copies_e
     let leader: usize = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
     drop(js);
     nats.kill(leader);
+    // During the election the appends are spooled (answered at once) and forwarded after.
     for id in 1..=5u64 {
-        let got = append(&a, &stream_body(id, true, true)).await;
+        append(&a, &stream_body(id, true, true)).await;
+    }
+    eventually("the spool is forwarded and mirrored", || {
+        a.spool_len() == 0 && a.last_committed() >= 10
+    })
+    .await;
+    for (seq, _, kinds, _) in &events(&a)[5..] {
         assert_eq!(
-            got.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
-            ["stream.recording_started"],
-            "history survives a node's loss"
+            kinds,
+            &["stream.recording_started"],
+            "event {seq}: history survives a node's loss"
         );
     }
     nats.restart(leader);
@@ -426,25 +352,24 @@ async fn a_receiver_that_dies_holding_a_lease_is_replaced_when_it_expires() {
         append(&a, &stream_body(id, true, false)).await;
     }
     eventually("A delivers", || sink_a.count() == 5).await;
-    // A shares its cursor with its next renewal (each second).
+    // A shares its cursor with its next renewal (twice a second).
     let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
-    let cursors = js.get_key_value("STREAMHOOK_cursors").await.unwrap();
     let mut shared = None;
     for _ in 0..100 {
-        shared = cursors.get("app").await.unwrap();
-        if shared.as_deref() == Some(&b"6"[..]) {
+        shared = shared_cursor(&js, "app").await;
+        if shared == Some(6) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(shared.as_deref(), Some(&b"6"[..]), "A shared its cursor");
+    assert_eq!(shared, Some(6), "A shared its cursor");
     // A dies without a word: no cursor written at stop, no lease released.
     task_a.abort();
     let _ = task_a.await;
     for id in 6..=8u64 {
         append(&b, &stream_body(id, true, false)).await;
     }
-    // The lease lapses (6 s) and B delivers from the shared cursor (written back each
+    // The lease lapses (6 s) and B delivers from the shared cursor (written back twice a
     // second while A held it): at least once, nothing missing.
     eventually("B delivers after A's lease lapsed", || {
         let got = sink_b.seqs();
@@ -480,9 +405,10 @@ async fn pruning_the_shared_stream_keeps_what_sinks_need_and_each_resource_s_sta
     }
     // The sink has passed seq 5; another sink (only in the shared bucket) seq 6.
     let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
-    let cursors = js.get_key_value("STREAMHOOK_cursors").await.unwrap();
-    cursors.put("app", "5".into()).await.unwrap();
-    cursors.put("other", "6".into()).await.unwrap();
+    put_shared_cursor(&js, "app", 5, None).await;
+    put_shared_cursor(&js, "other", 6, None).await;
+    // A cursor of another incarnation of the stream holds nothing back.
+    put_shared_cursor(&js, "gone", 1, Some(42)).await;
     a.set_cursor("app", 5).unwrap();
     // A configured sink that has no cursor yet has passed nothing.
     let pinned = a
@@ -519,10 +445,27 @@ async fn pruning_the_shared_stream_keeps_what_sinks_need_and_each_resource_s_sta
     let got = append(&b, &stream_body(1, true, false)).await;
     assert_eq!(kinds(&got), ["stream.recording_stopped"]);
     // An idle resource's history goes once it is older than history_max_age (and passed).
-    cursors.put("app", "9".into()).await.unwrap();
-    cursors.put("other", "9".into()).await.unwrap();
+    put_shared_cursor(&js, "app", 9, None).await;
+    put_shared_cursor(&js, "other", 9, None).await;
     a.set_cursor("app", 9).unwrap();
     eventually("the mirror holds seq 8", || a.last_committed() >= 8).await;
+    // Pruning waits for every live mirror: B's shares that it holds seq 8 within a second.
+    let mirrors = js.get_key_value("STREAMHOOK_mirrors").await.unwrap();
+    let mut at = Vec::new();
+    for _ in 0..100 {
+        at.clear();
+        let mut keys = mirrors.keys().await.unwrap();
+        while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
+            let v = mirrors.get(k.unwrap()).await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            at.push(v["seq"].as_u64().unwrap());
+        }
+        if at.len() == 2 && at.iter().all(|s| *s >= 8) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(at, [8, 8], "both mirrors share their position");
     let pruned = a
         .prune_shared(
             &["app".into()],
@@ -587,18 +530,21 @@ async fn dead_letters_move_with_the_sink_to_the_next_deliverer() {
     stop_b.send(true).unwrap();
     task_b.await.unwrap();
     let js = jetstream::new(async_nats::connect(nats.url_list()).await.unwrap());
-    let letters = js.get_key_value("STREAMHOOK_letters").await.unwrap();
-    let mut keys = letters.keys().await.unwrap();
+    let sinks = js.get_key_value("STREAMHOOK_sinks").await.unwrap();
+    let mut keys = sinks.keys().await.unwrap();
     let mut left = Vec::new();
     while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
-        left.push(k.unwrap());
+        let k = k.unwrap();
+        if k.starts_with("app.d.") || k.starts_with("app.q.") {
+            left.push(k);
+        }
     }
-    assert!(left.is_empty(), "nothing left shared: {left:?}");
+    assert!(left.is_empty(), "no dead letter left shared: {left:?}");
 }
 
 #[tokio::test]
-async fn an_append_while_nats_is_away_fails_with_the_shared_stream_as_its_cause() {
-    let Some(bin) = nats_server_or_skip("jetstream: error causes") else {
+async fn an_append_while_nats_is_away_is_spooled_answered_and_forwarded_in_order() {
+    let Some(bin) = nats_server_or_skip("jetstream: the spool") else {
         return;
     };
     let mut nats = Nats::single(&bin);
@@ -606,20 +552,79 @@ async fn an_append_while_nats_is_away_fails_with_the_shared_stream_as_its_cause(
     let journal = replica(&nats, dir.path(), 1).await;
     append(&journal, &stream_body(1, true, false)).await;
     nats.kill(0);
-    eventually("the client notices", || !journal.health().is_writable()).await;
-    let webhook = streamhook_types::decode::decode(&stream_body(1, false, false))
-        .unwrap()
-        .webhook;
-    let source = streamhook_core::Verified::trusted_local("92.223.123.1".parse().unwrap());
-    let err = journal
-        .append(source, &stream_body(1, false, false), webhook)
-        .await
-        .unwrap_err();
-    let cause = err.cause().expect("a write error has a cause");
-    assert_eq!(cause.kind(), streamhook_core::CauseKind::Shared, "{err}");
-    let shared = streamhook_core::CauseKind::Shared.index();
+    eventually("the client notices", || {
+        journal.shared_status().is_some_and(|s| !s.connected)
+    })
+    .await;
+    assert!(
+        journal.health().is_writable(),
+        "ready while the spool is writable: {:?}",
+        journal.health()
+    );
+    // Before the fix every one of these was refused (503): a lost event each.
+    let mut answered = Vec::new();
+    for body in [
+        stream_body(1, true, true),
+        stream_body(2, true, false),
+        stream_body(1, true, false),
+    ] {
+        let got = append(&journal, &body).await;
+        assert!(got.spooled, "kept in the spool");
+        answered.push(got);
+    }
+    assert_eq!(journal.spool_len(), 3);
     assert_eq!(
-        journal.stats().errors_by_cause[shared].load(std::sync::atomic::Ordering::Relaxed),
-        1
+        kinds(&answered[0]),
+        ["stream.recording_started"],
+        "a spooled answer is classified by this receiver's copy of the history"
+    );
+    nats.restart(0);
+    eventually("the spool is forwarded and mirrored", || {
+        journal.spool_len() == 0 && journal.last_committed() >= 4
+    })
+    .await;
+    let stored = events(&journal);
+    let ids: Vec<&str> = stored.iter().map(|e| e.1.as_str()).collect();
+    let answered_ids: Vec<&str> = answered.iter().map(|a| a.id.0.as_str()).collect();
+    assert_eq!(
+        &ids[1..],
+        answered_ids,
+        "in arrival order, with the ids answered"
+    );
+    assert_eq!(stored[1].2, ["stream.recording_started"]);
+    assert_eq!(stored[3].2, ["stream.recording_stopped"]);
+}
+
+#[tokio::test]
+async fn a_receiver_starts_and_accepts_with_every_nats_server_down() {
+    let Some(bin) = nats_server_or_skip("jetstream: start without NATS") else {
+        return;
+    };
+    let mut nats = Nats::single(&bin);
+    let urls = nats.url_list();
+    nats.kill(0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = JetStreamConfig::new(urls);
+    config.replicas = 1;
+    // Before the fix: "cannot connect", and the server did not start.
+    let journal = tokio::time::timeout(
+        Duration::from_secs(15),
+        streamhook_jetstream::open(JournalConfig::new(dir.path()), &config),
+    )
+    .await
+    .expect("opens without waiting for a server")
+    .expect("opens without a server");
+    let got = append(&journal, &stream_body(9, true, false)).await;
+    assert!(got.spooled);
+    assert_eq!(kinds(&got), ["stream.started"]);
+    nats.restart(0);
+    eventually("forwarded once a server answers", || {
+        journal.spool_len() == 0 && journal.last_committed() >= 1
+    })
+    .await;
+    assert_eq!(
+        events(&journal)[0].1,
+        got.id.0,
+        "stored with the id it was answered with"
     );
 }

@@ -419,6 +419,7 @@ async fn health_readiness_and_metrics() {
         fixture("seed/15-video-processed.json"),
     )
     .await;
+    // A body that is not JSON is kept (as an invalid event), not refused.
     post(&c, &server.url("/webhook"), b"nope".to_vec()).await;
     // A peer that can never be allowed is closed at accept, before a byte is read.
     assert!(
@@ -429,7 +430,7 @@ async fn health_readiness_and_metrics() {
             .await
             .is_err()
     );
-    eventually("delivered", || server.archive().len() == 1).await;
+    eventually("delivered", || server.archive().len() == 2).await;
     // The operator's endpoints are not on the public listener.
     for path in ["/readyz", "/metrics"] {
         let status = c.get(server.url(path)).send().await.unwrap().status();
@@ -438,7 +439,7 @@ async fn health_readiness_and_metrics() {
     let ready = server.readyz().await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["journal"], "writable");
-    assert_eq!(ready["last_seq"], 1);
+    assert_eq!(ready["last_seq"], 2);
     // The sink's cursor is persisted just after it delivers.
     let mut text = String::new();
     for _ in 0..200 {
@@ -450,13 +451,14 @@ async fn health_readiness_and_metrics() {
     }
     for line in [
         "streamhook_requests_total{status=\"200\",reason=\"accepted\"} 1",
-        "streamhook_requests_total{status=\"400\",reason=\"not_json\"} 1",
+        "streamhook_requests_total{status=\"200\",reason=\"accepted_invalid\"} 1",
         "streamhook_connections_refused_total{reason=\"source_not_allowed\"} 1",
         "streamhook_journal_writable 1",
         "streamhook_events_total{kind=\"video.ready\"} 1",
-        "streamhook_journal_appends_total 1",
-        "streamhook_journal_commit_seconds_count 1",
-        "streamhook_sink_delivered_total{sink=\"archive\"} 1",
+        "streamhook_events_total{kind=\"invalid\"} 1",
+        "streamhook_journal_appends_total 2",
+        "streamhook_journal_commit_seconds_count 2",
+        "streamhook_sink_delivered_total{sink=\"archive\"} 2",
         "streamhook_sink_lag_events{sink=\"archive\"} 0",
         "# TYPE streamhook_journal_commit_seconds histogram",
     ] {

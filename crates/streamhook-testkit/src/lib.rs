@@ -139,6 +139,8 @@ impl Node {
             .args(["-n", &self.name])
             .arg("-l")
             .arg(&self.log)
+            .arg("-P")
+            .arg(self.pid_file())
             .env("STREAMHOOK_NATS_STORE", &self.store)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -176,6 +178,22 @@ impl Node {
     /// Whether its process runs.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.store.with_extension("pid")
+    }
+
+    /// Sends the server process a signal (`STOP` pauses it: connections stay open and
+    /// nothing is answered, as a blackholed or frozen server; `CONT` resumes it).
+    pub fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.pid_file()).expect("the server's pid file");
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.trim())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {}", pid.trim());
     }
 }
 
@@ -280,6 +298,16 @@ impl Nats {
     /// SIGKILL node `i`.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
+    }
+
+    /// Pauses node `i` (SIGSTOP): its connections stay open, nothing is answered.
+    pub fn pause(&mut self, i: usize) {
+        self.nodes[i].signal("STOP");
+    }
+
+    /// Resumes a paused node `i` (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].signal("CONT");
     }
 
     /// Start node `i` again from its store and wait until it accepts connections.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::gate::Gate;
 use super::stats::{Attempt, Retrying, SinkStats, now_ms};
 use crate::journal::{DeadLetter, Journal};
 use crate::sink::{Delivery, Sink, SinkError};
@@ -80,6 +81,7 @@ pub(super) async fn lane(
     journal: Journal,
     policy: RetryPolicy,
     stats: Arc<SinkStats>,
+    gate: Arc<Gate>,
 ) {
     let finish = |job: &Job| {
         let (done, journal, name, seq, requeued) = (
@@ -118,6 +120,7 @@ pub(super) async fn lane(
             (0, None)
         } else {
             let batch: Vec<&Delivery> = jobs.iter().map(|j| &j.delivery).collect();
+            gate.pass().await;
             match sink.send_batch(&batch).await {
                 Ok(()) => (jobs.len(), None),
                 Err((n, e)) => (n.min(jobs.len()), Some(e)),
@@ -130,7 +133,16 @@ pub(super) async fn lane(
         }
         let mut failure = failure;
         for job in &mut jobs[delivered..] {
-            deliver(job, &*sink, &journal, &policy, &stats, failure.take()).await;
+            deliver(
+                job,
+                &*sink,
+                &journal,
+                &policy,
+                &stats,
+                &gate,
+                failure.take(),
+            )
+            .await;
             finish(job).await;
         }
     }
@@ -144,6 +156,7 @@ async fn deliver(
     journal: &Journal,
     policy: &RetryPolicy,
     stats: &SinkStats,
+    gate: &Gate,
     mut first_error: Option<SinkError>,
 ) {
     let first = Instant::now();
@@ -153,6 +166,8 @@ async fn deliver(
         let result = match first_error.take() {
             Some(e) => Err(e),
             None => {
+                // Never a send once the sink's lease may have lapsed (after a pause too).
+                gate.pass().await;
                 match tokio::time::timeout(policy.send_timeout, sink.send(&job.delivery)).await {
                     Ok(r) => r,
                     Err(_) => Err(SinkError::retryable(format!(

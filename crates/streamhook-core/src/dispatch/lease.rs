@@ -23,6 +23,9 @@ impl Dispatcher {
         let name = self.sink.name().to_owned();
         let renew_every = leases.renew_every();
         let hold_for = leases.hold_for();
+        if leases.is_shared() {
+            self.gate.close();
+        }
         loop {
             let (mut lease, mut renewed) = loop {
                 if *shutdown.borrow() {
@@ -30,10 +33,12 @@ impl Dispatcher {
                 }
                 // A receiver that may not deliver now (its mirror is behind) does not take
                 // the lease: it would deliver nothing new while another could.
+                // The lease's life counts from when the request to take it was sent.
+                let sent = Instant::now();
                 if leases.may_hold()
                     && let Some(lease) = leases.acquire(&name).await
                 {
-                    break (lease, Instant::now());
+                    break (lease, sent);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(renew_every.unwrap_or(ACQUIRE_RETRY)) => {}
@@ -42,28 +47,38 @@ impl Dispatcher {
             };
             if leases.is_shared() {
                 self.stats.leased.store(1, Ordering::Relaxed);
+                if let Some(until) = renewed.checked_add(hold_for) {
+                    self.gate.until(until);
+                }
             }
             let (stop_tx, stop_rx) = watch::channel(false);
-            let dispatch = self.run_owned(stop_rx);
-            tokio::pin!(dispatch);
-            let stopping = loop {
+            // Boxed so that dropping it (on a lost lease) aborts its lanes at once.
+            let mut dispatch = Box::pin(self.run_owned(stop_rx));
+            let end = loop {
                 // Stop delivering well before the lease can lapse on the server: a receiver
-                // that cannot renew (cut off, or slow) stops before another can take over.
+                // that cannot renew (cut off, slow, or paused) stops before another can take
+                // over. The lanes' gate closes at the same instant, so after a pause no lane
+                // sends before this loop has run.
                 let must_stop = renewed
                     .checked_add(hold_for)
                     .map(tokio::time::Instant::from_std);
                 tokio::select! {
-                    _ = &mut dispatch => break false,
-                    _ = shutdown.wait_for(|s| *s) => break true,
+                    _ = &mut dispatch => break End::Finished,
+                    _ = shutdown.wait_for(|s| *s) => break End::Shutdown,
                     _ = sleep_until(must_stop), if must_stop.is_some() => {
                         tracing::warn!(sink = %name, "could not renew the sink's lease in time; delivery stops here (another receiver may take it)");
-                        break false;
+                        break End::Lost;
                     }
                     _ = sleep(renew_every), if renew_every.is_some() => {}
                 }
+                if must_stop.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    // Woken late (a pause): the lease may be another's by now.
+                    tracing::warn!(sink = %name, "the sink's lease may have lapsed (this process was paused or starved); delivery stops here");
+                    break End::Lost;
+                }
                 if !leases.may_hold() {
                     tracing::warn!(sink = %name, "this receiver's mirror is behind the shared journal; letting the sink's lease go");
-                    break false;
+                    break End::Handover;
                 }
                 // Renew first; the state is shared only while the lease is ours. While this
                 // runs the dispatcher's lanes keep delivering, so each step is bounded by the
@@ -71,31 +86,73 @@ impl Dispatcher {
                 let left = must_stop.map_or(Duration::MAX, |t| {
                     t.saturating_duration_since(tokio::time::Instant::now())
                 });
+                let sent = Instant::now();
                 match tokio::time::timeout(left, leases.renew(&name, &mut lease)).await {
-                    Ok(true) => renewed = Instant::now(),
+                    Ok(true) => {
+                        renewed = sent;
+                        if let Some(until) = renewed.checked_add(hold_for) {
+                            self.gate.until(until);
+                        }
+                    }
                     _ => {
                         tracing::warn!(sink = %name, "lost the sink's lease (another receiver may hold it now); delivery stops here");
-                        break false;
+                        break End::Lost;
                     }
                 }
                 let left = hold_for.saturating_sub(renewed.elapsed());
                 if !leases.share(&name, left).await {
                     tracing::warn!(sink = %name, "sharing the cursor and dead letters timed out (retried)");
                 }
+                if !leases.holds(&name) {
+                    // A write of the shared state was refused: another receiver holds the
+                    // sink now.
+                    tracing::warn!(sink = %name, "another receiver took the sink over (its shared state was written by a newer holder); delivery stops here");
+                    break End::Lost;
+                }
             };
-            let _ = stop_tx.send(true);
-            dispatch.await;
+            if leases.is_shared() {
+                self.gate.close();
+            }
+            match end {
+                End::Lost => {
+                    // Whatever the lanes, the disk or the sink are doing: stop now (dropping
+                    // the dispatch aborts its lanes). What was in flight is delivered again by
+                    // the next holder, from the shared cursor.
+                    drop(dispatch);
+                }
+                End::Finished | End::Shutdown | End::Handover => {
+                    let _ = stop_tx.send(true);
+                    // Bounded by the lease: past it, delivery stops whatever is blocking.
+                    let left = hold_for.saturating_sub(renewed.elapsed());
+                    if tokio::time::timeout(left, &mut dispatch).await.is_err() {
+                        tracing::warn!(sink = %name, "delivery did not stop within the lease; aborted");
+                    }
+                }
+            }
             self.stats.leased.store(0, Ordering::Relaxed);
             // Still ours: the backend shares the final state, then lets the next receiver take
             // over at once instead of after the lease's expiry.
             let elapsed = renewed.elapsed();
-            let within = (elapsed < hold_for).then(|| hold_for - elapsed);
+            let within = (end != End::Lost && elapsed < hold_for).then(|| hold_for - elapsed);
             leases.release(&name, lease, within).await;
-            if stopping || shutdown.has_changed().is_err() {
+            if end == End::Shutdown || shutdown.has_changed().is_err() {
                 return;
             }
         }
     }
+}
+
+/// Why a holder stopped delivering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The dispatcher returned (its stop signal, or a closed journal).
+    Finished,
+    /// Shutdown.
+    Shutdown,
+    /// The lease was lost, may have lapsed, or another receiver wrote the sink's state.
+    Lost,
+    /// The receiver may not hold leases now (its mirror is behind).
+    Handover,
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

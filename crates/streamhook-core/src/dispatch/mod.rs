@@ -19,7 +19,8 @@
 //!   a crash does not deliver twice what it wrote.
 //!
 //! Files: [`stats`] (what a dispatcher shows), `lane` (delivery, retries and dead letters),
-//! `lease` (delivering only while this receiver holds the sink's lease).
+//! `lease` (delivering only while this receiver holds the sink's lease), `gate` (what lanes
+//! pass before every send: closed once the lease may have lapsed).
 
 use std::collections::{BTreeSet, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -34,6 +35,7 @@ use crate::journal::{CauseKind, DeadLetter, Journal, JournalError, StoredEvent};
 use crate::router::{RouteInput, Router};
 use crate::sink::{Delivery, Sink};
 
+mod gate;
 mod lane;
 mod lease;
 pub mod stats;
@@ -54,6 +56,8 @@ pub struct Dispatcher {
     policy: RetryPolicy,
     window: usize,
     stats: Arc<SinkStats>,
+    /// What every lane passes before a send (closed when the sink's lease may have lapsed).
+    gate: Arc<gate::Gate>,
 }
 impl Dispatcher {
     /// A dispatcher for `sink`, routing with `router`.
@@ -70,6 +74,7 @@ impl Dispatcher {
             policy,
             window: 1024,
             stats: Arc::new(SinkStats::default()),
+            gate: Arc::new(gate::Gate::open()),
         }
     }
 
@@ -203,6 +208,7 @@ impl Dispatcher {
                     self.journal.clone(),
                     self.policy,
                     Arc::clone(&self.stats),
+                    Arc::clone(&self.gate),
                 ));
             }
             let mut next = start;

@@ -54,8 +54,9 @@ impl Journal {
 
 /// Records what a mirror copied from the shared journal, each at its seq, in one
 /// transaction. Records it holds already are skipped, so a mirror that restarts may copy again
-/// from any point. The receive time never goes back (as for local appends): a record stamped
-/// earlier than the one before it by another receiver's clock is given the previous time.
+/// from any point. The journal's clock never goes back (as for local appends): a record
+/// stamped earlier than the one before it (another receiver's clock, or an event it spooled)
+/// is filed at the previous time; its envelope keeps its own.
 pub(crate) fn commit_import(
     inner: &Store,
     db: &Database,
@@ -110,8 +111,12 @@ pub(crate) fn commit_import(
                 }
             };
             let stored = &event.stored;
-            // The receive time never goes back, and a time implausibly far ahead of this
+            // The journal's clock never goes back, and a time implausibly far ahead of this
             // clock (a receiver whose clock jumped) is not followed: as for local appends.
+            // The envelope keeps the time the event was received (an event spooled by a
+            // receiver while NATS was away, or flagged `late`, arrives here after newer
+            // ones): only the record's clock, which ages and finds events by time, is kept
+            // in order.
             let mut ms = stored.received_at_ms;
             let now = inner.wall_ms();
             if ms > now + MAX_CLOCK_STEP_BACK.as_millis() as u64 {
@@ -123,17 +128,15 @@ pub(crate) fn commit_import(
                     "journal mirror: an event's receive time is more than a day ahead of this clock; stamping by the clock"
                 );
                 ms = now;
+                envelope.received_at =
+                    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
+                        .to_string();
             }
             // Never back, but a stored time more than a year ahead was a corrupt record.
             if *last_ms > now + MAX_CLOCK_AHEAD.as_millis() as u64 {
                 *last_ms = now;
             }
             ms = ms.max(*last_ms);
-            if ms != stored.received_at_ms {
-                envelope.received_at =
-                    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
-                        .to_string();
-            }
             *last_ms = ms;
             encode_record(
                 &mut record,

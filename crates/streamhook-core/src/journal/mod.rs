@@ -58,6 +58,7 @@ use std::time::{Duration, SystemTime};
 
 use redb::Database;
 use serde_json::value::RawValue;
+use streamhook_types::EventId;
 use tokio::sync::{oneshot, watch};
 
 use crate::backend::{Draft, Leases, LocalLeases, Sequencer, SharedPruned, SharedRetention};
@@ -70,6 +71,7 @@ mod mirror;
 mod prune;
 mod read;
 pub mod record;
+mod spool;
 mod store;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
@@ -197,6 +199,65 @@ pub struct Pruned {
     pub events: u64,
     /// Resource histories.
     pub histories: u64,
+}
+
+/// What the journal keeps of a request's body: the JSON byte for byte, the whitespace around
+/// it, who sent it.
+pub(crate) fn draft_of(
+    source: &Verified,
+    payload: &[u8],
+    parsed: Parsed,
+    received: Option<Vec<u8>>,
+) -> Result<Draft, JournalError> {
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        JournalError::Write(Cause::with_source(
+            CauseKind::Encoding,
+            format!("payload is not UTF-8: {e}"),
+            e,
+        ))
+    })?;
+    let is_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let json = text.trim_matches(is_ws);
+    let start = text.len() - text.trim_start_matches(is_ws).len();
+    let (prefix, suffix) = (&text[..start], &text[start + json.len()..]);
+    let payload = RawValue::from_string(json.to_owned()).map_err(|e| {
+        JournalError::Write(Cause::with_source(
+            CauseKind::Encoding,
+            format!("payload is not JSON: {e}"),
+            e,
+        ))
+    })?;
+    Ok(Draft {
+        parsed,
+        payload,
+        prefix: prefix.to_owned(),
+        suffix: suffix.to_owned(),
+        source: source.client(),
+        received,
+    })
+}
+
+/// An event waiting in the spool.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Spooled {
+    /// Its place in the spool (arrival order).
+    pub key: u64,
+    /// The id it was answered with.
+    pub id: EventId,
+    /// When it arrived, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// What it is.
+    pub draft: Draft,
+}
+
+/// How much waits in the spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Events waiting.
+    pub events: u64,
+    /// When the oldest arrived (ms since the Unix epoch), if any waits.
+    pub oldest_ms: Option<u64>,
 }
 
 /// The journal. Cheap to clone; all clones share one database and one writer.
@@ -334,6 +395,11 @@ impl Journal {
         self.inner.sequencer.backend()
     }
 
+    /// How the connection to a shared journal stands (`None`: one host).
+    pub fn shared_status(&self) -> Option<crate::backend::SharedStatus> {
+        self.inner.sequencer.shared_status()
+    }
+
     /// Whether several receivers share this journal (its sinks' delivery is leased).
     pub fn is_replicated(&self) -> bool {
         self.inner.leases.is_shared()
@@ -432,32 +498,7 @@ impl Journal {
         parsed: impl Into<Parsed>,
         received: Option<Vec<u8>>,
     ) -> Result<Appended, JournalError> {
-        let text = std::str::from_utf8(payload).map_err(|e| {
-            JournalError::Write(Cause::with_source(
-                CauseKind::Encoding,
-                format!("payload is not UTF-8: {e}"),
-                e,
-            ))
-        })?;
-        let is_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
-        let json = text.trim_matches(is_ws);
-        let start = text.len() - text.trim_start_matches(is_ws).len();
-        let (prefix, suffix) = (&text[..start], &text[start + json.len()..]);
-        let payload = RawValue::from_string(json.to_owned()).map_err(|e| {
-            JournalError::Write(Cause::with_source(
-                CauseKind::Encoding,
-                format!("payload is not JSON: {e}"),
-                e,
-            ))
-        })?;
-        let draft = Draft {
-            parsed: parsed.into(),
-            payload,
-            prefix: prefix.to_owned(),
-            suffix: suffix.to_owned(),
-            source: source.client(),
-            received,
-        };
+        let draft = draft_of(&source, payload, parsed.into(), received)?;
         let result = self.inner.sequencer.append(draft).await;
         if let Err(e) = &result {
             self.inner.stats.observe_error(e);

@@ -32,10 +32,16 @@ pub(crate) const SINK_STARTS: TableDefinition<&str, u64> = TableDefinition::new(
 /// again when it comes back or is forgotten.
 pub(crate) const SINK_REMOVED: TableDefinition<&str, u64> = TableDefinition::new("sink_removed");
 
+/// Events accepted but not yet forwarded to a backend's shared journal, by arrival (see
+/// `spool`).
+pub(crate) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+
 /// `meta`: the next seq to assign.
 pub(crate) const NEXT_SEQ: &str = "next_seq";
 /// `meta`: when the writer last probed whether it can commit.
 pub(crate) const PROBE: &str = "probe";
+/// `meta`: the next key of the spool.
+pub(crate) const SPOOL_NEXT: &str = "spool_next";
 
 /// What intake hands the journal: a webhook the model understood, or JSON that does not fit
 /// it (kept with the kind `invalid`, its resource as far as it can be read, and its
@@ -64,10 +70,14 @@ impl From<Webhook> for Parsed {
 pub struct Appended {
     /// The event's stable id.
     pub id: EventId,
-    /// Its journal position.
+    /// Its journal position; 0 while it waits in the spool (see [`Appended::spooled`]).
     pub seq: u64,
-    /// What it means, given the resource's history.
+    /// What it means, given the resource's history. For a spooled event, what it means by
+    /// this receiver's copy of the history (the shared journal decides when it stores it).
     pub kinds: Vec<EventKind>,
+    /// Kept in this receiver's spool, synced, to be placed in a shared journal when it can
+    /// (see [`Journal::spool`](crate::Journal::spool)); false on one host.
+    pub spooled: bool,
 }
 
 /// An event a sink gave up on, with the last error.

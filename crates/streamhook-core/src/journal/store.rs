@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::error::{CauseKind, JournalError, read_err, write_err};
 use super::record::{
     CURSORS, DEAD_LETTERS, EVENTS, HISTORY, META, NEXT_SEQ, REQUESTS, REQUEUED, REWINDS,
-    SINK_REMOVED, SINK_STARTS, header_ms,
+    SINK_REMOVED, SINK_STARTS, SPOOL, header_ms,
 };
 
 /// How far ahead of this clock another receiver's receive time may be and still be followed
@@ -164,6 +164,8 @@ pub(crate) struct Store {
     pub(crate) changed: watch::Sender<u64>,
     pub(crate) stats: JournalStats,
     pub(crate) health: HealthState,
+    /// Events waiting in the spool.
+    pub(crate) spool_count: AtomicU64,
     /// The journal's clock: the newest receive time stored (ms since the Unix epoch). Ages
     /// (idle histories, `max_age`, a removed sink's grace) are measured by it, not by the
     /// wall clock, so a clock that jumps ahead cannot age everything at once.
@@ -187,6 +189,12 @@ impl Store {
         let db = open_db(&path, cache_bytes)?;
         let last = last_seq_in(&db)?;
         let last_ms = last_received_ms(&db)?;
+        let spooled = {
+            use redb::ReadableTableMetadata;
+            let txn = db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(SPOOL).map_err(read_err)?;
+            table.len().map_err(read_err)?
+        };
         let (changed, _) = watch::channel(last);
         let store = Store {
             path,
@@ -197,6 +205,7 @@ impl Store {
             stats: JournalStats::default(),
             health: HealthState::default(),
             clock: AtomicU64::new(last_ms),
+            spool_count: AtomicU64::new(spooled),
             #[cfg(feature = "test-hooks")]
             clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             #[cfg(feature = "test-hooks")]
@@ -294,6 +303,7 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
         txn.open_table(REQUESTS).map_err(write_err)?;
         txn.open_table(SINK_STARTS).map_err(write_err)?;
         txn.open_table(SINK_REMOVED).map_err(write_err)?;
+        txn.open_table(SPOOL).map_err(write_err)?;
     }
     txn.commit().map_err(write_err)?;
     Ok(db)

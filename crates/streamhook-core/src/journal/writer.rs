@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::{JournalError, write_err};
 use super::record::{
-    Appended, EVENTS, HISTORY, META, NEXT_SEQ, PROBE, Parsed, REQUESTS, encode_history,
-    encode_record, event_id, history_key, read_history,
+    Appended, EVENTS, HISTORY, META, NEXT_SEQ, PROBE, Parsed, REQUESTS, SPOOL, SPOOL_NEXT,
+    encode_history, encode_record, event_id, history_key, read_history,
 };
 use super::store::{JournalStats, MAX_CLOCK_AHEAD, MAX_CLOCK_STEP_BACK, Store};
 use crate::backend::{Draft, Imported, Sequencer};
@@ -28,10 +28,18 @@ pub(crate) struct AppendRequest {
     reply: oneshot::Sender<Result<Appended, JournalError>>,
 }
 
+/// The answer to a spooled event: its key in the spool once synced.
+pub(crate) type SpoolReply = oneshot::Sender<Result<u64, JournalError>>;
+
+/// An event for the spool and where its answer goes.
+type SpoolRequest = (Vec<u8>, SpoolReply);
+
 pub(crate) enum Msg {
     Append(Box<AppendRequest>),
     /// Records a backend's mirror copies from its shared journal, at their seqs.
     Import(Vec<Imported>, oneshot::Sender<Result<u64, JournalError>>),
+    /// An event for the spool (encoded), answered with its key once synced.
+    Spool(Vec<u8>, SpoolReply),
     /// A one-key commit, to learn whether the journal can write again.
     Probe,
     /// Test only: the writer panics, as a bug would make it.
@@ -135,6 +143,21 @@ impl WriterHandle {
         self.shared.changed.subscribe()
     }
 
+    /// Queues an event for the spool and waits until it is synced; [`JournalError::Busy`] at
+    /// once when the queue is full.
+    pub(crate) async fn spool(&self, bytes: Vec<u8>) -> Result<u64, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        match self.tx.try_send(Msg::Spool(bytes, reply)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+                return Err(JournalError::Busy);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(JournalError::Closed),
+        }
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// Asks for a one-key commit; does nothing when the queue is full.
     pub(crate) fn probe(&self) {
         let _ = self.tx.try_send(Msg::Probe);
@@ -202,6 +225,7 @@ pub(crate) fn writer_loop(
     mut last_ms: u64,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut spools: Vec<SpoolRequest> = Vec::new();
     let mut closing = None;
     let mut probe = false;
     let mut last_reopen: Option<Instant> = None;
@@ -232,15 +256,17 @@ pub(crate) fn writer_loop(
                 let _ = reply.send(result);
                 continue;
             }
+            Some(Msg::Spool(bytes, reply)) => spools.push((bytes, reply)),
             Some(Msg::Probe) => probe = true,
             #[cfg(feature = "test-hooks")]
             Some(Msg::Panic) => panic!("journal writer: panic injected by a test"),
             Some(Msg::Close(done)) => closing = Some(done),
             None => return,
         }
-        while closing.is_none() && batch.len() < max_batch {
+        while closing.is_none() && batch.len() + spools.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Append(r)) => batch.push(*r),
+                Ok(Msg::Spool(bytes, reply)) => spools.push((bytes, reply)),
                 Ok(Msg::Import(_, reply)) => {
                     // Imports and local appends never mix: a journal that imports has no
                     // local appends.
@@ -251,6 +277,33 @@ pub(crate) fn writer_loop(
                 Ok(Msg::Panic) => panic!("journal writer: panic injected by a test"),
                 Ok(Msg::Close(done)) => closing = Some(done),
                 Err(_) => break,
+            }
+        }
+        if !spools.is_empty() {
+            probe = false;
+            let started = Instant::now();
+            let result = inner.db().and_then(|db| commit_spools(inner, &db, &spools));
+            inner.health.record(&result);
+            match result {
+                Ok(first) => {
+                    inner.stats.observe_commit(started.elapsed());
+                    inner
+                        .spool_count
+                        .fetch_add(spools.len() as u64, Ordering::SeqCst);
+                    for (i, (_, reply)) in spools.drain(..).enumerate() {
+                        let _ = reply.send(Ok(first + i as u64));
+                    }
+                }
+                Err(e) => {
+                    inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, events = spools.len(), "spool commit failed; nothing of it was stored");
+                    for (_, reply) in spools.drain(..) {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    if let Err(e) = inner.reopen() {
+                        tracing::error!(error = %e, "journal reopen failed; will retry");
+                    }
+                }
             }
         }
         if probe && batch.is_empty() {
@@ -407,6 +460,7 @@ fn commit_batch(
                 id: envelope.id,
                 seq: next,
                 kinds: envelope.kinds,
+                spooled: false,
             });
             next += 1;
         }
@@ -414,4 +468,30 @@ fn commit_batch(
     }
     inner.health.commit(txn)?;
     Ok(out)
+}
+
+/// Stores spooled events in one transaction, each at the next key; returns the first key.
+fn commit_spools(
+    inner: &Store,
+    db: &Database,
+    spools: &[SpoolRequest],
+) -> Result<u64, JournalError> {
+    let txn = db.begin_write().map_err(write_err)?;
+    let first;
+    {
+        let mut meta = txn.open_table(META).map_err(write_err)?;
+        let mut table = txn.open_table(SPOOL).map_err(write_err)?;
+        let mut next = meta
+            .get(SPOOL_NEXT)
+            .map_err(write_err)?
+            .map_or(1, |v| v.value());
+        first = next;
+        for (bytes, _) in spools {
+            table.insert(next, bytes.as_slice()).map_err(write_err)?;
+            next += 1;
+        }
+        meta.insert(SPOOL_NEXT, next).map_err(write_err)?;
+    }
+    inner.health.commit(txn)?;
+    Ok(first)
 }
