@@ -362,7 +362,18 @@ impl Remote {
                     .info()
                     .await
                     .map_err(|e| SetupError::Wait(format!("bucket {bucket}: {e}")))?;
-                let problems = check_bucket(&bucket, &info.config, max_age, replicas);
+                let mut problems = check_bucket(&bucket, &info.config, max_age, replicas);
+                if suffix == "mirrors" {
+                    // Its entries' life is the grace pruning waits for a silent receiver: a
+                    // different one changes how long, never what is kept for a live one.
+                    problems.retain(|p| {
+                        let ttl = p.contains(": ttl = ");
+                        if ttl {
+                            tracing::warn!(problem = %p, "[journal] mirror_grace differs from the bucket's; the bucket's applies");
+                        }
+                        !ttl
+                    });
+                }
                 if !problems.is_empty() {
                     return Err(SetupError::Refuse(problems.join("; ")));
                 }

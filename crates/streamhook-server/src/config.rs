@@ -350,10 +350,22 @@ pub struct JournalSection {
     /// A PEM file of CA certificates for `tls://` NATS servers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
-    /// How long one append may take in JetStream, retries through a leader election
-    /// included (default 10s); then the request gets 503.
+    /// How long one publish to JetStream may take before it is tried again (default 10s).
     #[serde(with = "streamhook_core::duration")]
     pub timeout: Duration,
+    /// How long a request waits for the stream to store its event before the event is kept
+    /// in this receiver's spool instead (synced, answered 200, forwarded to the stream in
+    /// arrival order once it takes events again). Default 500ms.
+    #[serde(with = "streamhook_core::duration")]
+    pub spool_after: Duration,
+    /// How often the NATS client pings its server: a dead or silent connection is noticed
+    /// after two unanswered pings (default 2s).
+    #[serde(with = "streamhook_core::duration")]
+    pub ping_interval: Duration,
+    /// How long a receiver that stopped (or lost touch) still holds the stream's pruning back
+    /// for what its mirror lacks (default 1day).
+    #[serde(with = "streamhook_core::duration")]
+    pub mirror_grace: Duration,
 }
 
 impl Default for JournalSection {
@@ -366,6 +378,9 @@ impl Default for JournalSection {
             credentials: None,
             tls_ca: None,
             timeout: Duration::from_secs(10),
+            spool_after: Duration::from_millis(500),
+            ping_interval: Duration::from_secs(2),
+            mirror_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -394,6 +409,9 @@ impl JournalSection {
         c.credentials = self.credentials.clone();
         c.tls_ca = self.tls_ca.clone();
         c.timeout = self.timeout;
+        c.spool_after = self.spool_after;
+        c.ping_interval = self.ping_interval;
+        c.mirror_grace = self.mirror_grace;
         Some(c)
     }
 }
@@ -660,6 +678,31 @@ impl Config {
                 return invalid(format!(
                     "[journal] replicas = {}: JetStream allows 1 to 5",
                     self.journal.replicas
+                ));
+            }
+            if self.journal.spool_after < Duration::from_millis(50)
+                || self.journal.spool_after > Duration::from_secs(30)
+            {
+                return invalid(format!(
+                    "[journal] spool_after = {}: use 50ms to 30s (Gcore's request is held \
+                     that long before the event is kept in the spool)",
+                    humantime::format_duration(self.journal.spool_after)
+                ));
+            }
+            if self.journal.ping_interval < Duration::from_millis(500)
+                || self.journal.ping_interval > Duration::from_secs(60)
+            {
+                return invalid(format!(
+                    "[journal] ping_interval = {}: use 500ms to 60s (a silent connection is \
+                     noticed after two unanswered pings)",
+                    humantime::format_duration(self.journal.ping_interval)
+                ));
+            }
+            if self.journal.mirror_grace < Duration::from_secs(60) {
+                return invalid(format!(
+                    "[journal] mirror_grace = {}: use at least 1m (a receiver restarting must \
+                     not lose its place in the stream)",
+                    humantime::format_duration(self.journal.mirror_grace)
                 ));
             }
         }

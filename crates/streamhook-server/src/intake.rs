@@ -523,18 +523,23 @@ async fn accept(
         id: &appended.id,
         kinds: &appended.kinds,
         problems: &problems,
+        spooled: appended.spooled,
     };
     let response = (StatusCode::OK, Json(body)).into_response();
     Ok((appended, problems, response))
 }
 
-/// The answer to a stored event: `{"id", "kinds"}`, and `"problems"` for an `invalid` one.
+/// The answer to a stored event: `{"id", "kinds"}`, `"problems"` for an `invalid` one, and
+/// `"spooled": true` for one a replicated journal's receiver kept in its spool (its kinds are
+/// then what this receiver's copy of the history says; the stream decides when it stores it).
 #[derive(serde::Serialize)]
 struct AcceptedBody<'a> {
     id: &'a streamhook_types::EventId,
     kinds: &'a [streamhook_types::EventKind],
     #[serde(skip_serializing_if = "<[Problem]>::is_empty")]
     problems: &'a [Problem],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    spooled: bool,
 }
 
 /// Decrements the in-flight gauge however the request ends.
@@ -600,13 +605,50 @@ async fn readyz(State(intake): State<Intake>) -> Response {
         ),
         Health::Closed => (StatusCode::SERVICE_UNAVAILABLE, "closed".to_owned()),
     };
-    let body = json!({
+    let mut body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "not ready" },
         "journal": journal_state,
         "last_seq": last_seq,
         "sinks": sinks,
     });
+    if let Some(shared) = journal.shared_status() {
+        body["nats"] = json!({"connected": shared.connected, "state": shared.state});
+        if let Some(spool) = shared_snapshot(journal).await
+            && spool.spool_events > 0
+        {
+            // Accepted and kept here, not yet in the shared stream (still ready: the spool
+            // is written and synced like a single host's journal).
+            body["spooling"] = json!({
+                "events": spool.spool_events,
+                "oldest_age_s": (spool.spool_oldest_age_s * 10.0).round() / 10.0,
+            });
+        }
+    }
     (status, Json(body)).into_response()
+}
+
+/// A replicated journal's connection and spool, for `/readyz` and `/metrics` (`None`: one
+/// host). Reads the spool's oldest entry only when it holds any.
+async fn shared_snapshot(journal: &Journal) -> Option<crate::metrics::SharedSnapshot> {
+    let status = journal.shared_status()?;
+    let events = journal.spool_len();
+    let mut oldest_age_s = 0.0;
+    if events > 0 {
+        let j = journal.clone();
+        if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || j.spool_stats()).await
+            && let Some(oldest) = stats.oldest_ms
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            oldest_age_s = now.saturating_sub(oldest) as f64 / 1000.0;
+        }
+    }
+    Some(crate::metrics::SharedSnapshot {
+        connected: status.connected,
+        spool_events: events,
+        spool_oldest_age_s: oldest_age_s,
+    })
 }
 
 async fn metrics(State(intake): State<Intake>) -> Response {
@@ -633,9 +675,14 @@ async fn metrics(State(intake): State<Intake>) -> Response {
         })
         .collect();
     let writable = intake.journal().health().is_writable();
-    let text = intake
-        .metrics()
-        .render(intake.journal().stats(), last_seq, writable, &snapshots);
+    let shared = shared_snapshot(intake.journal()).await;
+    let text = intake.metrics().render(
+        intake.journal().stats(),
+        last_seq,
+        writable,
+        shared.as_ref(),
+        &snapshots,
+    );
     (
         [(
             header::CONTENT_TYPE,

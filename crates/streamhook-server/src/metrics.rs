@@ -139,6 +139,17 @@ fn fold_indices(path: &str) -> String {
     out
 }
 
+/// What a replicated journal's metrics show of its connection and spool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SharedSnapshot {
+    /// Connected to a NATS server now.
+    pub connected: bool,
+    /// Events in the spool.
+    pub spool_events: u64,
+    /// How long the oldest has waited (s).
+    pub spool_oldest_age_s: f64,
+}
+
 /// What a scrape shows of one sink.
 #[derive(Debug)]
 pub struct SinkSnapshot<'a> {
@@ -196,6 +207,7 @@ impl Metrics {
         journal: &JournalStats,
         last_seq: u64,
         writable: bool,
+        shared: Option<&SharedSnapshot>,
         sinks: &[SinkSnapshot<'_>],
     ) -> String {
         let mut out = String::with_capacity(4096);
@@ -350,6 +362,44 @@ impl Metrics {
             "streamhook_journal_mirror_pending {}",
             load(&journal.mirror_pending)
         );
+        if let Some(shared) = shared {
+            header(
+                &mut out,
+                "streamhook_nats_connected",
+                "gauge",
+                "JetStream journal: 1 while connected to a NATS server, else 0 (events are spooled meanwhile).",
+            );
+            let _ = writeln!(
+                out,
+                "streamhook_nats_connected {}",
+                u8::from(shared.connected)
+            );
+            header(
+                &mut out,
+                "streamhook_spool_events",
+                "gauge",
+                "JetStream journal: events accepted and kept in this receiver's spool, not yet in the shared stream.",
+            );
+            let _ = writeln!(out, "streamhook_spool_events {}", shared.spool_events);
+            header(
+                &mut out,
+                "streamhook_spool_oldest_age_seconds",
+                "gauge",
+                "JetStream journal: how long the oldest spooled event has waited (0 when none).",
+            );
+            let _ = writeln!(
+                out,
+                "streamhook_spool_oldest_age_seconds {:.3}",
+                shared.spool_oldest_age_s
+            );
+            header(
+                &mut out,
+                "streamhook_spooled_total",
+                "counter",
+                "JetStream journal: events kept in the spool since start (the stream did not take them within spool_after, or no server was connected).",
+            );
+            let _ = writeln!(out, "streamhook_spooled_total {}", load(&journal.spooled));
+        }
         header(
             &mut out,
             "streamhook_journal_mirror_unreadable_total",

@@ -50,6 +50,24 @@ fn a_jetstream_journal_needs_urls_a_stream_name_and_sane_replicas() {
             .unwrap_err()
             .contains("1 to 5")
     );
+    assert_eq!(js.spool_after, std::time::Duration::from_millis(500));
+    assert_eq!(js.ping_interval, std::time::Duration::from_secs(2));
+    let tuned = Config::from_toml(&format!(
+        "{ok}\nspool_after = \"2s\"\nping_interval = \"1s\"\nmirror_grace = \"2h\""
+    ))
+    .unwrap();
+    tuned.validate().unwrap();
+    let js = tuned.journal.jetstream().unwrap();
+    assert_eq!(js.spool_after, std::time::Duration::from_secs(2));
+    assert_eq!(js.mirror_grace, std::time::Duration::from_secs(7200));
+    for (bad, says) in [
+        ("spool_after = \"0s\"", "50ms to 30s"),
+        ("ping_interval = \"5min\"", "500ms to 60s"),
+        ("mirror_grace = \"10s\"", "at least 1m"),
+    ] {
+        let err = check(&format!("{ok}\n{bad}")).unwrap_err();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
     assert!(
         check(&format!("{ok}\nstream = \"a.b\""))
             .unwrap_err()

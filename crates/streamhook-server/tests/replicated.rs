@@ -118,3 +118,67 @@ async fn two_receivers_share_one_journal_and_one_of_them_delivers() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn while_nats_is_away_webhooks_are_spooled_answered_200_and_delivered_after() {
+    if common::jetstream_mode() {
+        return; // this suite picks its own journal
+    }
+    let Some(bin) = streamhook_testkit::nats_server_or_skip("spooling receiver") else {
+        return;
+    };
+    let mut nats = streamhook_testkit::Nats::single(&bin);
+    let mut a = receiver("AWAY", nats.url_list()).await;
+    let c = client();
+    let (status, _) = post(
+        &c,
+        &a.url("/webhook"),
+        fixture("seed/01-stream-started.json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("delivered", || a.archive().len() == 1).await;
+    nats.kill(0);
+    eventually_async(
+        "the receiver notices",
+        || {
+            let a = &a;
+            async move { a.readyz().await["nats"]["connected"].clone() }
+        },
+        json!(false),
+    )
+    .await;
+    // Before the fix: 503 for every one of these (lost, since Gcore does not retry).
+    let (status, answer) = post(
+        &c,
+        &a.url("/webhook"),
+        fixture("seed/02-stream-paused.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["spooled"], json!(true), "{answer}");
+    let ready = a.readyz().await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["spooling"]["events"], 1, "{ready}");
+    let metrics = a.metrics().await;
+    for line in [
+        "streamhook_nats_connected 0",
+        "streamhook_spool_events 1",
+        "streamhook_spooled_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    nats.restart(0);
+    eventually("forwarded and delivered once NATS is back", || {
+        a.archive().len() == 2
+    })
+    .await;
+    let ready = a.readyz().await;
+    assert!(ready.get("spooling").is_none(), "{ready}");
+    assert_eq!(
+        a.archive()[1]["id"],
+        answer["id"],
+        "delivered with the id answered"
+    );
+    a.shutdown().await;
+}

@@ -46,6 +46,9 @@ pub struct JournalStats {
     /// Replicated journal: messages the shared stream holds that this receiver's mirror does
     /// not yet (as its consumer last reported).
     pub mirror_pending: AtomicU64,
+    /// Replicated journal: events kept in the spool (the shared stream could not take them
+    /// in time), since start.
+    pub spooled: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
     /// Failed commits.

@@ -290,6 +290,10 @@ pub(crate) fn writer_loop(
                     inner
                         .spool_count
                         .fetch_add(spools.len() as u64, Ordering::SeqCst);
+                    inner
+                        .stats
+                        .spooled
+                        .fetch_add(spools.len() as u64, Ordering::Relaxed);
                     for (i, (_, reply)) in spools.drain(..).enumerate() {
                         let _ = reply.send(Ok(first + i as u64));
                     }
