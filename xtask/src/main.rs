@@ -64,11 +64,13 @@ Fault runs against the real server binary (add --release to build optimised):
                                     request: 0 failed requests, 0 lost events
   ha-test [--cycles N] [--clients N]  a 3-node NATS JetStream cluster (the pinned
                                     nats-server, installed if missing), two receivers
-                                    sharing its journal, clients posting stream
-                                    lifecycles through both; SIGKILL and restart a
-                                    receiver, then a NATS node, N times (default 6):
-                                    nothing acknowledged lost, every event delivered,
-                                    order per resource, classification as one journal
+                                    sharing its journal; the stream deleted and created
+                                    again, then under load N faults in turn (default
+                                    10): a receiver SIGKILLed, a NATS node SIGKILLed, the
+                                    deliverer frozen 8 s, the destination refusing (dead
+                                    letters), quorum lost 20 s: nothing refused or lost,
+                                    every event delivered, no overlapping deliverers, no
+                                    regression per resource, classification as one journal
   faults                            all seven, short (what CI runs)
   bench [ARGS]                      build release binaries, run the criterion
                                     benches, then measure intake (vs a bare axum
@@ -501,7 +503,7 @@ fn faults_short(rest: &[String]) -> Result<Vec<String>> {
         ("disk-full", with(&[])),
         ("slow-clients", with(&["--connections", "100"])),
         ("restart", with(&["--restarts", "5"])),
-        ("ha", with(&["--cycles", "4", "--clients", "6"])),
+        ("ha", with(&["--cycles", "5", "--clients", "6"])),
     ];
     let mut summary = Vec::new();
     let mut skipped = Vec::new();

@@ -69,6 +69,13 @@ pub trait Sequencer: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Before the journal closes: hands what the backend keeps locally for the shared
+    /// journal (a spool) over to it, for up to `within`; returns how many events are left.
+    async fn drain(&self, within: Duration) -> u64 {
+        let _ = within;
+        0
+    }
+
     /// Prunes what the backend shares with other receivers, as
     /// [`Journal::prune`](crate::Journal::prune) prunes the local file (`None`: nothing
     /// shared, or another receiver prunes now).
@@ -89,6 +96,9 @@ pub struct SharedStatus {
     pub connected: bool,
     /// What it says of itself, for people (`connected`, `not connected: ...`, `refused: ...`).
     pub state: String,
+    /// Something an operator must fix (a refused setting, a mirror that cannot follow), while
+    /// events are still accepted.
+    pub problem: Option<String>,
 }
 
 impl SharedStatus {
@@ -97,7 +107,14 @@ impl SharedStatus {
         SharedStatus {
             connected,
             state: state.into(),
+            problem: None,
         }
+    }
+
+    /// With a problem an operator must fix.
+    pub fn with_problem(mut self, problem: Option<String>) -> Self {
+        self.problem = problem;
+        self
     }
 }
 
@@ -128,7 +145,8 @@ pub struct SharedPruned {
 /// A sink's delivery lease as its holder knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
-    /// The backend's token for the lease (a revision to renew from).
+    /// The backend's token for the lease (a revision to renew from). When taken, it is
+    /// greater than any earlier holder's (deliveries carry it as [`crate::Delivery::lease`]).
     pub revision: u64,
 }
 

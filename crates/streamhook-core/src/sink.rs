@@ -26,6 +26,11 @@ pub struct Delivery {
     pub attempt: u32,
     /// A dead letter delivered again (requeued): out of journal order.
     pub requeued: bool,
+    /// On a replicated journal, the lease under which it is delivered: a number that grows
+    /// from each holder of the sink's lease to the next (`None` on one host). A destination
+    /// that sees a smaller one after a larger one got a delivery from a holder that was
+    /// already replaced.
+    pub lease: Option<u64>,
 }
 
 /// A destination for events.

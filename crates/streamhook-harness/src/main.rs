@@ -68,11 +68,12 @@ enum Run {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
-    /// Two receivers on a 3-node NATS JetStream cluster under load; SIGKILL and restart a
-    /// receiver, then a NATS node, alternately; nothing acknowledged may be lost.
+    /// Two receivers on a 3-node NATS JetStream cluster under load, the stream recreated
+    /// first, then faults in turn (receiver killed, NATS node killed, deliverer frozen 8 s,
+    /// destination refusing, quorum lost 20 s); nothing refused, lost, skipped or overlapping.
     Ha {
-        /// How many kill-and-restart cycles.
-        #[arg(long, default_value_t = 6)]
+        /// How many faults (in turn: receiver, NATS node, SIGSTOP, refusing sink, quorum).
+        #[arg(long, default_value_t = 10)]
         cycles: usize,
         /// How many clients post at once.
         #[arg(long, default_value_t = 8)]

@@ -29,6 +29,10 @@ pub struct Attempt {
     pub resource: String,
     /// Whether it was accepted.
     pub accepted: bool,
+    /// `x-streamhook-lease` (replicated journal: the delivering lease; 0 when absent).
+    pub lease: u64,
+    /// `x-receiver` (a static header a test gives each receiver's sink; empty when absent).
+    pub from: String,
 }
 
 #[derive(Debug)]
@@ -84,6 +88,8 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             seq: header("x-streamhook-seq").parse().unwrap_or(0),
             resource,
             accepted,
+            lease: header("x-streamhook-lease").parse().unwrap_or(0),
+            from: header("x-receiver"),
         });
     if accepted {
         StatusCode::NO_CONTENT

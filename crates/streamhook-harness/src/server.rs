@@ -332,6 +332,22 @@ impl ServerProcess {
         Ok(())
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen process, as a paused VM or a stalled
+    /// host makes it; its sockets stay open.
+    pub fn freeze(&mut self, frozen: bool) -> Result<()> {
+        if let Some(p) = &self.process {
+            let pid = rustix::process::Pid::from_raw(p.id() as i32)
+                .ok_or_else(|| anyhow::anyhow!("no pid"))?;
+            let signal = if frozen {
+                rustix::process::Signal::STOP
+            } else {
+                rustix::process::Signal::CONT
+            };
+            rustix::process::kill_process(pid, signal)?;
+        }
+        Ok(())
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(p) = self.process.take() {

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use streamhook_core::backend::{Draft, Sequencer, SharedPruned, SharedRetention, SharedStatus};
 use streamhook_core::journal::WeakJournal;
 use streamhook_core::journal::record::{decode_event, event_id, history_key};
-use streamhook_core::{Appended, Journal, JournalError, Parsed, Spooled};
+use streamhook_core::{Appended, CauseKind, Journal, JournalError, Parsed, Spooled};
 use streamhook_types::classify::classify_with;
 use streamhook_types::{Envelope, EventId, EventKind};
 use tokio::sync::Notify;
@@ -44,6 +44,10 @@ use crate::remote::{Known, Phase, Remote, remote_err, remote_msg};
 /// How many spooled events the forwarder takes at once.
 const FORWARD_BATCH: usize = 256;
 
+/// How long writing an event to the spool may take (on top of `spool_after`) before the
+/// request is answered 503.
+const SPOOL_WRITE_LIMIT: Duration = Duration::from_secs(10);
+
 /// The replicated journal's appends.
 pub(crate) struct JetStreamSequencer {
     pub(crate) remote: Arc<Remote>,
@@ -54,7 +58,15 @@ pub(crate) struct JetStreamSequencer {
     /// receivers' appends still race, and the compare-and-set serialises them.)
     appending: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Wakes the forwarder when an event is spooled.
-    pub(crate) spooled: Notify,
+    pub(crate) wake: Notify,
+    /// How many events of each resource wait in the spool: a resource's next event waits
+    /// behind them (in the spool), other resources' go straight to the stream.
+    waiting: Mutex<HashMap<String, u64>>,
+    /// The newest receive time stamped here: this receiver's stamps never go back (a clock
+    /// stepped back would make its own events late).
+    last_stamp: std::sync::atomic::AtomicU64,
+    /// When the spool's fallbacks were last logged.
+    logged: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for JetStreamSequencer {
@@ -79,78 +91,56 @@ impl Sequencer for JetStreamSequencer {
 
     async fn append(&self, draft: Draft) -> Result<Appended, JournalError> {
         let journal = self.journal.upgrade().ok_or(JournalError::Closed)?;
-        let key = match &draft.parsed {
-            Parsed::Webhook(webhook) => history_key(webhook),
-            Parsed::Invalid { .. } => None,
-        };
-        let remote = &*self.remote;
-        let spool_after = remote.config.spool_after;
-        // One event of a resource at a time, stamped in its turn: this receiver's events of
-        // a resource are received, spooled and stored in one order (none is late here). The
-        // wait is bounded: the event ahead is stored or spooled within `spool_after`, and
-        // once one is spooled the others spool at once.
-        let turn = key.as_ref().map(|k| self.turn_for(k));
-        let _turn = match &turn {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
-        };
-        let received_at_ms = now_ms();
-        let id = event_id(received_at_ms);
-        if !remote.takes_events() || journal.spool_len() > 0 {
-            // The stream cannot take it now, or earlier events wait in the spool (this one
-            // must not overtake them).
-            return self.spool(&journal, id, received_at_ms, draft, key).await;
-        }
-        let placed = tokio::time::timeout(
-            spool_after,
-            self.place(&id, received_at_ms, &draft, key.as_deref()),
-        )
-        .await;
-        match placed {
-            Ok(Ok(appended)) => Ok(appended),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "the stream did not take the event; spooling it");
-                self.spool(&journal, id, received_at_ms, draft, key).await
-            }
-            Err(_) => {
-                // It may still land: the forwarder publishes it again with the same id,
-                // which the stream's duplicate window stores once.
-                if let Some(k) = &key {
-                    remote.forget(k);
-                }
-                tracing::debug!(
-                    after = ?spool_after,
-                    "no acknowledgement from the stream in time; spooling the event"
-                );
-                self.spool(&journal, id, received_at_ms, draft, key).await
-            }
+        // Bounded whatever happens below (a stalled disk under the spool): the request is
+        // answered, with 503 at worst, never held for ever.
+        let limit = self.remote.config.spool_after + SPOOL_WRITE_LIMIT;
+        match tokio::time::timeout(limit, self.append_inner(&journal, draft)).await {
+            Ok(result) => result,
+            Err(_) => Err(JournalError::write(
+                CauseKind::Io,
+                format!(
+                    "neither the stream nor the spool took the event within {} (the local disk stalls?); it was not accepted",
+                    humantime::format_duration(limit)
+                ),
+            )),
         }
     }
 
-    fn unavailable(&self) -> Option<String> {
-        if let Phase::Refused(why) = self.remote.phase() {
-            return Some(format!(
-                "the shared journal is refused (events are kept in the spool): {why}"
-            ));
-        }
-        self.remote.mirror_refused().map(|why| {
-            format!("this receiver's mirror cannot follow the shared journal (it delivers nothing): {why}")
-        })
-    }
+    // No `unavailable`: while the spool can be written, events are accepted whatever the
+    // stream's state (a refused configuration, a mirror that cannot follow): `/readyz` stays
+    // 200 and `shared_status` says what is wrong.
 
     fn shared_status(&self) -> Option<SharedStatus> {
         let remote = &*self.remote;
         let connected = remote.connected();
-        let state = match remote.phase() {
-            Phase::Refused(why) => format!("refused: {why}"),
-            _ if !connected => "not connected to any NATS server (events are spooled)".into(),
-            Phase::Connecting(why) => format!("setting up: {why}"),
+        let (state, problem) = match remote.phase() {
+            Phase::Refused(why) => (format!("refused: {why}"), Some(why)),
+            _ if !connected => (
+                "not connected to any NATS server (events are spooled)".to_owned(),
+                None,
+            ),
+            Phase::Connecting(why) => (format!("setting up: {why}"), None),
             Phase::Ready => match remote.mirror_refused() {
-                Some(why) => format!("mirror refused: {why}"),
-                None => "connected".into(),
+                Some(why) => (
+                    format!("mirror refused (this receiver delivers nothing): {why}"),
+                    Some(why),
+                ),
+                None => ("connected".to_owned(), None),
             },
         };
-        Some(SharedStatus::new(connected, state))
+        Some(SharedStatus::new(connected, state).with_problem(problem))
+    }
+
+    async fn drain(&self, within: Duration) -> u64 {
+        let Some(journal) = self.journal.upgrade() else {
+            return 0;
+        };
+        let deadline = Instant::now() + within;
+        while journal.spool_len() > 0 && Instant::now() < deadline && self.remote.takes_events() {
+            self.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        journal.spool_len()
     }
 
     async fn prune_shared(
@@ -160,7 +150,9 @@ impl Sequencer for JetStreamSequencer {
         let Some(journal) = self.journal.upgrade() else {
             return Err(JournalError::Closed);
         };
-        if !self.remote.takes_events() {
+        // A receiver whose mirror cannot follow the stream (it was created again) knows
+        // nothing of the new one's cursors: it never prunes it.
+        if !self.remote.takes_events() || self.remote.mirror_refused().is_some() {
             return Ok(None);
         }
         crate::prune::prune_shared(&self.remote, &journal, retention).await
@@ -173,7 +165,118 @@ impl JetStreamSequencer {
             remote,
             journal,
             appending: Mutex::default(),
-            spooled: Notify::new(),
+            wake: Notify::new(),
+            waiting: Mutex::default(),
+            last_stamp: std::sync::atomic::AtomicU64::new(0),
+            logged: Mutex::new(Instant::now() - Duration::from_secs(3600)),
+        }
+    }
+
+    async fn append_inner(
+        &self,
+        journal: &Journal,
+        draft: Draft,
+    ) -> Result<Appended, JournalError> {
+        let key = match &draft.parsed {
+            Parsed::Webhook(webhook) => history_key(webhook),
+            Parsed::Invalid { .. } => None,
+        };
+        let remote = &*self.remote;
+        let spool_after = remote.config.spool_after;
+        // One event of a resource at a time, stamped in its turn: this receiver's events of
+        // a resource are received, spooled and stored in one order (none is late here).
+        let turn = key.as_ref().map(|k| self.turn_for(k));
+        let _turn = match &turn {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let received_at_ms = self.stamp();
+        let id = event_id(received_at_ms);
+        if !remote.takes_events() {
+            return self
+                .spool(
+                    journal,
+                    id,
+                    received_at_ms,
+                    draft,
+                    key,
+                    "the stream cannot take events now",
+                )
+                .await;
+        }
+        if key.as_ref().is_some_and(|k| self.waits(k)) {
+            // Earlier events of this resource wait in the spool: it must not overtake them.
+            return self
+                .spool(
+                    journal,
+                    id,
+                    received_at_ms,
+                    draft,
+                    key,
+                    "earlier events of its resource are spooled",
+                )
+                .await;
+        }
+        let placed = tokio::time::timeout(
+            spool_after,
+            self.place(&id, received_at_ms, &draft, key.as_deref()),
+        )
+        .await;
+        match placed {
+            Ok(Ok(appended)) => Ok(appended),
+            Ok(Err(e)) => {
+                let why = format!("the stream did not take it: {e}");
+                self.spool(journal, id, received_at_ms, draft, key, &why)
+                    .await
+            }
+            Err(_) => {
+                // It may still land: the forwarder publishes it again with the same id,
+                // which the stream's duplicate window stores once.
+                if let Some(k) = &key {
+                    remote.forget(k);
+                }
+                let why = format!(
+                    "no acknowledgement within spool_after ({})",
+                    humantime::format_duration(spool_after)
+                );
+                self.spool(journal, id, received_at_ms, draft, key, &why)
+                    .await
+            }
+        }
+    }
+
+    /// A receive time: the wall clock, never before the last one stamped here.
+    fn stamp(&self) -> u64 {
+        let now = now_ms();
+        let last = self
+            .last_stamp
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        now.max(last)
+    }
+
+    /// Whether events of resource `key` wait in the spool.
+    fn waits(&self, key: &str) -> bool {
+        self.waiting
+            .lock()
+            .map(|w| w.get(key).is_some_and(|n| *n > 0))
+            .unwrap_or(true)
+    }
+
+    /// Counts spooled events of a resource in (`+1`) or out (`-n`).
+    fn count_waiting(&self, key: &str, delta: i64) {
+        if let Ok(mut w) = self.waiting.lock() {
+            let n = w.entry(key.to_owned()).or_default();
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                w.remove(key);
+            }
+        }
+    }
+
+    /// Counts what the spool holds (at open).
+    pub(crate) fn set_waiting(&self, counts: HashMap<String, u64>) {
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = counts;
         }
     }
 
@@ -199,11 +302,19 @@ impl JetStreamSequencer {
         received_at_ms: u64,
         draft: Draft,
         key: Option<String>,
+        why: &str,
     ) -> Result<Appended, JournalError> {
         let kinds = match &draft.parsed {
             Parsed::Webhook(webhook) => {
                 let prior = match &key {
-                    Some(k) => journal.history(k).ok().flatten(),
+                    Some(k) => {
+                        let k = k.clone();
+                        journal
+                            .blocking(move |j| j.history(&k))
+                            .await
+                            .ok()
+                            .flatten()
+                    }
                     None => None,
                 };
                 classify_with(webhook, prior.as_ref()).0.kinds
@@ -211,7 +322,16 @@ impl JetStreamSequencer {
             Parsed::Invalid { .. } => vec![EventKind::Invalid],
         };
         journal.spool(id.clone(), received_at_ms, draft).await?;
-        self.spooled.notify_one();
+        if let Some(k) = &key {
+            self.count_waiting(k, 1);
+        }
+        self.wake.notify_one();
+        if let Ok(mut logged) = self.logged.lock()
+            && logged.elapsed() > Duration::from_secs(10)
+        {
+            *logged = Instant::now();
+            tracing::warn!(reason = %why, spooled = journal.spool_len(), "keeping events in the spool (answered, forwarded to the stream when it takes them)");
+        }
         Ok(Appended {
             id,
             seq: 0,
@@ -467,11 +587,13 @@ impl JetStreamSequencer {
 
     /// Forwards a wave of spooled events, no two of one resource, in arrival order: their
     /// publishes are sent one after another on the one connection (so the stream stores them
-    /// in that order), then their acks awaited. Returns the spool keys of those stored.
+    /// in that order), then their acks awaited. Returns the spool keys (and resources) of
+    /// those stored.
+    #[allow(clippy::type_complexity)]
     async fn forward_wave(
         &self,
         wave: &[(Option<String>, &Spooled)],
-    ) -> (Vec<u64>, Option<JournalError>) {
+    ) -> (Vec<(u64, Option<String>)>, Option<JournalError>) {
         let ready = match self.remote.need() {
             Ok(ready) => ready,
             Err(e) => return (Vec::new(), Some(e)),
@@ -518,9 +640,22 @@ impl JetStreamSequencer {
                 }
             }
         }
+        // The acknowledgements, side by side, under one deadline.
+        let timeout = self.remote.config.timeout;
+        let acks = futures_util::future::join_all(sent.into_iter().map(
+            |(key, spooled, prepared, ack)| async move {
+                (
+                    key,
+                    spooled,
+                    prepared,
+                    tokio::time::timeout(timeout, ack).await,
+                )
+            },
+        ))
+        .await;
         let mut done = Vec::new();
-        for (key, spooled, prepared, ack) in sent {
-            let result = match tokio::time::timeout(self.remote.config.timeout, ack).await {
+        for (key, spooled, prepared, result) in acks {
+            let result = match result {
                 Ok(result) => result,
                 Err(_) => {
                     if let Some(k) = key {
@@ -537,7 +672,7 @@ impl JetStreamSequencer {
                 .settle(&spooled.id, key.as_deref(), prepared, result)
                 .await
             {
-                Ok(Some(_)) => done.push(spooled.key),
+                Ok(Some(_)) => done.push((spooled.key, key.clone())),
                 // Another receiver appended to the resource: forwarded again (read first).
                 Ok(None) => {}
                 Err(e) => failure = Some(e),
@@ -555,11 +690,17 @@ struct Prepared {
     after: Known,
 }
 
-/// Forwards spooled events to the stream, in arrival order per resource, for as long as the
-/// journal is open: each is taken out of the spool once the stream acknowledged it.
+/// Forwards spooled events to the stream, in arrival order, for as long as the journal is
+/// open: each is taken out of the spool once the stream acknowledged it. One the stream
+/// stored but that could not be taken out (the disk) is remembered, never published again
+/// by this process, and taken out later.
 pub(crate) async fn run_forwarder(sequencer: Arc<JetStreamSequencer>) {
     let mut wait = Duration::from_millis(100);
     let mut logged = Instant::now() - Duration::from_secs(60);
+    // Stored in the stream, still in the spool: key -> resource.
+    let mut stored: HashMap<u64, Option<String>> = HashMap::new();
+    // Records that cannot be read: kept in the spool (never dropped), skipped, told.
+    let mut unreadable: std::collections::HashSet<u64> = Default::default();
     loop {
         let Some(journal) = sequencer.journal.upgrade() else {
             return;
@@ -569,16 +710,48 @@ pub(crate) async fn run_forwarder(sequencer: Arc<JetStreamSequencer>) {
         }
         if journal.spool_len() == 0 {
             drop(journal);
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), sequencer.spooled.notified()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), sequencer.wake.notified()).await;
             continue;
         }
+        // Take out what was stored first.
+        if !stored.is_empty() {
+            let keys: Vec<u64> = stored.keys().copied().collect();
+            match journal.blocking(move |j| j.unspool(&keys)).await {
+                Ok(()) => {
+                    for (_, resource) in stored.drain() {
+                        if let Some(r) = resource {
+                            sequencer.count_waiting(&r, -1);
+                        }
+                    }
+                    wait = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    if logged.elapsed() > Duration::from_secs(10) {
+                        tracing::error!(error = %e, events = stored.len(), "cannot take forwarded events out of the spool (they are in the stream; retried)");
+                        logged = Instant::now();
+                    }
+                    drop(journal);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
         if !sequencer.remote.takes_events() {
+            if logged.elapsed() > Duration::from_secs(30) {
+                tracing::warn!(
+                    spooled = journal.spool_len(),
+                    state = %sequencer.shared_status().map(|s| s.state).unwrap_or_default(),
+                    "events wait in the spool: the shared stream cannot take them yet"
+                );
+                logged = Instant::now();
+            }
             drop(journal);
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         }
-        let batch = match journal.blocking(|j| j.spooled(FORWARD_BATCH)).await {
+        let limit = FORWARD_BATCH + unreadable.len();
+        let batch = match journal.blocking(move |j| j.spooled(limit)).await {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool; retrying");
@@ -590,65 +763,46 @@ pub(crate) async fn run_forwarder(sequencer: Arc<JetStreamSequencer>) {
         // In arrival order, in waves in which no resource comes twice (a resource's next
         // event is classified against the one before it, once that one is stored).
         let mut entries = Vec::with_capacity(batch.len());
-        let mut unreadable = Vec::new();
         for (key, entry) in batch {
             match entry {
-                Ok(spooled) => {
-                    let resource = match &spooled.draft.parsed {
-                        Parsed::Webhook(webhook) => history_key(webhook),
-                        Parsed::Invalid { .. } => None,
-                    };
-                    entries.push((resource, spooled));
+                Ok(spooled) => entries.push(spooled),
+                Err(e) => {
+                    if unreadable.insert(key) {
+                        journal.stats().errors_by_cause[CauseKind::Storage.index()]
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(key, error = %e, "a spooled event cannot be read (its record is damaged); it stays in the spool, skipped; `/readyz` shows it as spooling");
+                    }
                 }
-                Err(e) => unreadable.push((key, e)),
             }
         }
-        for (key, e) in &unreadable {
-            tracing::error!(key, error = %e, "an unreadable spooled event (its record is damaged); taken out of the spool");
+        if entries.is_empty() {
+            drop(journal);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
-        let mut forwarded: Vec<u64> = unreadable.iter().map(|(k, _)| *k).collect();
         let mut failure = None;
         let mut at = 0;
         while at < entries.len() && failure.is_none() {
             let mut seen = std::collections::HashSet::new();
             let mut wave = Vec::new();
             while at < entries.len() {
-                let (resource, spooled) = &entries[at];
-                if let Some(r) = resource
+                let spooled = &entries[at];
+                if let Some(r) = &spooled.resource
                     && !seen.insert(r.clone())
                 {
                     break;
                 }
-                wave.push((resource.clone(), spooled));
+                wave.push((spooled.resource.clone(), spooled));
                 at += 1;
             }
             let (done, error) = sequencer.forward_wave(&wave).await;
             let all = done.len() == wave.len();
-            forwarded.extend(done);
+            stored.extend(done);
             if let Some(e) = error {
                 failure = Some(e);
             } else if !all {
                 // A conflict: what was not stored goes again first, next round.
                 break;
-            }
-        }
-        if !forwarded.is_empty() {
-            let n = forwarded.len();
-            if let Err(e) = journal.blocking(move |j| j.unspool(&forwarded)).await {
-                // Forwarded again later: the stream stores each id once (within its
-                // duplicate window), so at worst a duplicate with the same id.
-                tracing::error!(error = %e, "cannot take forwarded events out of the spool");
-            } else {
-                tracing::debug!(
-                    events = n,
-                    left = journal.spool_len(),
-                    "forwarded spooled events to the stream"
-                );
-                if journal.spool_len() == 0 {
-                    tracing::info!(
-                        "the spool is empty: every event it kept is in the shared journal"
-                    );
-                }
             }
         }
         match failure {
@@ -661,7 +815,15 @@ pub(crate) async fn run_forwarder(sequencer: Arc<JetStreamSequencer>) {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
-            None => wait = Duration::from_millis(100),
+            None => {
+                wait = Duration::from_millis(100);
+                if journal.spool_len() <= stored.len() as u64 + unreadable.len() as u64 {
+                    tracing::info!(
+                        forwarded = stored.len(),
+                        "the spool is forwarded: its events are in the shared journal"
+                    );
+                }
+            }
         }
     }
 }

@@ -68,9 +68,14 @@ struct Letter {
 /// What a holder has shared of one sink.
 #[derive(Debug, Default)]
 struct Holding {
+    /// The lease revision this holder took the sink with (its fence names it).
+    lease: u64,
     /// The sequence of this holder's last write under the sink's key: what its next write
     /// expects.
     tree_seq: u64,
+    /// A write failed or timed out (it may have landed): read the sink's state again before
+    /// the next one.
+    resync: bool,
     letters: LetterSnapshot,
     /// The journal's letters generation when they were last shared.
     letters_shared: u64,
@@ -172,6 +177,9 @@ impl Leases for JetStreamLeases {
         };
         let share = async {
             let mut state = state.lock().await;
+            if state.resync {
+                self.resync(sink, &mut state).await?;
+            }
             match self.push_letters(&journal, sink, &mut state).await {
                 Ok(true) => self.push_cursor(&journal, sink, &mut state).await,
                 Ok(false) => Ok(()),
@@ -370,6 +378,7 @@ impl JetStreamLeases {
             }
             (None, None) if found.foreign > 0 => {
                 let first = self.first_event().await?;
+                tree_seq = self.record_start(key, created, first, tree_seq).await?;
                 tracing::info!(
                     sink,
                     from = first,
@@ -392,30 +401,7 @@ impl JetStreamLeases {
                     // after this one starts there too.
                     let n = name.clone();
                     let seq = journal.blocking(move |j| j.cursor(&n)).await?;
-                    let start = serde_json::to_vec(&Tied {
-                        stream: created,
-                        value: Position { seq },
-                    })
-                    .map_err(encoding_err)?;
-                    tree_seq = match self
-                        .remote
-                        .write_fenced(
-                            key,
-                            &format!("{key}.start"),
-                            Some(Bytes::from(start)),
-                            tree_seq,
-                        )
-                        .await
-                    {
-                        Ok(seq) => seq,
-                        Err(FencedWrite::Fenced) => {
-                            return Err(JournalError::write(
-                                CauseKind::Shared,
-                                "another receiver took the sink over during the takeover",
-                            ));
-                        }
-                        Err(FencedWrite::Failed(e)) => return Err(e),
-                    };
+                    tree_seq = self.record_start(key, created, seq, tree_seq).await?;
                     tracing::info!(
                         sink,
                         from = seq,
@@ -441,16 +427,27 @@ impl JetStreamLeases {
         }
         // Resume from the shared position; a rewind left in this mirror by an earlier replay
         // asked of this receiver no longer applies.
+        // A sink with no shared records at all keeps the dead letters this receiver holds
+        // (the bucket may have been deleted: they may be the only copy); they are shared at
+        // the first renewal.
+        let adopt_letters = found.cursor.is_some()
+            || found.start.is_some()
+            || !dead.is_empty()
+            || !requeued.is_empty();
         let generation = journal
             .blocking(move |j| {
                 j.set_cursor(&name, position)?;
                 j.clear_rewind(&name)?;
-                j.replace_letters(&name, &dead, &requeued)?;
+                if adopt_letters {
+                    j.replace_letters(&name, &dead, &requeued)?;
+                }
                 Ok(j.letters_generation())
             })
             .await?;
         Ok(Holding {
+            lease,
             tree_seq,
+            resync: false,
             letters: snapshot,
             // Letters adopted from the earlier format are shared at the first renewal.
             letters_shared: if found.cursor.is_none() && found.start.is_none() {
@@ -460,6 +457,39 @@ impl JetStreamLeases {
             },
             pushed: found.cursor.map(|c| c.value.seq),
         })
+    }
+
+    /// Records where a sink's delivery starts (before its first delivery); returns the
+    /// write's sequence.
+    async fn record_start(
+        &self,
+        key: &str,
+        created: u64,
+        seq: u64,
+        tree_seq: u64,
+    ) -> Result<u64, JournalError> {
+        let start = serde_json::to_vec(&Tied {
+            stream: created,
+            value: Position { seq },
+        })
+        .map_err(encoding_err)?;
+        match self
+            .remote
+            .write_fenced(
+                key,
+                &format!("{key}.start"),
+                Some(Bytes::from(start)),
+                tree_seq,
+            )
+            .await
+        {
+            Ok(seq) => Ok(seq),
+            Err(FencedWrite::Fenced) => Err(JournalError::write(
+                CauseKind::Shared,
+                "another receiver took the sink over during the takeover",
+            )),
+            Err(FencedWrite::Failed(e)) => Err(e),
+        }
     }
 
     /// The stream's first event (its first held seq; after its last when it holds none).
@@ -537,6 +567,76 @@ impl JetStreamLeases {
         }
     }
 
+    /// After a write that failed or timed out (it may have landed, moving the sink's last
+    /// sequence): reads the sink's state from the leader and, if its fence is still this
+    /// holder's, adopts the last sequence; `Err(Fenced)` when another holder fenced it.
+    async fn resync(&self, sink: &str, state: &mut Holding) -> Result<(), Fenced> {
+        let key = kv_key(sink);
+        let (values, last) = match self.remote.read_tree(&format!("{key}.")).await {
+            Ok(found) => found,
+            // Still unreadable: try again at the next share.
+            Err(_) => return Ok(()),
+        };
+        let fence_key = format!("{key}.fence");
+        let ours = values
+            .iter()
+            .find(|v| v.key == fence_key)
+            .and_then(|v| serde_json::from_slice::<Tied<Fence>>(&v.value).ok())
+            .is_some_and(|f| {
+                f.value.holder == self.remote.instance() && f.value.lease == state.lease
+            });
+        if !ours {
+            return Err(Fenced);
+        }
+        state.tree_seq = last;
+        state.resync = false;
+        Ok(())
+    }
+
+    /// One fenced write of the sink's state: `Err(Fenced)` when another holder wrote its
+    /// fence since (checked against the leader, so a write of this holder's that landed
+    /// though its answer was lost does not count); `Ok(false)` when it failed (tried again
+    /// at the next share, after reading the state again).
+    async fn write(
+        &self,
+        sink: &str,
+        key: &str,
+        value: Option<Bytes>,
+        state: &mut Holding,
+    ) -> Result<bool, Fenced> {
+        let sink_key = kv_key(sink);
+        for attempt in 0..2 {
+            // Cleared once answered: a write cut off mid-way (a timeout) may have landed.
+            state.resync = true;
+            match self
+                .remote
+                .write_fenced(&sink_key, key, value.clone(), state.tree_seq)
+                .await
+            {
+                Ok(seq) => {
+                    state.tree_seq = seq;
+                    state.resync = false;
+                    return Ok(true);
+                }
+                Err(FencedWrite::Fenced) if attempt == 0 => {
+                    // Perhaps an earlier write of ours landed unseen: check the fence.
+                    state.resync = true;
+                    self.resync(sink, state).await?;
+                    if state.resync {
+                        return Ok(false);
+                    }
+                }
+                Err(FencedWrite::Fenced) => return Err(Fenced),
+                Err(FencedWrite::Failed(e)) => {
+                    tracing::warn!(sink, error = %e, "cannot write the sink's shared state (retried)");
+                    state.resync = true;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Shares the sink's dead letters and requeued events as the local mirror holds them:
     /// writes what is new or changed since the last share, deletes what is gone. `Ok(false)`:
     /// they could not be shared now (the cursor then waits: a cursor shared past an event
@@ -592,24 +692,13 @@ impl JetStreamLeases {
             )
             .collect();
         for (k, value) in changed {
-            match self
-                .remote
-                .write_fenced(&key, &k, value.clone(), state.tree_seq)
-                .await
-            {
-                Ok(seq) => {
-                    state.tree_seq = seq;
-                    match value {
-                        Some(v) => state.letters.insert(k, v),
-                        None => state.letters.remove(&k),
-                    };
-                }
-                Err(FencedWrite::Fenced) => return Err(Fenced),
-                Err(FencedWrite::Failed(e)) => {
-                    tracing::warn!(sink, error = %e, "cannot share the dead letters (retried; the cursor waits)");
-                    return Ok(false);
-                }
+            if !self.write(sink, &k, value.clone(), state).await? {
+                return Ok(false);
             }
+            match value {
+                Some(v) => state.letters.insert(k, v),
+                None => state.letters.remove(&k),
+            };
         }
         state.letters_shared = generation;
         Ok(true)
@@ -642,27 +731,18 @@ impl JetStreamLeases {
             return Ok(());
         };
         let key = kv_key(sink);
-        match self
-            .remote
-            .write_fenced(
-                &key,
+        if self
+            .write(
+                sink,
                 &format!("{key}.cursor"),
                 Some(Bytes::from(bytes)),
-                state.tree_seq,
+                state,
             )
-            .await
+            .await?
         {
-            Ok(written) => {
-                state.tree_seq = written;
-                state.pushed = Some(seq);
-                Ok(())
-            }
-            Err(FencedWrite::Fenced) => Err(Fenced),
-            Err(FencedWrite::Failed(e)) => {
-                tracing::warn!(sink, error = %e, "cannot write the shared cursor (retried)");
-                Ok(())
-            }
+            state.pushed = Some(seq);
         }
+        Ok(())
     }
 }
 

@@ -82,6 +82,11 @@ pub async fn open(
         )
     });
     if let Some(sequencer) = sequencer {
+        let j = journal.clone();
+        let waiting = tokio::task::spawn_blocking(move || j.spool_resources())
+            .await
+            .map_err(task_err)??;
+        sequencer.set_waiting(waiting);
         tokio::spawn(run_forwarder(sequencer));
     }
     let spooled = journal.spool_len();
@@ -131,6 +136,16 @@ pub async fn open(
         }
     }
     if let Some(why) = remote.mirror_refused() {
+        if journal.spool_len() > 0 {
+            // Its spool holds accepted events: they go to the stream (which takes them)
+            // before the folder may be cleared. Start, deliver nothing, say so.
+            tracing::error!(
+                problem = %why,
+                spooled = journal.spool_len(),
+                "this data folder does not mirror the shared stream, but its spool holds accepted events: starting to forward them (nothing is delivered from here); once /readyz shows no spooling, restart with an empty data folder"
+            );
+            return Ok(journal);
+        }
         link.abort();
         journal.close().await;
         return Err(JournalError::Open {
@@ -143,7 +158,11 @@ pub async fn open(
             ),
         });
     }
-    catch_up(&journal, &remote).await?;
+    // A stream that stops answering now (quorum lost) must not stop the start: events spool,
+    // and the mirror copies in the background.
+    if let Err(e) = catch_up(&journal, &remote).await {
+        tracing::warn!(error = %e, "the mirror could not copy the shared journal at start; it goes on copying in the background (events are spooled meanwhile)");
+    }
     Ok(journal)
 }
 
@@ -151,6 +170,8 @@ pub async fn open(
 /// then while refused), checks the folder, then runs the mirror.
 async fn link(journal: Journal, remote: Arc<Remote>) {
     let mut wait = Duration::from_millis(100);
+    let since = Instant::now();
+    let mut told = Instant::now();
     let ready = loop {
         if journal.is_closed() {
             return;
@@ -158,7 +179,12 @@ async fn link(journal: Journal, remote: Arc<Remote>) {
         match remote.setup().await {
             Ok(ready) => break ready,
             Err(SetupError::Wait(why)) => {
-                tracing::debug!(waiting_for = %why, "the shared stream is not set up yet");
+                if told.elapsed() > Duration::from_secs(30) {
+                    told = Instant::now();
+                    tracing::warn!(waiting_for = %why, for_s = since.elapsed().as_secs(), spooled = journal.spool_len(), "the shared stream is not set up yet: events are kept in the spool");
+                } else {
+                    tracing::debug!(waiting_for = %why, "the shared stream is not set up yet");
+                }
                 remote.set_phase(Phase::Connecting(why));
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
@@ -287,6 +313,7 @@ async fn share_position(journal: Journal, remote: Arc<Remote>) {
     let _ = remote.mirror_key.set(key.clone());
     let mut changed = journal.subscribe();
     let mut shared = None;
+    let mut told = Instant::now() - Duration::from_secs(3600);
     loop {
         if journal.is_closed() {
             return;
@@ -304,7 +331,10 @@ async fn share_position(journal: Journal, remote: Arc<Remote>) {
                 match ready.mirrors.put(&key, Bytes::from(bytes)).await {
                     Ok(_) => shared = Some(seq),
                     Err(e) => {
-                        tracing::debug!(error = %e, "cannot share the mirror's position (retried)")
+                        if told.elapsed() > Duration::from_secs(60) {
+                            told = Instant::now();
+                            tracing::warn!(error = %e, "cannot share the mirror's position (retried): past mirror_grace, pruning stops waiting for this receiver");
+                        }
                     }
                 }
             }
@@ -461,7 +491,7 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, mut from: u64, create
     }
 }
 
-fn refuse_recreated(remote: &Remote, created: u64, now: u64) {
+pub(crate) fn refuse_recreated(remote: &Remote, created: u64, now: u64) {
     let why = format!(
         "stream {} was deleted and created again (created {}; this mirror copies the one created {})",
         remote.name,

@@ -13,7 +13,7 @@ use streamhook_core::{CauseKind, Journal, JournalError};
 
 use crate::lease::{Position, Tied};
 use crate::mirror::MirrorPosition;
-use crate::remote::{Remote, read_err};
+use crate::remote::{Remote, read_bucket, read_err};
 
 /// The lease key of the receiver pruning the shared stream (`=` then not two hex digits: no
 /// sink name maps to it).
@@ -30,6 +30,13 @@ pub(crate) async fn prune_shared(
         && retention.max_events.is_none()
         && retention.history_max_age.is_none()
     {
+        return Ok(None);
+    }
+    // The stream deleted and created again since this receiver set up: its records and
+    // mirror belong to the earlier one. It must not prune the new one.
+    let (_, created) = remote.stream_state().await?;
+    if created != remote.need()?.created_ns {
+        crate::mirror::refuse_recreated(remote, remote.need()?.created_ns, created);
         return Ok(None);
     }
     let Some(mut revision) = remote.try_lease_key(PRUNER_KEY).await else {
@@ -179,28 +186,19 @@ pub(crate) async fn shared_floor(remote: &Remote) -> Result<u64, JournalError> {
     let mut floor = u64::MAX;
     let mut cursors: std::collections::HashMap<String, u64> = Default::default();
     let mut starts: std::collections::HashMap<String, u64> = Default::default();
-    let mut keys = ready.sinks.keys().await.map_err(read_err)?;
-    let mut wanted = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(read_err)?;
-        if key.ends_with(".cursor") || key.ends_with(".start") {
-            wanted.push(key);
-        }
-    }
-    for key in wanted {
-        let Some(value) = ready.sinks.get(&key).await.map_err(read_err)? else {
+    // From the buckets' leaders: a replica that lags could hide a cursor or a start.
+    let (records, _) = read_bucket(&ready.sinks, ">").await?;
+    for record in records {
+        let Ok(position) = serde_json::from_slice::<Tied<Position>>(&record.value) else {
             continue;
         };
-        let Ok(record) = serde_json::from_slice::<Tied<Position>>(&value) else {
-            continue;
-        };
-        if record.stream != created {
+        if position.stream != created {
             continue;
         }
-        if let Some(sink) = key.strip_suffix(".cursor") {
-            cursors.insert(sink.to_owned(), record.value.seq);
-        } else if let Some(sink) = key.strip_suffix(".start") {
-            starts.insert(sink.to_owned(), record.value.seq);
+        if let Some(sink) = record.key.strip_suffix(".cursor") {
+            cursors.insert(sink.to_owned(), position.value.seq);
+        } else if let Some(sink) = record.key.strip_suffix(".start") {
+            starts.insert(sink.to_owned(), position.value.seq);
         }
     }
     for (sink, start) in &starts {
@@ -209,20 +207,13 @@ pub(crate) async fn shared_floor(remote: &Remote) -> Result<u64, JournalError> {
     for cursor in cursors.values() {
         floor = floor.min(*cursor);
     }
-    let mut keys = ready.mirrors.keys().await.map_err(read_err)?;
-    let mut mirrors = Vec::new();
-    while let Some(key) = keys.next().await {
-        mirrors.push(key.map_err(read_err)?);
-    }
-    for key in mirrors {
+    let (mirrors, _) = read_bucket(&ready.mirrors, ">").await?;
+    for mirror in mirrors {
         // This receiver's own mirror counts by what it holds now (its shared entry lags).
-        if remote.mirror_key.get() == Some(&key) {
+        if remote.mirror_key.get() == Some(&mirror.key) {
             continue;
         }
-        let Some(value) = ready.mirrors.get(&key).await.map_err(read_err)? else {
-            continue;
-        };
-        if let Ok(position) = serde_json::from_slice::<MirrorPosition>(&value)
+        if let Ok(position) = serde_json::from_slice::<MirrorPosition>(&mirror.value)
             && position.stream == created
         {
             floor = floor.min(position.seq + 1);

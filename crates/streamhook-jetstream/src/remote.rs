@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
+use async_nats::jetstream::stream;
 use async_nats::jetstream::{self as js};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -533,44 +533,7 @@ impl Remote {
         prefix: &str,
     ) -> Result<(Vec<LeaderValue>, u64), JournalError> {
         let ready = self.need()?;
-        let bucket = &ready.sinks;
-        let filter = format!("{}{prefix}>", bucket.prefix);
-        let mut subjects = Vec::new();
-        let mut listed = bucket
-            .stream
-            .info_with_subjects(&filter)
-            .await
-            .map_err(read_err)?;
-        while let Some(entry) = listed.next().await {
-            subjects.push(entry.map_err(read_err)?.0);
-        }
-        let mut last = 0;
-        let mut out = Vec::new();
-        for subject in subjects {
-            let msg = match bucket
-                .stream
-                .get_last_raw_message_by_subject(&subject)
-                .await
-            {
-                Ok(msg) => msg,
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
-                Err(e) => return Err(read_err(e)),
-            };
-            last = last.max(msg.sequence);
-            let deleted = msg
-                .headers
-                .get("KV-Operation")
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            if deleted {
-                continue;
-            }
-            let key = subject[bucket.prefix.len()..].to_owned();
-            out.push(LeaderValue {
-                key,
-                value: msg.payload,
-            });
-        }
-        Ok((out, last))
+        read_bucket(&ready.sinks, &format!("{prefix}>")).await
     }
 
     /// Writes (or, with `None`, deletes) a key under a sink's prefix in the `sinks` bucket,
@@ -620,6 +583,56 @@ impl Remote {
     }
 }
 
+/// The live keys of `bucket` matching `filter` (`>` for all) with their values, and the
+/// sequence of the last message among them (delete markers included; 0: none). Read through
+/// one ordered consumer delivering the last message of each key: served by the bucket's
+/// stream leader, one round trip for any number of keys.
+pub(crate) async fn read_bucket(
+    bucket: &kv::Store,
+    filter: &str,
+) -> Result<(Vec<LeaderValue>, u64), JournalError> {
+    let read = async {
+        let consumer = bucket
+            .stream
+            .create_consumer(js::consumer::pull::OrderedConfig {
+                filter_subject: format!("{}{filter}", bucket.prefix),
+                deliver_policy: js::consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(read_err)?;
+        let mut out = Vec::new();
+        let mut last = 0;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok((out, last));
+        }
+        let mut messages = consumer.messages().await.map_err(read_err)?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(read_err)?;
+            let info = msg.info().map_err(|e| remote_msg("reading a bucket", e))?;
+            last = last.max(info.stream_sequence);
+            let pending = info.pending;
+            let deleted = msg.headers.as_ref().is_some_and(|h| {
+                h.get("KV-Operation")
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+            });
+            if !deleted {
+                out.push(LeaderValue {
+                    key: msg.subject[bucket.prefix.len()..].to_owned(),
+                    value: msg.payload.clone(),
+                });
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok::<_, JournalError>((out, last))
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| remote_msg("reading a bucket", "timed out"))?
+}
+
 fn is_not_found(e: &js::context::GetStreamError) -> bool {
     match e.kind() {
         GetStreamErrorKind::JetStream(inner) => {
@@ -628,6 +641,10 @@ fn is_not_found(e: &js::context::GetStreamError) -> bool {
         _ => false,
     }
 }
+
+/// The smallest `max_msg_size` a stream may have: a webhook body up to 1 MiB, with its
+/// envelope and how it arrived.
+const MIN_MESSAGE_SIZE: u64 = 4 << 20;
 
 /// What is wrong with an existing stream, each with the command that fixes it.
 pub(crate) fn check_stream(name: &str, config: &stream::Config, replicas: usize) -> Vec<String> {
@@ -709,6 +726,28 @@ pub(crate) fn check_stream(name: &str, config: &stream::Config, replicas: usize)
             "--no-deny-purge".into(),
         );
     }
+    if config.retention != stream::RetentionPolicy::Limits {
+        refuse(
+            &format!("retention = {:?}", config.retention),
+            "deletes events once consumed or without interest, whatever the sinks have had",
+            "(a stream's retention cannot change: copy it to a new stream with retention limits)"
+                .into(),
+        );
+    }
+    if config.max_message_size > 0 && (config.max_message_size as u64) < MIN_MESSAGE_SIZE {
+        refuse(
+            &format!("max_msg_size = {}", config.max_message_size),
+            "refuses events larger than that (they would wait in a spool for ever)",
+            "--max-msg-size -1".into(),
+        );
+    }
+    if config.no_ack {
+        refuse(
+            "no_ack = true",
+            "acknowledges nothing: a publish cannot tell it was stored",
+            "(no_ack cannot change: copy it to a new stream)".into(),
+        );
+    }
     if config.sealed {
         refuse(
             "sealed = true",
@@ -734,9 +773,16 @@ pub(crate) fn check_bucket(
     replicas: usize,
 ) -> Vec<String> {
     let mut problems = Vec::new();
+    // The sinks' bucket holds their cursors, start records and dead letters: never suggest
+    // deleting it. The others hold what is rebuilt in seconds.
+    let or_else = if bucket.ends_with("_sinks") {
+        " (do not delete this bucket: it holds every sink's cursor and dead letters)".to_owned()
+    } else {
+        format!(", or delete the bucket and let streamhook create it again: `nats kv del {bucket}`")
+    };
     let mut refuse = |setting: String, why: &str, fix: String| {
         problems.push(format!(
-            "bucket {bucket}: {setting} {why} (fix: `nats kv edit {bucket} {fix}`, or delete the bucket and let streamhook create it: `nats kv del {bucket}`)"
+            "bucket {bucket}: {setting} {why} (fix: `nats kv edit {bucket} {fix}`{or_else})"
         ));
     };
     if config.storage != stream::StorageType::File {
@@ -772,6 +818,13 @@ pub(crate) fn check_bucket(
             "a size limit".into(),
             "drops or refuses the sinks' shared state",
             "--max-bytes -1".into(),
+        );
+    }
+    if config.retention != stream::RetentionPolicy::Limits {
+        refuse(
+            format!("retention = {:?}", config.retention),
+            "is not a key-value bucket's",
+            "(recreate it)".into(),
         );
     }
     if config.max_messages_per_subject < 1 {
@@ -916,6 +969,22 @@ mod tests {
                 "subjects",
                 "--subjects 'S.ev.>'",
             ),
+            (
+                stream::Config {
+                    retention: stream::RetentionPolicy::Interest,
+                    ..good("S")
+                },
+                "retention = Interest",
+                "retention limits",
+            ),
+            (
+                stream::Config {
+                    max_message_size: 1024,
+                    ..good("S")
+                },
+                "max_msg_size = 1024",
+                "--max-msg-size -1",
+            ),
         ];
         for (config, setting, fix) in cases {
             let problems = check_stream("S", &config, 3);
@@ -949,6 +1018,11 @@ mod tests {
                 && problems[0].contains("nats kv edit S_sinks --ttl 0s"),
             "{problems:?}"
         );
+        assert!(
+            problems[0].contains("do not delete this bucket"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("kv del"), "{problems:?}");
         config.max_age = Duration::ZERO;
         config.num_replicas = 1;
         assert!(check_bucket("S_sinks", &config, Duration::ZERO, 3)[0].contains("--replicas 3"));

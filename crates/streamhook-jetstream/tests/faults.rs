@@ -324,8 +324,10 @@ async fn a_server_that_stops_answering_is_noticed_in_seconds_and_events_spool_me
     })
     .await;
     // The publish that was on its way when the server froze and the forwarded one have one
-    // id: stored once.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // id: the stream stores it once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut stream = context(&nats).await.get_stream("STREAMHOOK").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 2);
     let stored = events(&journal);
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert_eq!(stored[1].1, got.id.0);
@@ -387,4 +389,86 @@ async fn pruning_waits_for_a_stopped_receiver_s_mirror_until_its_grace_ends() {
         below, 7,
         "a receiver silent past mirror_grace no longer holds pruning back"
     );
+}
+
+#[tokio::test]
+async fn a_receiver_started_while_the_cluster_has_no_quorum_spools_and_forwards_after() {
+    let Some(bin) = nats_server_or_skip("jetstream: start without quorum") else {
+        return;
+    };
+    let mut nats = Nats::cluster(&bin, 3);
+    let da = tempfile::tempdir().unwrap();
+    let a = replica(&nats, da.path(), 3).await;
+    append(&a, &stream_body(1, true, false)).await;
+    a.close().await;
+    drop(a);
+    // Two of three nodes down: the stream has no quorum, the third node answers.
+    nats.kill(0);
+    nats.kill(1);
+    let db = tempfile::tempdir().unwrap();
+    let b = tokio::time::timeout(
+        Duration::from_secs(40),
+        streamhook_jetstream::open(JournalConfig::new(db.path()), &config_for(&nats, 3)),
+    )
+    .await
+    .expect("opens without waiting for the quorum")
+    .expect("opens without a quorum");
+    let got = append(&b, &stream_body(1, true, true)).await;
+    assert!(got.spooled);
+    nats.restart(0);
+    nats.restart(1);
+    eventually("forwarded once the quorum is back", || {
+        b.spool_len() == 0 && b.last_committed() >= 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_receiver_running_when_its_stream_is_created_again_stops_delivering_and_never_prunes_it()
+{
+    let Some(bin) = nats_server_or_skip("jetstream: stream recreated under a running receiver")
+    else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let js = context(&nats).await;
+    let da = tempfile::tempdir().unwrap();
+    let a = replica(&nats, da.path(), 1).await;
+    for id in 1..=3u64 {
+        append(&a, &stream_body(id, true, false)).await;
+    }
+    eventually("A's mirror holds three", || a.last_committed() >= 3).await;
+    js.delete_stream("STREAMHOOK").await.unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let b = replica(&nats, db.path(), 1).await;
+    for recording in [false, true, false] {
+        append(&b, &stream_body(9, true, recording)).await;
+    }
+    // A notices it mirrors the earlier stream: it says so, and still takes events (into the
+    // new stream): nothing is refused.
+    eventually("A notices the stream was created again", || {
+        a.shared_status()
+            .and_then(|s| s.problem)
+            .is_some_and(|p| p.contains("deleted and created again"))
+    })
+    .await;
+    assert!(a.health().is_writable(), "{:?}", a.health());
+    let got = append(&a, &stream_body(9, true, true)).await;
+    eventually("B's mirror holds A's event", || b.last_committed() >= 4).await;
+    assert_eq!(b.read_from(4, 1).unwrap()[0].envelope().unwrap().id, got.id);
+    // Before the fix A, with its earlier stream's cursors and its mirror's seqs, could prune
+    // the new stream down to each resource's last message before anything was delivered.
+    a.set_cursor("app", 100).unwrap();
+    let pruned = a
+        .prune_shared(&["app".into()], Some(Duration::ZERO), None, None)
+        .await
+        .unwrap();
+    assert!(pruned.is_none(), "A pruned the new stream: {pruned:?}");
+    let stream = js.get_stream("STREAMHOOK").await.unwrap();
+    for seq in 1..=4 {
+        assert!(
+            stream.get_raw_message(seq).await.is_ok(),
+            "seq {seq} pruned"
+        );
+    }
 }

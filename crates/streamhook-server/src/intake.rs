@@ -613,6 +613,11 @@ async fn readyz(State(intake): State<Intake>) -> Response {
     });
     if let Some(shared) = journal.shared_status() {
         body["nats"] = json!({"connected": shared.connected, "state": shared.state});
+        if let Some(problem) = &shared.problem {
+            // Events are still accepted (into the stream or the spool): ready, but an
+            // operator must act.
+            body["nats"]["problem"] = json!(problem);
+        }
         if let Some(spool) = shared_snapshot(journal).await
             && spool.spool_events > 0
         {
@@ -646,6 +651,7 @@ async fn shared_snapshot(journal: &Journal) -> Option<crate::metrics::SharedSnap
     }
     Some(crate::metrics::SharedSnapshot {
         connected: status.connected,
+        problem: status.problem.is_some(),
         spool_events: events,
         spool_oldest_age_s: oldest_age_s,
     })

@@ -144,6 +144,8 @@ fn fold_indices(path: &str) -> String {
 pub struct SharedSnapshot {
     /// Connected to a NATS server now.
     pub connected: bool,
+    /// Something an operator must fix (a refused stream setting, a mirror that cannot follow).
+    pub problem: bool,
     /// Events in the spool.
     pub spool_events: u64,
     /// How long the oldest has waited (s).
@@ -374,6 +376,13 @@ impl Metrics {
                 "streamhook_nats_connected {}",
                 u8::from(shared.connected)
             );
+            header(
+                &mut out,
+                "streamhook_nats_problem",
+                "gauge",
+                "JetStream journal: 1 while something needs an operator (a refused stream or bucket setting, a mirror of an earlier stream); /readyz says what. Events are still accepted.",
+            );
+            let _ = writeln!(out, "streamhook_nats_problem {}", u8::from(shared.problem));
             header(
                 &mut out,
                 "streamhook_spool_events",

@@ -365,6 +365,22 @@ impl Server {
         if let Some(task) = admin_task {
             let _ = task.await;
         }
+        // A replicated journal's spool: forwarded now if the stream takes it; what is left
+        // stays in the data folder and is forwarded at the next start.
+        if self.journal.spool_len() > 0 {
+            let left = self
+                .journal
+                .drain(self.config.limits.shutdown_timeout)
+                .await;
+            if left > 0 {
+                warn!(
+                    spooled = left,
+                    "stopping with events in the spool: they are in this data folder and go to the shared stream at the next start (keep the folder)"
+                );
+            } else {
+                info!("the spool is forwarded");
+            }
+        }
         self.journal.close().await;
         info!("stopped");
         Ok(())

@@ -5,7 +5,9 @@
 //!   (`body = "envelope"`).
 //! - Headers: `content-type: application/json`, `webhook-id` (the envelope id, the same on
 //!   every retry), `webhook-timestamp` (Unix seconds of this attempt), `x-streamhook-kinds`
-//!   (comma-separated), `x-streamhook-seq`, plus the configured static `headers`.
+//!   (comma-separated), `x-streamhook-seq`, `x-streamhook-lease` (on a replicated journal:
+//!   the delivering lease, which only grows from one holder to the next), plus the configured
+//!   static `headers`.
 //! - Signature (Standard Webhooks) when `secrets` are set: `webhook-signature: v1,<base64 of
 //!   HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`, one space-separated entry per secret, so
 //!   a receiver can rotate keys. Secrets are `whsec_` + base64 of the key.
@@ -361,6 +363,9 @@ impl Sink for HttpSink {
             "x-streamhook-seq",
             delivery.envelope.seq.to_string(),
         );
+        if let Some(lease) = delivery.lease {
+            set(&mut headers, "x-streamhook-lease", lease.to_string());
+        }
         if !self.keys.is_empty() {
             let signatures: Vec<String> = self
                 .keys

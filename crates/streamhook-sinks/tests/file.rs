@@ -35,6 +35,7 @@ fn delivery(seq: u64, payload: &str, received_at: &str) -> Delivery {
         body: payload.to_owned(),
         attempt: 1,
         requeued: false,
+        lease: None,
     }
 }
 
@@ -306,6 +307,7 @@ async fn stdout_shows_an_invalid_event_in_red_with_its_problem() {
         body: body.into(),
         attempt: 1,
         requeued: false,
+        lease: None,
     };
     assert_eq!(
         printed(Format::Pretty, false, &d).await,

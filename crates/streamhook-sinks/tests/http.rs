@@ -421,6 +421,7 @@ fn one_delivery(body: &str) -> streamhook_core::Delivery {
         body: body.to_owned(),
         attempt: 1,
         requeued: false,
+        lease: None,
     }
 }
 

@@ -211,6 +211,7 @@ async fn a_publish_sent_twice_is_stored_once() {
         envelope,
         attempt: 1,
         requeued: false,
+        lease: None,
     };
     let sink = NatsSink::new("bus".into(), &NatsConfig::new(nats.url_list())).unwrap();
     sink.send(&delivery).await.unwrap();

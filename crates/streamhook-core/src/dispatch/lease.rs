@@ -46,6 +46,7 @@ impl Dispatcher {
                 }
             };
             if leases.is_shared() {
+                self.epoch.store(lease.revision, Ordering::Relaxed);
                 self.stats.leased.store(1, Ordering::Relaxed);
                 if let Some(until) = renewed.checked_add(hold_for) {
                     self.gate.until(until);

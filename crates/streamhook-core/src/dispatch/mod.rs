@@ -58,6 +58,8 @@ pub struct Dispatcher {
     stats: Arc<SinkStats>,
     /// What every lane passes before a send (closed when the sink's lease may have lapsed).
     gate: Arc<gate::Gate>,
+    /// The lease under which this receiver delivers now (0: one host).
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 impl Dispatcher {
     /// A dispatcher for `sink`, routing with `router`.
@@ -75,6 +77,7 @@ impl Dispatcher {
             window: 1024,
             stats: Arc::new(SinkStats::default()),
             gate: Arc::new(gate::Gate::open()),
+            epoch: Arc::default(),
         }
     }
 
@@ -82,6 +85,13 @@ impl Dispatcher {
     pub fn with_window(mut self, window: usize) -> Self {
         self.window = window.max(1);
         self
+    }
+
+    fn lease_epoch(&self) -> Option<u64> {
+        match self.epoch.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// This sink's counters.
@@ -331,7 +341,7 @@ impl Dispatcher {
                     if requeued_in_flight.contains(&letter.seq) {
                         continue;
                     }
-                    match delivery_of_letter(&letter) {
+                    match delivery_of_letter(&letter, self.lease_epoch()) {
                         Some(delivery) => {
                             requeued_in_flight.insert(letter.seq);
                             let lane = lane_of(&delivery, lanes.len());
@@ -510,6 +520,7 @@ impl Dispatcher {
             envelope,
             attempt: 1,
             requeued: false,
+            lease: self.lease_epoch(),
         }))
     }
 }
@@ -578,7 +589,7 @@ pub fn payload_type(envelope: &streamhook_types::Envelope) -> String {
         .unwrap_or_default()
 }
 
-fn delivery_of_letter(letter: &DeadLetter) -> Option<Delivery> {
+fn delivery_of_letter(letter: &DeadLetter, lease: Option<u64>) -> Option<Delivery> {
     let envelope = serde_json::from_str(&letter.envelope).ok()?;
     Some(Delivery {
         json: crate::journal::one_line(&letter.envelope),
@@ -586,6 +597,7 @@ fn delivery_of_letter(letter: &DeadLetter) -> Option<Delivery> {
         envelope,
         attempt: 1,
         requeued: true,
+        lease,
     })
 }
 

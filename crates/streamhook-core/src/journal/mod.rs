@@ -243,6 +243,9 @@ pub(crate) fn draft_of(
 pub struct Spooled {
     /// Its place in the spool (arrival order).
     pub key: u64,
+    /// Its resource's history key, when it has one (events of one resource are forwarded in
+    /// order).
+    pub resource: Option<String>,
     /// The id it was answered with.
     pub id: EventId,
     /// When it arrived, in ms since the Unix epoch.
@@ -393,6 +396,13 @@ impl Journal {
     /// The name of the backend that sequences events (`redb`, `jetstream`).
     pub fn backend(&self) -> &'static str {
         self.inner.sequencer.backend()
+    }
+
+    /// Before closing: lets a backend forward what it keeps locally for its shared journal
+    /// (events it spooled), for up to `within`; returns how many are left (kept in the file,
+    /// forwarded at the next start).
+    pub async fn drain(&self, within: Duration) -> u64 {
+        self.inner.sequencer.drain(within).await
     }
 
     /// How the connection to a shared journal stands (`None`: one host).

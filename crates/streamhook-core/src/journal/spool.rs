@@ -6,6 +6,7 @@
 //! A spooled event keeps what it was given on arrival: its id and receive time, so that
 //! forwarding it later (with the same `Nats-Msg-Id`) stores the same event.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -34,6 +35,16 @@ struct Stored<'a> {
     /// its payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     invalid: Option<(Resource, Vec<Problem>)>,
+    /// The resource's history key (`stream:12`), for a webhook that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+/// Only the resource key of a spooled event (read without decoding the rest).
+#[derive(Deserialize)]
+struct KeyOnly {
+    #[serde(default)]
+    key: Option<String>,
 }
 
 /// Encodes a spooled event.
@@ -46,9 +57,11 @@ pub(crate) fn encode(
         Some(bytes) => Some(serde_json::from_slice::<&RawValue>(bytes).map_err(write_err)?),
         None => None,
     };
-    let invalid = match &draft.parsed {
-        Parsed::Webhook(_) => None,
-        Parsed::Invalid { resource, problems } => Some((resource.clone(), problems.clone())),
+    let (invalid, key) = match &draft.parsed {
+        Parsed::Webhook(webhook) => (None, super::record::history_key(webhook)),
+        Parsed::Invalid { resource, problems } => {
+            (Some((resource.clone(), problems.clone())), None)
+        }
     };
     let stored = Stored {
         id: id.0.clone(),
@@ -59,6 +72,7 @@ pub(crate) fn encode(
         suffix: draft.suffix.clone(),
         received,
         invalid,
+        key,
     };
     serde_json::to_vec(&stored).map_err(write_err)
 }
@@ -73,15 +87,39 @@ fn decode(key: u64, bytes: &[u8]) -> Result<Spooled, JournalError> {
     let parsed = match stored.invalid {
         Some((resource, problems)) => Parsed::Invalid { resource, problems },
         None => {
-            let value = streamhook_types::decode::parse_json(stored.payload.get().as_bytes())
-                .map_err(|e| corrupt(e.to_string()))?;
-            let decoded = streamhook_types::decode::decode_value(&value)
-                .map_err(|e| corrupt(e.to_string()))?;
-            Parsed::Webhook(decoded.webhook)
+            // Decoded again (the webhook is not stored twice). A payload this version's
+            // decoder does not take (it was accepted by another) is kept, as invalid, with
+            // why: never dropped.
+            let decoded = streamhook_types::decode::parse_json(stored.payload.get().as_bytes())
+                .map_err(|e| e.to_string())
+                .and_then(|value| {
+                    streamhook_types::decode::decode_value(&value).map_err(|e| e.to_string())
+                });
+            match decoded {
+                Ok(decoded) => Parsed::Webhook(decoded.webhook),
+                Err(why) => Parsed::Invalid {
+                    resource: Resource {
+                        kind: serde_json::from_str::<serde_json::Value>(stored.payload.get())
+                            .ok()
+                            .and_then(|v| v["type"].as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        id: None,
+                    },
+                    problems: vec![Problem {
+                        path: "$".into(),
+                        line: None,
+                        column: None,
+                        message: format!(
+                            "accepted into the spool, then not decoded again when forwarded: {why}"
+                        ),
+                    }],
+                },
+            }
         }
     };
     Ok(Spooled {
         key,
+        resource: stored.key,
         id: EventId(stored.id),
         received_at_ms: stored.received_at_ms,
         draft: Draft {
@@ -146,6 +184,22 @@ impl Journal {
         Ok(())
     }
 
+    /// How many spooled events each resource has (by history key), read without decoding
+    /// them; records that cannot be read count under no resource.
+    pub fn spool_resources(&self) -> Result<HashMap<String, u64>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(SPOOL).map_err(read_err)?;
+        let mut out = HashMap::new();
+        for entry in table.iter().map_err(read_err)? {
+            let (_, v) = entry.map_err(read_err)?;
+            if let Ok(KeyOnly { key: Some(key) }) = serde_json::from_slice(v.value()) {
+                *out.entry(key).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// How many events wait in the spool, from memory (no database access).
     pub fn spool_len(&self) -> u64 {
         self.inner
@@ -170,5 +224,29 @@ impl Journal {
             None => None,
         };
         Ok(SpoolStats { events, oldest_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spooled_payload_this_version_does_not_decode_is_kept_as_invalid() {
+        // What another version accepted (or a damaged payload): not a webhook this decoder
+        // takes. It must be forwarded as an invalid event with why, never dropped.
+        let bytes = br#"{"id":"x","received_at_ms":5,"source":"127.0.0.1","payload":[1,2],"prefix":"","suffix":"","key":"stream:1"}"#;
+        let spooled = decode(3, bytes).expect("kept");
+        assert_eq!(spooled.resource.as_deref(), Some("stream:1"));
+        match spooled.draft.parsed {
+            Parsed::Invalid { problems, .. } => {
+                assert!(
+                    problems[0].message.contains("not decoded again"),
+                    "{problems:?}"
+                )
+            }
+            Parsed::Webhook(_) => panic!("decoded"),
+        }
+        assert!(decode(4, b"not json").is_err());
     }
 }

@@ -233,27 +233,7 @@ pub(crate) fn writer_loop(
         match rx.blocking_recv() {
             Some(Msg::Append(r)) => batch.push(*r),
             Some(Msg::Import(items, reply)) => {
-                let started = Instant::now();
-                let result = inner
-                    .db()
-                    .and_then(|db| super::mirror::commit_import(inner, &db, &items, &mut last_ms));
-                inner.health.record(&result);
-                if let Ok(last) = &result {
-                    inner.stats.observe_commit(started.elapsed());
-                    inner
-                        .stats
-                        .appended
-                        .fetch_add(items.len() as u64, Ordering::Relaxed);
-                    inner.changed.send_replace(*last);
-                } else {
-                    if let Err(e) = &result {
-                        inner.stats.observe_error(e);
-                    }
-                    if let Err(e) = inner.reopen() {
-                        tracing::error!(error = %e, "journal reopen failed; will retry");
-                    }
-                }
-                let _ = reply.send(result);
+                import(inner, &items, reply, &mut last_ms);
                 continue;
             }
             Some(Msg::Spool(bytes, reply)) => spools.push((bytes, reply)),
@@ -263,14 +243,16 @@ pub(crate) fn writer_loop(
             Some(Msg::Close(done)) => closing = Some(done),
             None => return,
         }
+        // An import that comes while a group is gathered runs after it (a replicated journal
+        // spools and imports side by side).
+        let mut deferred = None;
         while closing.is_none() && batch.len() + spools.len() < max_batch {
             match rx.try_recv() {
                 Ok(Msg::Append(r)) => batch.push(*r),
                 Ok(Msg::Spool(bytes, reply)) => spools.push((bytes, reply)),
-                Ok(Msg::Import(_, reply)) => {
-                    // Imports and local appends never mix: a journal that imports has no
-                    // local appends.
-                    let _ = reply.send(Err(JournalError::Busy));
+                Ok(Msg::Import(items, reply)) => {
+                    deferred = Some((items, reply));
+                    break;
                 }
                 Ok(Msg::Probe) => probe = true,
                 #[cfg(feature = "test-hooks")]
@@ -309,6 +291,9 @@ pub(crate) fn writer_loop(
                     }
                 }
             }
+        }
+        if let Some((items, reply)) = deferred.take() {
+            import(inner, &items, reply, &mut last_ms);
         }
         if probe && batch.is_empty() {
             probe = false;
@@ -472,6 +457,36 @@ fn commit_batch(
     }
     inner.health.commit(txn)?;
     Ok(out)
+}
+
+/// Records a mirror's copies (see [`super::mirror::commit_import`]) and answers.
+fn import(
+    inner: &Store,
+    items: &[Imported],
+    reply: oneshot::Sender<Result<u64, JournalError>>,
+    last_ms: &mut u64,
+) {
+    let started = Instant::now();
+    let result = inner
+        .db()
+        .and_then(|db| super::mirror::commit_import(inner, &db, items, last_ms));
+    inner.health.record(&result);
+    if let Ok(last) = &result {
+        inner.stats.observe_commit(started.elapsed());
+        inner
+            .stats
+            .appended
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        inner.changed.send_replace(*last);
+    } else {
+        if let Err(e) = &result {
+            inner.stats.observe_error(e);
+        }
+        if let Err(e) = inner.reopen() {
+            tracing::error!(error = %e, "journal reopen failed; will retry");
+        }
+    }
+    let _ = reply.send(result);
 }
 
 /// Stores spooled events in one transaction, each at the next key; returns the first key.
