@@ -306,15 +306,20 @@ impl JetStreamSequencer {
     ) -> Result<Appended, JournalError> {
         let kinds = match &draft.parsed {
             Parsed::Webhook(webhook) => {
+                // What this receiver knows of the resource's last message (its own last
+                // append, or its mirror's copy), else the mirror's history.
                 let prior = match &key {
-                    Some(k) => {
-                        let k = k.clone();
-                        journal
-                            .blocking(move |j| j.history(&k))
-                            .await
-                            .ok()
-                            .flatten()
-                    }
+                    Some(k) => match self.remote.known(k) {
+                        Some(known) => known.state,
+                        None => {
+                            let k = k.clone();
+                            journal
+                                .blocking(move |j| j.history(&k))
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                    },
                     None => None,
                 };
                 classify_with(webhook, prior.as_ref()).0.kinds

@@ -701,6 +701,8 @@ async fn a_replay_past_the_newest_event_is_refused_with_422() {
         fixture("seed/01-stream-started.json"),
     )
     .await;
+    // (A replicated journal answers before this receiver's mirror holds the event.)
+    eventually("delivered", || server.archive().len() == 1).await;
     let resp = c
         .post(server.admin_url("/admin/replay"))
         .bearer_auth(&server.token)
