@@ -318,7 +318,8 @@ async fn share_position(journal: Journal, remote: Arc<Remote>) {
         if journal.is_closed() {
             return;
         }
-        let seq = journal.last_committed();
+        // What a synced commit holds: a power cut could take the rest back.
+        let seq = journal.durable_imported().min(journal.last_committed());
         if let Some(ready) = remote.ready()
             && shared != Some(seq)
         {
@@ -400,10 +401,24 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, mut from: u64, create
             remote.mirror_progressed();
         }
         loop {
-            // Wake up now and then to notice an idle, current mirror (and a closed journal).
-            let chunk = match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            // Wake up now and then to notice an idle, current mirror (and a closed journal);
+            // soon when imports wait for a sync.
+            let unsynced = journal.durable_imported() < journal.last_committed();
+            let idle = if unsynced {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_secs(5)
+            };
+            let chunk = match tokio::time::timeout(idle, messages.next()).await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
+                Err(_) if unsynced => {
+                    // Nothing more came: sync what was imported.
+                    if let Err(e) = journal.import(Vec::new()).await {
+                        tracing::warn!(error = %e, "journal mirror: cannot sync the imports (retried)");
+                    }
+                    continue;
+                }
                 Err(_) => {
                     if closed(&journal) {
                         return;
@@ -447,7 +462,9 @@ async fn run_mirror(journal: Journal, remote: Arc<Remote>, mut from: u64, create
                                 .stats()
                                 .mirror_pending
                                 .store(info.pending, std::sync::atomic::Ordering::Relaxed);
-                            if let Some(known) = known_of(seq, msg.headers.as_ref(), &msg.payload) {
+                            if let Some(known) =
+                                known_of(&remote, seq, msg.headers.as_ref(), &msg.payload)
+                            {
                                 learned.push(known);
                             }
                             items.push(imported(seq, &msg.payload));
@@ -503,14 +520,19 @@ pub(crate) fn refuse_recreated(remote: &Remote, created: u64, now: u64) {
     remote.forget_all();
 }
 
-/// What a copied message tells of its resource's last message.
+/// What a copied message tells of its resource's last message (`None` when this receiver
+/// knows as much already: its own appends, learned as they were acknowledged).
 fn known_of(
+    remote: &Remote,
     seq: u64,
     headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
 ) -> Option<(String, Known)> {
     let message = decode_message(payload).ok()?;
     let key = message.key?;
+    if remote.known_seq(key) >= seq {
+        return None;
+    }
     let state = match message.state {
         Some(bytes) => Some(serde_json::from_slice(bytes).ok()?),
         None => None,

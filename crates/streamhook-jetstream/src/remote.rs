@@ -246,6 +246,15 @@ impl Remote {
         self.known.lock().ok()?.get(key).cloned()
     }
 
+    /// The seq of a resource's last message, as far as this receiver knows (0: unknown).
+    pub(crate) fn known_seq(&self, key: &str) -> u64 {
+        self.known
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).map(|k| k.seq))
+            .unwrap_or(0)
+    }
+
     /// Records what a resource's last message is now (kept only if it is newer than what was
     /// known).
     pub(crate) fn learn(&self, key: &str, known: Known) {

@@ -258,6 +258,23 @@ pub fn encode_record(
     serde_json::to_writer(out, envelope).map_err(write_err)
 }
 
+/// Encodes an event record around envelope JSON already written (as [`encode_record`]).
+pub(crate) fn encode_raw_record(
+    out: &mut Vec<u8>,
+    received_at_ms: u64,
+    prefix: &str,
+    suffix: &str,
+    json: &str,
+) {
+    out.clear();
+    out.extend_from_slice(&received_at_ms.to_be_bytes());
+    out.extend_from_slice(&(prefix.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(suffix.len() as u32).to_be_bytes());
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    out.extend_from_slice(json.as_bytes());
+}
+
 /// Reads an event record [`encode_record`] wrote ([`JournalError::Corrupt`] when it cannot).
 pub fn decode_event(seq: u64, value: &[u8]) -> Result<StoredEvent, JournalError> {
     let corrupt = |message: &str| JournalError::Corrupt {

@@ -16,6 +16,10 @@ use super::record::{
     SINK_REMOVED, SINK_STARTS, SPOOL, header_ms,
 };
 
+/// How often a mirror's imports are synced: between, they are committed without a sync (the
+/// shared journal holds them; a power cut loses only what is copied again).
+pub(crate) const IMPORT_SYNC: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How far ahead of this clock another receiver's receive time may be and still be followed
 /// by a mirror; beyond it, its clock had jumped, and this one stamps the event.
 pub(crate) const MAX_CLOCK_STEP_BACK: Duration = Duration::from_secs(24 * 3600);
@@ -169,6 +173,10 @@ pub(crate) struct Store {
     pub(crate) health: HealthState,
     /// Events waiting in the spool.
     pub(crate) spool_count: AtomicU64,
+    /// A mirror's imports: when the last synced one was committed, and the last seq it
+    /// held (what the mirror may say it holds).
+    pub(crate) import_synced: std::sync::Mutex<Option<std::time::Instant>>,
+    pub(crate) durable_imported: AtomicU64,
     /// The journal's clock: the newest receive time stored (ms since the Unix epoch). Ages
     /// (idle histories, `max_age`, a removed sink's grace) are measured by it, not by the
     /// wall clock, so a clock that jumps ahead cannot age everything at once.
@@ -209,6 +217,8 @@ impl Store {
             health: HealthState::default(),
             clock: AtomicU64::new(last_ms),
             spool_count: AtomicU64::new(spooled),
+            import_synced: std::sync::Mutex::new(None),
+            durable_imported: AtomicU64::new(last),
             #[cfg(feature = "test-hooks")]
             clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             #[cfg(feature = "test-hooks")]
@@ -236,6 +246,25 @@ impl Store {
     }
 
     /// Moves the journal's clock to `ms` if it is newer.
+    /// Whether a mirror's next import commit is synced (at most every [`IMPORT_SYNC`]).
+    pub(crate) fn import_sync_due(&self) -> bool {
+        match self.import_synced.lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|t| t.elapsed() >= IMPORT_SYNC);
+                if due {
+                    *last = Some(std::time::Instant::now());
+                }
+                due
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// A synced import commit held everything up to `seq`.
+    pub(crate) fn imported_durably(&self, seq: u64) {
+        self.durable_imported.fetch_max(seq, Ordering::SeqCst);
+    }
+
     pub(crate) fn advance_clock(&self, ms: u64) {
         self.clock.fetch_max(ms, Ordering::SeqCst);
     }
