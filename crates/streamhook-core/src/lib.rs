@@ -15,9 +15,9 @@ pub use dispatch::{
     Activity, Attempt, Dispatcher, Progress, Rate, RetryPolicy, Retrying, SinkStats,
 };
 pub use journal::{
-    Appended, Cause, CauseKind, DeadLetter, Forgotten, Health, Journal, JournalConfig,
-    JournalError, PRUNE_CHUNK, Parsed, PrunePolicy, Pruned, Received, RemovedSink, ReplayFrom,
-    Replayed, SinkStart, SpoolStats, Spooled, StoredEvent,
+    Appended, AttemptRecord, AuditEntry, Cause, CauseKind, DeadLetter, Forgotten, Health, Journal,
+    JournalConfig, JournalError, PRUNE_CHUNK, Parsed, PrunePolicy, Pruned, Received, RemovedSink,
+    ReplayFrom, Replayed, SinkStart, SpoolStats, Spooled, StoredEvent,
 };
 pub use router::{KindPattern, RouteConfig, RouteError, RouteInput, Router};
 pub use sink::{Delivery, Held, Sink, SinkError};

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use streamhook_core::{Journal, JournalConfig, Verified};
 use streamhook_testkit::Nats;
+use streamhook_types::classify::classify_with;
 
 use crate::faults::Skipped;
 use crate::receiver::{Mode, Receiver};
@@ -481,20 +482,31 @@ pub async fn run(server_bin: &Path, cycles: usize, clients: usize) -> Result<()>
             .or_default()
             .push(r);
     }
-    let equiv_dir = tempfile::tempdir()?;
-    let equiv = Journal::open(JournalConfig::new(equiv_dir.path()))?;
+    // The classifier one journal runs, resource by resource (what an append does: the same
+    // function against the resource's last state).
     let (mut checked, mut differ) = (0, 0);
     for (resource, rows) in &rows_per_resource {
         if acked_per_resource.get(resource) != Some(&rows.len()) {
             continue;
         }
         checked += 1;
+        let mut state = None;
         for (_, _, kinds, payload, is_late) in rows.iter().copied() {
-            let got = if *is_late {
-                let alone = tempfile::tempdir()?;
-                classify_alone(&Journal::open(JournalConfig::new(alone.path()))?, payload).await?
+            let webhook = streamhook_types::decode::decode(payload.as_bytes())?.webhook;
+            let got: Vec<String> = if *is_late {
+                // On its own; the resource's state stays.
+                classify_with(&webhook, None)
+                    .0
+                    .kinds
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect()
             } else {
-                classify_alone(&equiv, payload).await?
+                let (meaning, next) = classify_with(&webhook, state.as_ref());
+                if next.is_some() {
+                    state = next;
+                }
+                meaning.kinds.iter().map(|k| k.to_string()).collect()
             };
             if &got != kinds {
                 differ += 1;

@@ -39,16 +39,55 @@ function s(tag, attrs, ...children) {
   return el;
 }
 
-function fmtTime(ms) {
-  const d = new Date(ms);
-  return d.toLocaleString(undefined, { year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' });
+// ---------- time: one zone everywhere (local with its offset, or UTC), said on screen ----------
+
+let zone = 'local';
+try { if (localStorage.getItem('streamhook-tz') === 'utc') zone = 'utc'; } catch (_) { /* private mode */ }
+
+function offsetText(date) {
+  const m = -date.getTimezoneOffset();
+  const sign = m >= 0 ? '+' : '-';
+  const a = Math.abs(m);
+  return `UTC${sign}${String(Math.floor(a / 60)).padStart(2, '0')}:${String(a % 60).padStart(2, '0')}`;
 }
 
+function zoneText() {
+  return zone === 'utc' ? 'UTC' : `local (${offsetText(new Date())})`;
+}
+
+const pad = (n, w = 2) => String(n).padStart(w, '0');
+
+function fmtTime(ms) {
+  const d = new Date(ms);
+  if (zone === 'utc') {
+    return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
+  }
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+// "12 s ago", "5 min ago", "3 h ago", "2 d ago" (and "in ..." ahead).
 function ago(ms) {
   const s = Math.round((ms - Date.now()) / 1000);
-  if (Math.abs(s) < 60) return s >= 0 ? `in ${s} s` : `${-s} s ago`;
-  const m = Math.round(s / 60);
-  return m >= 0 ? `in ${m} min` : `${-m} min ago`;
+  const say = (n, unit) => (s >= 0 ? `in ${n} ${unit}` : `${n} ${unit} ago`);
+  const a = Math.abs(s);
+  if (a < 5) return 'just now';
+  if (a < 60) return say(a, 's');
+  if (a < 3600) return say(Math.round(a / 60), 'min');
+  if (a < 86400 * 2) return say(Math.round(a / 3600), 'h');
+  return say(Math.round(a / 86400), 'd');
+}
+
+// A time typed in the filter: a duration back from now (2h), RFC 3339 with a zone as it is,
+// or a date and time without one, read in the zone shown ("2026-11-28 09:00").
+function zonedInput(text) {
+  const t = text.trim();
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?$/.exec(t);
+  if (!m) return t;
+  const [y, mo, d, hh, mm, ss] = m.slice(1).map((v) => (v === undefined ? 0 : Number(v)));
+  const ms = zone === 'utc'
+    ? Date.UTC(y, mo - 1, d, hh, mm, ss)
+    : new Date(y, mo - 1, d, hh, mm, ss).getTime();
+  return new Date(ms).toISOString();
 }
 
 function plural(n, word) {
@@ -92,9 +131,24 @@ function stateText(st) {
   return st.state;
 }
 
+// Why it failed, from the state or the last attempt kept.
+function lastError(st) {
+  if (!st) return '';
+  if (st.error) return st.error;
+  if (st.last && st.last.error && st.state !== 'delivered') return st.last.error;
+  return '';
+}
+
+function short(text, n) {
+  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
+}
+
 function sinkChips(states) {
-  return Object.entries(states || {}).map(([name, st]) =>
-    h('span', { class: `chip st-${(st.state || '').replace(' ', '-')}`, 'data-sink': name, title: st.error || '' }, `${name}: ${stateText(st)}`));
+  return Object.entries(states || {}).map(([name, st]) => {
+    const why = lastError(st);
+    return h('span', { class: `chip st-${(st.state || '').replace(' ', '-')}`, 'data-sink': name, title: why },
+      `${name}: ${stateText(st)}`, why ? h('span', { class: 'why' }, ` (${short(why, 60)})`) : null);
+  });
 }
 
 function setNav(which) {
@@ -144,23 +198,41 @@ const FILTERS = [
   ['kind', 'Kind', 'stream.*'],
   ['resource', 'Resource id', '12345'],
   ['q', 'Text in body', 'anything'],
-  ['since', 'Since', '2h or 2026-11-28T09:00:00Z'],
-  ['until', 'Until', 'RFC 3339 or 10m'],
+  ['since', 'Since', '2h or 2026-11-28 09:00'],
+  ['until', 'Until', '10m or 2026-11-28 10:00'],
 ];
+const STATES = ['delivered', 'pending', 'dead', 'requeued', 'not routed'];
 
 function filterQuery(params) {
   const q = new URLSearchParams();
-  for (const [name] of FILTERS) if (params.get(name)) q.set(name, params.get(name));
+  for (const [name] of FILTERS) {
+    const v = params.get(name);
+    if (v) q.set(name, name === 'since' || name === 'until' ? zonedInput(v) : v);
+  }
+  if (params.get('sink') && params.get('state')) {
+    q.set('sink', params.get('sink'));
+    q.set('state', params.get('state'));
+  }
   return q;
 }
 
 async function eventsView(params, token) {
   setNav('events');
+  const select = (name, label, options, value) => h('label', {}, label,
+    h('select', { name, id: `f-${name}` }, h('option', { value: '' }, 'any'),
+      options.map((o) => h('option', { value: o, selected: o === value }, o))));
+  const quick = (label, since) => h('button', { type: 'button', class: 'quick', 'data-since': since, onclick: () => {
+    form.elements.since.value = since; form.elements.until.value = ''; form.requestSubmit();
+  } }, label);
   const form = h('form', { class: 'filters', id: 'filters', role: 'search' },
     FILTERS.map(([name, label, ph]) => h('label', {}, label,
       h('input', { name, id: `f-${name}`, value: params.get(name) || '', placeholder: ph, autocomplete: 'off' }))),
+    select('sink', 'Sink', session.sinks, params.get('sink')),
+    select('state', 'State', STATES, params.get('state')),
+    h('span', { class: 'quick-ranges' }, quick('15 min', '15m'), quick('1 h', '1h'), quick('24 h', '24h')),
     h('button', { type: 'submit', class: 'primary', id: 'apply' }, 'Filter'),
-    h('button', { type: 'button', id: 'clear', onclick: () => { location.hash = '#/events'; } }, 'Clear'));
+    h('button', { type: 'button', id: 'clear', onclick: () => { location.hash = '#/events'; } }, 'Clear'),
+    h('span', { class: 'muted zone-note' }, `Times in ${zoneText()}`));
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     const q = new URLSearchParams();
@@ -168,6 +240,10 @@ async function eventsView(params, token) {
       const v = form.elements[name].value.trim();
       if (v) q.set(name, v);
     }
+    const sk = form.elements.sink.value;
+    const st = form.elements.state.value;
+    if (sk && st) { q.set('sink', sk); q.set('state', st); }
+    else if (sk || st) { status.textContent = 'Choose a sink and a state together.'; return; }
     const text = q.toString();
     const target = '#/events' + (text ? `?${text}` : '');
     if (location.hash === target) route(); else location.hash = target;
@@ -184,6 +260,7 @@ async function eventsView(params, token) {
   const seen = new Set();
   let nextBefore = null;
   let scannedAll = 0;
+  let extended = false;
 
   const addRow = (ev, atTop) => {
     if (seen.has(ev.seq)) return;
@@ -191,14 +268,17 @@ async function eventsView(params, token) {
     const tr = h('tr', { tabindex: 0, 'data-seq': ev.seq, class: atTop ? 'fresh' : '',
       onclick: () => { location.hash = `#/event/${ev.seq}`; },
       onkeydown: (e) => { if (e.key === 'Enter') location.hash = `#/event/${ev.seq}`; } },
-    h('td', { 'data-label': 'Time', class: 'mono', title: ev.received_at }, fmtTime(ev.received_at_ms)),
+    h('td', { 'data-label': 'Time', class: 'mono', title: ev.received_at },
+      h('span', { class: 'abs' }, fmtTime(ev.received_at_ms)), h('span', { class: 'rel', 'data-ms': ev.received_at_ms }, ` ${ago(ev.received_at_ms)}`), ev.late ? h('span', { class: 'chip late', title: 'stored after a newer event of its resource' }, 'late') : null),
     h('td', { 'data-label': 'Kinds' }, kindChips(ev.kinds)),
     h('td', { 'data-label': 'Resource' }, resourceLink(ev.resource)),
     h('td', { 'data-label': 'Name' }, ev.name || ''),
     h('td', { 'data-label': 'Source', class: 'mono' }, ev.source_ip),
     h('td', { 'data-label': 'Sinks', class: 'sinks' }, sinkChips(ev.sinks)));
     if (atTop) tbody.prepend(tr); else tbody.append(tr);
-    while (tbody.children.length > MAX_ROWS) {
+    // Live rows push the oldest out; rows the operator asked for (older pages) stay: they
+    // are never trimmed as they come (that made "Older events" seem to do nothing).
+    while (atTop && !extended && tbody.children.length > MAX_ROWS) {
       seen.delete(Number(tbody.lastElementChild.dataset.seq));
       tbody.lastElementChild.remove();
     }
@@ -230,6 +310,7 @@ async function eventsView(params, token) {
   };
 
   more.addEventListener('click', async () => {
+    extended = true;
     more.disabled = true;
     try { await load(nextBefore, PAGE); describe(); } catch (e) { status.textContent = `Error: ${e.message}`; }
     more.disabled = false;
@@ -262,8 +343,10 @@ async function eventsView(params, token) {
 
   // Sink states change after the row arrives: refresh what is on screen.
   statesTimer = setInterval(async () => {
+    if (document.hidden) return;
+    for (const el of tbody.querySelectorAll('span.rel')) el.textContent = ` ${ago(Number(el.dataset.ms))}`;
     const seqs = [...tbody.querySelectorAll('tr')].slice(0, 200).map((tr) => tr.dataset.seq);
-    if (!seqs.length || document.hidden) return;
+    if (!seqs.length) return;
     try {
       const states = await api(`/admin/events/states?seqs=${seqs.join(',')}`);
       for (const tr of tbody.querySelectorAll('tr')) {
@@ -278,6 +361,23 @@ async function eventsView(params, token) {
 
 function pretty(text) {
   try { return JSON.stringify(JSON.parse(text), null, 2); } catch (_) { return text; }
+}
+
+// "Copy as curl": the body as received, to a URL of the operator's choice.
+function curlCommand(url, body) {
+  const quote = (t) => `'${t.replace(/'/g, `'\\''`)}'`;
+  return `curl -sS -X POST ${quote(url)} -H 'content-type: application/json' --data-binary ${quote(body)}`;
+}
+
+function curlBox(body) {
+  const url = h('input', { id: 'curl-url', value: 'http://127.0.0.1:8080/webhook', 'aria-label': 'URL for the curl command', size: 34 });
+  const btn = h('button', { type: 'button', id: 'copy-curl', onclick: async () => {
+    const text = curlCommand(url.value.trim(), body);
+    btn.dataset.command = text;
+    try { await navigator.clipboard.writeText(text); btn.textContent = 'Copied'; } catch (_) { btn.textContent = 'Copy failed: see the title'; btn.title = text; }
+    setTimeout(() => { btn.textContent = 'Copy as curl'; }, 1500);
+  } }, 'Copy as curl');
+  return h('span', { class: 'curl' }, url, btn);
 }
 
 function copyButton(id, text) {
@@ -307,8 +407,9 @@ async function eventView(seq, token) {
       try { await post(`/admin/events/${seq}/resend`, { sink: sk.name }); message.textContent = `Queued again for ${sk.name}.`; setTimeout(route, 800); } catch (e) { message.textContent = `Error: ${e.message}`; }
     } }, `Send again to ${sk.name}`));
     const attempts = sk.attempts.length
-      ? h('ol', {}, sk.attempts.map((a) => h('li', {}, `${fmtTime(a.at_ms)}: attempt ${a.attempt} ${a.outcome}${a.error ? `: ${a.error}` : ''}`)))
-      : h('span', { class: 'muted' }, 'no failed attempt remembered');
+      ? h('ol', { class: 'attempts' }, sk.attempts.map((a) => h('li', { class: `outcome-${a.outcome}` },
+        `${fmtTime(a.at_ms)} (${ago(a.at_ms)}): attempt ${a.attempt} ${a.outcome} in ${a.latency_ms} ms`, a.error ? h('span', { class: 'error' }, `: ${a.error}`) : null)))
+      : h('span', { class: 'muted' }, 'no attempt yet');
     return h('tr', { 'data-sink': sk.name },
       h('td', { 'data-label': 'Sink' }, sk.name),
       h('td', { 'data-label': 'State', class: `st-${((sk.state && sk.state.state) || '').replace(' ', '-')}` }, stateText(sk.state)),
@@ -340,7 +441,7 @@ async function eventView(seq, token) {
       h('table', { id: 'event-sinks' }, h('thead', {}, h('tr', {}, ['Sink', 'State', 'Attempts', ''].map((t) => h('th', {}, t)))), h('tbody', {}, sinkRows))),
     h('section', { class: 'panel' },
       h('details', { open: true, id: 'body' }, h('summary', {}, 'Body as received (pretty)'),
-        h('div', { class: 'row-actions' }, copyButton('copy-body', data.body)),
+        h('div', { class: 'row-actions' }, copyButton('copy-body', data.body), curlBox(data.body)),
         h('pre', { class: 'json', id: 'body-json' }, body)),
       h('details', { id: 'envelope' }, h('summary', {}, 'Envelope (what sinks receive)'),
         h('div', { class: 'row-actions' }, copyButton('copy-envelope', envelope)),
@@ -468,6 +569,19 @@ async function timelineView(type, id, token) {
   show(...children);
 }
 
+// ---------- confirmation: bulk actions say what they touch first ----------
+
+function confirmBox(where, text, onYes) {
+  const box = h('div', { class: 'confirm', id: 'confirm-box', role: 'alertdialog', 'aria-label': 'Confirm' },
+    h('p', { id: 'confirm-text' }, text),
+    h('button', { type: 'button', class: 'primary', id: 'confirm-yes', onclick: async () => { box.remove(); await onYes(); } }, 'Confirm'),
+    h('button', { type: 'button', id: 'confirm-no', onclick: () => box.remove() }, 'Cancel'));
+  const old = document.getElementById('confirm-box');
+  if (old) old.remove();
+  where.append(box);
+  box.querySelector('#confirm-yes').focus();
+}
+
 // ---------- sinks ----------
 
 function spark(perMinute) {
@@ -492,7 +606,7 @@ async function sinksView(token) {
     const say = (t) => { message.hidden = false; message.textContent = t; };
     const deadBody = h('tbody', {});
     const deadFilter = h('input', { placeholder: 'filter: kind glob or text', 'aria-label': `Filter ${sk.name}'s dead letters` });
-    const requeueAll = h('button', { type: 'button', class: 'primary', 'data-requeue-all': sk.name }, 'Requeue all shown');
+    const requeueAll = h('button', { type: 'button', class: 'primary', 'data-requeue-all': sk.name }, 'Requeue all matching');
     let letters = [];
     const matchesFilter = (d) => {
       const f = deadFilter.value.trim().toLowerCase();
@@ -512,7 +626,7 @@ async function sinksView(token) {
         h('td', {}, h('button', { type: 'button', 'data-requeue': d.seq, onclick: async () => {
           try { await post('/admin/dead-letters/requeue', { sink: sk.name, seq: d.seq }); say(`Requeued event ${d.seq}.`); await reloadDead(); } catch (e) { say(`Error: ${e.message}`); }
         } }, 'Requeue')))));
-      requeueAll.textContent = `Requeue all ${shown.length} shown`;
+      requeueAll.textContent = 'Requeue all matching';
       requeueAll.disabled = shown.length === 0;
     };
     const reloadDead = async () => {
@@ -520,15 +634,34 @@ async function sinksView(token) {
       renderDead();
     };
     deadFilter.addEventListener('input', renderDead);
+    // Every dead letter that matches, however many (not only those listed): counted by
+    // the server first, then confirmed.
+    const matching = () => {
+      const f = deadFilter.value.trim();
+      const body = { sink: sk.name, all: true };
+      if (f.includes('*')) body.kind = f; else if (f) body.q = f;
+      return body;
+    };
     requeueAll.addEventListener('click', async () => {
-      const seqs = letters.filter(matchesFilter).map((d) => d.seq);
-      try { const r = await post('/admin/dead-letters/requeue', { sink: sk.name, seqs }); say(`Requeued ${r.requeued.length} events.`); await reloadDead(); } catch (e) { say(`Error: ${e.message}`); }
+      try {
+        const plan = await post('/admin/dead-letters/requeue', { ...matching(), dry_run: true });
+        confirmBox(requeueAll.parentElement, `Requeue ${plural(plan.would_requeue, 'dead letter')} of ${sk.name}? They are delivered again.`, async () => {
+          try { const r = await post('/admin/dead-letters/requeue', matching()); say(`Requeued ${r.requeued.length} events.`); await reloadDead(); await audit(); } catch (e) { say(`Error: ${e.message}`); }
+        });
+      } catch (e) { say(`Error: ${e.message}`); }
     });
     const since = h('input', { placeholder: '1h or 2026-11-28T09:00:00Z', 'aria-label': `Replay ${sk.name} since` });
     const replay = h('form', { class: 'filters' }, h('label', {}, 'Replay since', since), h('button', { type: 'submit' }, 'Replay'));
     replay.addEventListener('submit', async (e) => {
       e.preventDefault();
-      try { const r = await post('/admin/replay', { sink: sk.name, since: since.value.trim() }); say(`Replaying ${sk.name} from event ${r.from_seq}.`); } catch (err) { say(`Error: ${err.message}`); }
+      const body = { sink: sk.name, since: zonedInput(since.value) };
+      try {
+        const plan = await post('/admin/replay', { ...body, dry_run: true });
+        if (!plan.moved && plan.from_seq !== plan.asked_from_seq) { say(plan.message); return; }
+        confirmBox(replay, `Replay ${sk.name} from event ${plan.from_seq}: ${plural(plan.events, 'journaled event')} from there (those routed to it) are delivered again. Go on?`, async () => {
+          try { const r = await post('/admin/replay', body); say(r.message); await audit(); } catch (err) { say(`Error: ${err.message}`); }
+        });
+      } catch (err) { say(`Error: ${err.message}`); }
     });
     const last = act.last_error;
     panels.push(h('section', { class: 'panel', 'data-sink': sk.name },
@@ -546,8 +679,22 @@ async function sinksView(token) {
         h('table', { class: 'dead' }, h('thead', {}, h('tr', {}, ['Event', 'Kinds', 'Error', ''].map((t) => h('th', {}, t)))), deadBody))));
     reloadDead().catch((e) => say(`Error: ${e.message}`));
   }
-  show(h('h1', {}, 'Sinks'), h('p', { class: 'muted' }, `Journal: ${status.events} events, newest seq ${status.last_seq}.`), ...panels);
+  const auditBody = h('tbody', { id: 'audit' });
+  const audit = async () => {
+    try {
+      const log = await api('/admin/audit?limit=20');
+      auditBody.replaceChildren(...log.actions.map((a) => h('tr', {},
+        h('td', { class: 'mono', title: a.at }, fmtTime(a.at_ms), ` (${ago(a.at_ms)})`), h('td', {}, a.action), h('td', {}, a.detail), h('td', { class: 'muted' }, a.who))));
+      if (!log.actions.length) auditBody.replaceChildren(h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No operator action recorded yet.')));
+    } catch (_) { /* shown at the next refresh */ }
+  };
+  show(h('h1', {}, 'Sinks'), h('p', { class: 'muted' }, `Journal: ${status.events} events, newest seq ${status.last_seq}. Times in ${zoneText()}.`), ...panels,
+    h('section', { class: 'panel', id: 'audit-panel' }, h('h2', {}, 'Operator actions'),
+      h('table', {}, h('thead', {}, h('tr', {}, ['When', 'Action', 'What', 'Who'].map((t) => h('th', {}, t)))), auditBody)));
+  audit();
+  // Polled while the page is seen; a hidden tab costs the server nothing.
   statesTimer = setInterval(async () => {
+    if (document.hidden) return;
     try {
       const st = await api('/admin/status');
       for (const sk of st.sinks) {
@@ -597,9 +744,21 @@ function toggleTheme() {
   try { localStorage.setItem('streamhook-theme', root.dataset.theme); } catch (_) { /* private mode */ }
 }
 
+function showZone() {
+  const b = document.getElementById('zone');
+  if (b) b.textContent = `Times: ${zoneText()}`;
+}
+
 async function start() {
   try { const t = localStorage.getItem('streamhook-theme'); if (t) document.documentElement.dataset.theme = t; } catch (_) { /* private mode */ }
   document.getElementById('theme').addEventListener('click', toggleTheme);
+  showZone();
+  document.getElementById('zone').addEventListener('click', () => {
+    zone = zone === 'utc' ? 'local' : 'utc';
+    try { localStorage.setItem('streamhook-tz', zone); } catch (_) { /* private mode */ }
+    showZone();
+    route();
+  });
   document.getElementById('logout').addEventListener('click', async () => {
     await fetch('/logout', { method: 'POST', credentials: 'same-origin', headers: { 'x-csrf-token': session.csrf } });
     location.href = '/';

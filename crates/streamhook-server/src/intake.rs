@@ -288,15 +288,32 @@ const KEPT_VALUE_BYTES: usize = 1024;
 
 /// Whether a header may carry a credential: its value is not kept.
 fn secret_header(name: &str) -> bool {
-    const WORDS: [&str; 8] = [
-        "auth", "cookie", "token", "secret", "key", "sig", "pass", "session",
+    const WORDS: [&str; 13] = [
+        "auth",
+        "cookie",
+        "token",
+        "secret",
+        "key",
+        "sig",
+        "pass",
+        "session",
+        "jwt",
+        "hmac",
+        "assertion",
+        "credential",
+        "dpop",
     ];
     WORDS.iter().any(|w| name.contains(w))
 }
 
 /// The request's headers as the console shows them: in order, bounded, credentials (by
-/// name: anything with auth, cookie, token, secret, key, sig, pass or session in it) redacted.
-pub(crate) fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+/// name: anything with auth, cookie, token, secret, key, sig, pass, session, jwt, hmac,
+/// assertion, credential or dpop in it) redacted, and the path token taken out of every value
+/// (a proxy's `x-original-uri`, `x-forwarded-uri`, `x-envoy-original-path` carry the URL).
+pub(crate) fn kept_headers(
+    headers: &axum::http::HeaderMap,
+    path_token: Option<&str>,
+) -> Vec<(String, String)> {
     let mut kept = Vec::new();
     let mut bytes = 0;
     for (i, (name, value)) in headers.iter().enumerate() {
@@ -304,7 +321,11 @@ pub(crate) fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, Stri
         let mut value = if secret_header(name) {
             "(redacted)".to_owned()
         } else {
-            String::from_utf8_lossy(value.as_bytes()).into_owned()
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            match path_token {
+                Some(t) if !t.is_empty() && text.contains(t) => text.replace(t, "(path token)"),
+                _ => text,
+            }
         };
         if value.len() > KEPT_VALUE_BYTES {
             let mut cut = KEPT_VALUE_BYTES;
@@ -444,7 +465,15 @@ async fn receive(
                 resource: salvage_resource(&serde_json::Value::Null),
                 problems: vec![problem],
             };
-            return accept(&intake, verified, &payload, parsed, &parts.headers).await;
+            return accept(
+                &intake,
+                verified,
+                &payload,
+                parsed,
+                &parts.headers,
+                token.as_deref(),
+            )
+            .await;
         }
     };
     let parsed = match decode::decode_value(&value) {
@@ -468,7 +497,15 @@ async fn receive(
             }
         }
     };
-    accept(&intake, verified, &bytes, parsed, &parts.headers).await
+    accept(
+        &intake,
+        verified,
+        &bytes,
+        parsed,
+        &parts.headers,
+        token.as_deref(),
+    )
+    .await
 }
 
 /// A body that is not JSON, as the journal keeps it: `{"unparsed": TEXT}`, or
@@ -491,6 +528,7 @@ async fn accept(
     bytes: &[u8],
     parsed: Parsed,
     headers: &HeaderMap,
+    path_token: Option<&str>,
 ) -> Result<(streamhook_core::Appended, Vec<Problem>, Response), ApiError> {
     let problems = match &parsed {
         Parsed::Invalid { problems, .. } => problems.clone(),
@@ -498,7 +536,7 @@ async fn accept(
     };
     let appended = intake
         .journal()
-        .append_received(verified, bytes, parsed, kept_headers(headers))
+        .append_received(verified, bytes, parsed, kept_headers(headers, path_token))
         .await
         .map_err(|e| match e {
             JournalError::Busy => {

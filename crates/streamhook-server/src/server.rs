@@ -293,11 +293,13 @@ impl Server {
         let admin_task = match admin {
             Some(listener) => {
                 let token = self.admin_token()?;
+                let port = listener.local_addr().map_or(0, |a| a.port());
                 let app = admin_app(
                     self.intake.clone(),
                     token,
                     Some(self.reload_tx.clone()),
                     Some(self.router.clone()),
+                    port,
                 );
                 let mut stop = stop_rx.clone();
                 let limits = self.config.limits.clone();

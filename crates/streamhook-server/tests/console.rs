@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, client, eventually_async, fixture, post};
+use common::{TestServer, client, client_from, eventually_async, fixture, post};
 use serde_json::Value;
 
 fn no_redirects() -> reqwest::Client {
@@ -87,7 +87,20 @@ async fn login_sets_a_strict_cookie_and_a_wrong_token_shows_nothing() {
     assert_eq!(form.status(), 401);
 
     // The API refuses a forged cookie.
-    let (status, _) = get_json(&server, "streamhook_session=forged", "/admin/status").await;
+    let (status, _) = get_json(
+        &server,
+        &format!(
+            "streamhook_session_{}=forged",
+            server
+                .admin_url("")
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+        ),
+        "/admin/status",
+    )
+    .await;
     assert_eq!(status, 401);
 
     // The right token: the cookie opens the app and the API.
@@ -487,32 +500,138 @@ async fn another_host_name_gets_no_login_and_no_cookie_access() {
 }
 
 #[tokio::test]
-async fn wrong_tokens_lock_token_checks_for_a_while() {
+async fn wrong_tokens_slow_their_sender_and_never_lock_out_the_right_token() {
     let mut server = TestServer::start(|_| {}).await;
-    let c = no_redirects();
-    for _ in 0..10 {
+    // A stranger (another local process, or a page in the operator's own browser) sends
+    // wrong tokens as fast as it can, from its address and from the operator's.
+    let stranger = client_from("127.0.0.2");
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (c, url) = if i % 2 == 0 {
+            (stranger.clone(), server.admin_url("/admin/status"))
+        } else {
+            (client(), server.admin_url("/admin/status"))
+        };
+        tasks.push(tokio::spawn(async move {
+            c.get(url)
+                .bearer_auth("wrong-token-wrong-token-wrong-token")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    // Before the fix the right token answered 429 now, for everyone, as long as the wrong
+    // ones kept coming.
+    for c in [client(), stranger.clone()] {
         let resp = c
             .get(server.admin_url("/admin/status"))
-            .bearer_auth("wrong-token-wrong-token-wrong-token")
+            .bearer_auth(&server.token)
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.status(), 200, "the right token is never refused");
     }
-    // Even the right token waits now, by bearer or by login.
+    let login = no_redirects()
+        .get(server.admin_url(&format!("/?token={}", server.token)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303, "the login link works");
+    // The stranger's next wrong guess is slowed down (the delay doubles with each).
+    let started = std::time::Instant::now();
+    let resp = stranger
+        .get(server.admin_url("/admin/status"))
+        .bearer_auth("wrong-token-wrong-token-wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "a wrong guess past the free ones is answered slowly"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_login_link_from_another_site_is_refused_and_the_form_s_own_post_is_not() {
+    let mut server = TestServer::start(|_| {}).await;
+    let c = no_redirects();
+    // `<img src="http://127.0.0.1:8081/?token=...">` on any page: refused before any check.
     let resp = c
+        .get(server.admin_url(&format!("/?token={}", server.token)))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().get("set-cookie").is_none());
+    // The form posted by the page itself, as Chromium sends it (same-origin).
+    let resp = c
+        .post(server.admin_url("/login"))
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", server.admin_url(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", server.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let port = server
+        .admin_url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    assert!(
+        cookie.starts_with(&format!("streamhook_session_{port}=")),
+        "the cookie is named after the listener's port: {cookie}"
+    );
+    // Another site's form post is refused.
+    let resp = c
+        .post(server.admin_url("/login"))
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", server.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // The pages let a browser send their origin with the form.
+    let page = c.get(server.admin_url("/")).send().await.unwrap();
+    assert_eq!(page.headers()["referrer-policy"], "same-origin");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_answers_are_never_cached_and_probes_answer_only_by_address() {
+    let mut server = TestServer::start(|_| {}).await;
+    let resp = client()
         .get(server.admin_url("/admin/status"))
         .bearer_auth(&server.token)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 429);
-    let login = c
-        .get(server.admin_url(&format!("/?token={}", server.token)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 429);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    for path in ["/readyz", "/metrics", "/healthz"] {
+        let ok = client().get(server.admin_url(path)).send().await.unwrap();
+        assert_eq!(ok.status(), 200, "{path}");
+        let renamed = client()
+            .get(server.admin_url(path))
+            .header("host", "rebound.example:8081")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(renamed.status(), 421, "{path} under another name");
+    }
     server.shutdown().await;
 }
 
@@ -685,4 +804,342 @@ async fn shutdown_ends_an_open_live_stream() {
     })
     .await;
     assert!(end.is_ok(), "the live stream stayed open after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_hundred_live_streams_leave_readiness_answering() {
+    let mut server = TestServer::start(|_| {}).await;
+    let request = format!(
+        "GET /admin/events/live HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\n\r\n",
+        server.token
+    );
+    // A script opens live streams and holds every connection (reads nothing).
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        use tokio::io::AsyncWriteExt as _;
+        let Ok(mut socket) = tokio::net::TcpStream::connect(server.admin).await else {
+            continue;
+        };
+        let _ = socket.write_all(request.as_bytes()).await;
+        held.push(socket);
+    }
+    // Before the fix each held a stream (the listener's 1,024 connections all taken) and
+    // readiness probes timed out.
+    let started = std::time::Instant::now();
+    let ready = tokio::time::timeout(
+        Duration::from_secs(1),
+        client().get(server.admin_url("/readyz")).send(),
+    )
+    .await;
+    assert!(
+        matches!(&ready, Ok(Ok(r)) if r.status() == 200),
+        "/readyz did not answer within a second ({:?}): {ready:?}",
+        started.elapsed()
+    );
+    // What was refused was told so, and its connection closed.
+    let c = client();
+    let refused = c
+        .get(server.admin_url("/admin/events/live"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["connection"], "close");
+    drop(held);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_live_stream_ends_with_its_session() {
+    let mut server = TestServer::start(|_| {}).await;
+    let cookie = log_in(&server).await;
+    let mut stream = no_redirects()
+        .get(server.admin_url("/admin/events/live"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let (_, session) = get_json(&server, &cookie, "/admin/session").await;
+    let csrf = session["csrf"].as_str().unwrap().to_owned();
+    let out = no_redirects()
+        .post(server.admin_url("/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    // The stream ends within its next check (every 5 s), not when the server stops.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the live stream outlived its session");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_filter_by_sink_state_with_why_it_failed_and_attempts_survive_a_restart() {
+    if common::jetstream_mode() {
+        // It restarts a server on its folder: the replicated suites give each start its
+        // own NATS stream. (Attempts live in the local file on both backends.)
+        return;
+    }
+    use streamhook_sinks::SinkConfig;
+    use streamhook_sinks::http::HttpConfig;
+    // An app that refuses everything with 400.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async { (axum::http::StatusCode::BAD_REQUEST, "no thanks") }),
+        );
+        axum::serve(listener, router).await
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut streamhook_server::Config| {
+        let mut http = HttpConfig::new(&app);
+        http.name = Some("app".into());
+        c.sinks.push(SinkConfig::Http(http));
+    };
+    let mut config = common::test_config(dir.path());
+    tweak(&mut config);
+    let mut server = TestServer::start_with(dir, config).await;
+    let c = client();
+    for name in ["seed/01-stream-started.json", "seed/12-video-uploaded.json"] {
+        post(&c, &server.url("/webhook"), fixture(name)).await;
+    }
+    let cookie = log_in(&server).await;
+    let search = |q: &'static str| {
+        let (server, cookie) = (&server, cookie.clone());
+        async move {
+            get_json(server, &cookie, &format!("/admin/events/search?{q}"))
+                .await
+                .1
+        }
+    };
+    let mut dead = Value::Null;
+    for _ in 0..200 {
+        dead = search("sink=app&state=dead").await;
+        if dead["events"].as_array().is_some_and(|e| e.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = dead["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "{dead}");
+    let app_state = &events[0]["sinks"]["app"];
+    assert_eq!(app_state["state"], "dead");
+    let why = app_state["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("400"),
+        "the error with its status, inline: {app_state}"
+    );
+    let delivered = search("sink=archive&state=delivered").await;
+    assert_eq!(
+        delivered["events"].as_array().unwrap().len(),
+        2,
+        "{delivered}"
+    );
+    assert!(
+        search("sink=app&state=delivered").await["events"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (status, bad) =
+        get_json(&server, &cookie, "/admin/events/search?sink=app&state=lost").await;
+    assert_eq!(status, 400, "{bad}");
+    // Every attempt is kept in the journal, the successful first one too (with its
+    // latency): a restart does not erase them.
+    let (_, before) = get_json(&server, &cookie, "/admin/events/1").await;
+    let sinks = before["sinks"].as_array().unwrap();
+    let archive = sinks.iter().find(|s| s["name"] == "archive").unwrap();
+    assert_eq!(archive["attempts"][0]["outcome"], "delivered", "{archive}");
+    assert!(archive["attempts"][0]["latency_ms"].is_u64());
+    let dir = server.dir.path().to_owned();
+    server.shutdown().await;
+    let keep = tempfile::TempDir::new_in(dir.parent().unwrap()).unwrap();
+    let moved = keep.path().join("data");
+    std::fs::rename(&dir, &moved).unwrap();
+    let reopened = tempfile::TempDir::new_in(dir.parent().unwrap()).unwrap();
+    std::fs::remove_dir(reopened.path()).unwrap();
+    std::fs::rename(&moved, reopened.path()).unwrap();
+    let mut config = common::test_config(reopened.path());
+    tweak(&mut config);
+    let mut server = TestServer::start_with(reopened, config).await;
+    let cookie = log_in(&server).await;
+    let (_, after) = get_json(&server, &cookie, "/admin/events/1").await;
+    let app_after = after["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "app")
+        .unwrap()
+        .clone();
+    let attempts = app_after["attempts"].as_array().unwrap();
+    assert!(
+        !attempts.is_empty(),
+        "attempts survive a restart: {app_after}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["error"].as_str().unwrap_or_default().contains("400"))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bulk_requeue_counts_every_match_first_and_the_audit_log_says_who_did_it() {
+    use streamhook_sinks::SinkConfig;
+    use streamhook_sinks::http::HttpConfig;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async { (axum::http::StatusCode::BAD_REQUEST, "no") }),
+        );
+        axum::serve(listener, router).await
+    });
+    let mut server = TestServer::start(|c| {
+        let mut http = HttpConfig::new(&app);
+        http.name = Some("app".into());
+        c.sinks.push(SinkConfig::Http(http));
+    })
+    .await;
+    let c = client();
+    for id in 0..1200u64 {
+        let body =
+            format!(r#"{{"type":"video","message":{{"video":{{"id":{id},"status":"ready"}}}}}}"#);
+        post(&c, &server.url("/webhook"), body.into_bytes()).await;
+    }
+    post(
+        &c,
+        &server.url("/webhook"),
+        fixture("seed/01-stream-started.json"),
+    )
+    .await;
+    let count = || async {
+        client()
+            .get(server.admin_url("/admin/status"))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "app")
+            .map_or(0, |s| s["dead_letters"].as_u64().unwrap_or(0))
+    };
+    eventually_async("1,201 dead letters", count, 1201).await;
+    // The first page of a list holds 1,000; "all matching" covers every one.
+    let (status, page) = (
+        200,
+        client()
+            .get(server.admin_url("/admin/dead-letters?sink=app&limit=1000"))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap(),
+    );
+    assert_eq!((status, page.as_array().unwrap().len()), (200, 1000));
+    let cookie = log_in(&server).await;
+    let (_, session) = get_json(&server, &cookie, "/admin/session").await;
+    let csrf = session["csrf"].as_str().unwrap().to_owned();
+    let requeue = |body: Value| {
+        let (cookie, csrf, url) = (
+            cookie.clone(),
+            csrf.clone(),
+            server.admin_url("/admin/dead-letters/requeue"),
+        );
+        async move {
+            no_redirects()
+                .post(url)
+                .header("cookie", cookie)
+                .header("x-csrf-token", csrf)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let plan = requeue(
+        serde_json::json!({"sink": "app", "all": true, "kind": "video.*", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(plan["would_requeue"], 1200, "{plan}");
+    assert_eq!(count().await, 1201, "a dry run changes nothing");
+    let done = requeue(serde_json::json!({"sink": "app", "all": true, "kind": "video.*"})).await;
+    assert_eq!(done["requeued"].as_array().unwrap().len(), 1200);
+    let (_, audit) = get_json(&server, &cookie, "/admin/audit").await;
+    let last = &audit["actions"][0];
+    assert_eq!(last["action"], "requeue", "{audit}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1200 dead letters of sink app")
+    );
+    assert!(
+        last["who"]
+            .as_str()
+            .unwrap()
+            .starts_with("console session "),
+        "{last}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_path_token_is_taken_out_of_every_kept_header() {
+    let mut server =
+        TestServer::start(|c| c.path_token = Some("s3cr3t-path-token-0123456789".into())).await;
+    let resp = client()
+        .post(server.url("/webhook/s3cr3t-path-token-0123456789"))
+        .header("x-original-uri", "/webhook/s3cr3t-path-token-0123456789")
+        .header(
+            "x-forwarded-uri",
+            "/webhook/s3cr3t-path-token-0123456789?a=1",
+        )
+        .header(
+            "x-envoy-original-path",
+            "/webhook/s3cr3t-path-token-0123456789",
+        )
+        .header("x-client-jwt", "eyJ...")
+        .header("dpop", "proof")
+        .body(fixture("seed/01-stream-started.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = log_in(&server).await;
+    let (_, event) = get_json(&server, &cookie, "/admin/events/1").await;
+    let headers = event["received"]["headers"].to_string();
+    assert!(!headers.contains("s3cr3t"), "{headers}");
+    assert!(headers.contains("/webhook/(path token)"), "{headers}");
+    assert!(
+        !headers.contains("eyJ") && !headers.contains("proof"),
+        "{headers}"
+    );
+    server.shutdown().await;
 }

@@ -1,7 +1,10 @@
 //! The console in a real browser: Debian's Chromium driven through ChromeDriver (WebDriver),
-//! against a real server on loopback. Logs in, sees a sent fixture arrive live, filters, opens
-//! an event and its stream's timeline, requeues a dead letter and sees it delivered, and is
-//! refused with a wrong token. Saves screenshots in `target/console-screenshots/` (and in
+//! against a real server on loopback. Logs in by typing the token into the form (after a
+//! stranger's wrong tokens), sees a sent fixture arrive live with relative times, filters by
+//! kind and by a sink's delivery state (the failing sink's error in the row), opens an event
+//! and its stream's timeline, requeues a dead letter and then all of them after a confirmation
+//! that says how many, sees the action in the audit log, and stays logged in while a second
+//! console on another port is used in the same browser. Saves screenshots in `target/console-screenshots/` (and in
 //! `docs/img/` with `STREAMHOOK_UPDATE_SCREENSHOTS=1`).
 //!
 //! Needs `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the test
@@ -226,26 +229,40 @@ async fn the_console_in_a_real_browser() {
     let webhook = server.url("/webhook");
     let c = client();
 
-    // A wrong token: a clear message and nothing else.
-    browser
-        .goto(&format!("{admin}/?token=not-the-token"))
-        .await
-        .unwrap();
+    // The form, typed into and submitted as a person does. (Before the fix Chromium sent
+    // `Origin: null` under the page's no-referrer policy: "Cross-site login refused.")
+    browser.goto(&format!("{admin}/")).await.unwrap();
+    let field = wait_for(&browser, "#token").await;
+    field.send_keys("not-the-token").await.unwrap();
+    click(&browser, "#login-form button[type='submit']").await;
     let message = wait_text(&browser, "#login-error", "the refusal", |t| !t.is_empty()).await;
     assert!(message.contains("Wrong admin token"), "{message}");
     assert!(browser.find(Locator::Css("#events-table")).await.is_err());
     screenshot(&browser, "login-refused").await;
 
-    // Log in with the link the server prints: the token leaves the address bar.
-    browser
-        .goto(&format!("{admin}/?token={}", server.token))
-        .await
-        .unwrap();
+    // A stranger tries wrong tokens, from its address and from ours: the right one still
+    // works at once (before the fix: 429 for everyone).
+    let stranger = common::client_from("127.0.0.2");
+    for _ in 0..12 {
+        for c in [&stranger, &c] {
+            let status = c
+                .get(format!("{admin}/admin/status"))
+                .bearer_auth("wrong-token-wrong-token-wrong-token")
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status == 401 || status == 429, "{status}");
+        }
+    }
+    let field = wait_for(&browser, "#token").await;
+    field.send_keys(&server.token).await.unwrap();
+    click(&browser, "#login-form button[type='submit']").await;
     wait_for(&browser, "#events-table").await;
     let url = browser.current_url().await.unwrap();
     assert!(
         !url.as_str().contains(&server.token),
-        "token left in the URL: {url}"
+        "token in the URL: {url}"
     );
     wait_text(&browser, "#live-state", "the live connection", |t| {
         t.contains("live") && !t.contains("not")
@@ -261,6 +278,22 @@ async fn the_console_in_a_real_browser() {
     .await;
     assert!(row.contains("stream 12345"), "{row}");
     assert!(row.contains("127.0.0.1"), "{row}");
+    // Relative times, and the zone the times are in, said on screen.
+    assert!(
+        row.contains("just now") || row.contains(" s ago"),
+        "a relative time: {row}"
+    );
+    let zone = browser
+        .find(Locator::Css("#zone"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        zone.contains("local (UTC") || zone.contains("UTC"),
+        "{zone}"
+    );
     for name in [
         "seed/03-stream-recording-started.json",
         "seed/12-video-uploaded.json",
@@ -302,6 +335,34 @@ async fn the_console_in_a_real_browser() {
         t.starts_with("2 events shown")
     })
     .await;
+    // By delivery state: what the failing app has as dead letters, why in each row.
+    browser.goto(&format!("{admin}/#/events")).await.unwrap();
+    wait_for(&browser, "#events tr[data-seq='5']").await;
+    browser
+        .find(Locator::Css("#f-sink"))
+        .await
+        .unwrap()
+        .select_by_value("app")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#f-state"))
+        .await
+        .unwrap()
+        .select_by_value("dead")
+        .await
+        .unwrap();
+    click(&browser, "#apply").await;
+    wait_text(&browser, "#events-status", "the dead ones", |t| {
+        t.starts_with("5 events shown")
+    })
+    .await;
+    let row = wait_text(&browser, "#events tr[data-seq='3']", "a dead row", |t| {
+        t.contains("app: dead")
+    })
+    .await;
+    assert!(row.contains("400"), "why it failed, in the row: {row}");
+    screenshot(&browser, "events-dead").await;
 
     // The keyboard: `j` twice selects the second newest, Enter opens it, Escape goes back.
     browser.goto(&format!("{admin}/#/events")).await.unwrap();
@@ -423,13 +484,11 @@ async fn the_console_in_a_real_browser() {
         |t| t.contains("delivered"),
     )
     .await;
-    // Requeue all that remain, from the sinks page.
+    // Requeue all that remain, from the sinks page: it says how many first.
     browser.goto(&format!("{admin}/#/sinks")).await.unwrap();
-    wait_text(
+    wait_for(
         &browser,
-        "section[data-sink='app'] button[data-requeue-all]",
-        "the list",
-        |t| t.contains("Requeue all 4"),
+        "section[data-sink='app'] button[data-requeue='4']",
     )
     .await;
     click(
@@ -437,6 +496,12 @@ async fn the_console_in_a_real_browser() {
         "section[data-sink='app'] button[data-requeue-all]",
     )
     .await;
+    wait_text(&browser, "#confirm-text", "the confirmation", |t| {
+        t.contains("Requeue 4 dead letters of app")
+    })
+    .await;
+    screenshot(&browser, "sinks-confirm").await;
+    click(&browser, "#confirm-yes").await;
     wait_text(
         &browser,
         "section[data-sink='app'] .notice",
@@ -444,6 +509,12 @@ async fn the_console_in_a_real_browser() {
         |t| t.contains("Requeued 4 events"),
     )
     .await;
+    // Who did it, and when, on the page.
+    let audit = wait_text(&browser, "#audit", "the audit log", |t| {
+        t.contains("requeue") && t.contains("4 dead letters of sink app")
+    })
+    .await;
+    assert!(audit.contains("console session"), "{audit}");
     for _ in 0..100 {
         if app.got.lock().unwrap().len() >= 5 {
             break;
@@ -495,7 +566,22 @@ async fn the_console_in_a_real_browser() {
         "markup from a payload became page content"
     );
 
+    // A second console, another receiver on another port, in the same browser: neither
+    // logs the other out (the cookie is named after the port).
+    let mut second = TestServer::start(|_| {}).await;
+    let admin2 = second.admin_url("");
+    browser.goto(&format!("{admin2}/")).await.unwrap();
+    let field = wait_for(&browser, "#token").await;
+    field.send_keys(&second.token).await.unwrap();
+    click(&browser, "#login-form button[type='submit']").await;
+    wait_for(&browser, "#events-table").await;
+    browser.goto(&format!("{admin}/#/events")).await.unwrap();
+    wait_for(&browser, "#events-table").await;
+    browser.goto(&format!("{admin2}/#/sinks")).await.unwrap();
+    wait_for(&browser, "section[data-sink='archive']").await;
+
     browser.close().await.unwrap();
     drop(driver);
+    second.shutdown().await;
     server.shutdown().await;
 }

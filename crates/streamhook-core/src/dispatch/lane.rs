@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::gate::Gate;
 use super::stats::{Attempt, Retrying, SinkStats, now_ms};
-use crate::journal::{DeadLetter, Journal};
+use crate::journal::{AttemptRecord, DeadLetter, Journal};
 use crate::sink::{Delivery, Sink, SinkError};
 
 /// When to give up on an event.
@@ -121,10 +121,16 @@ pub(super) async fn lane(
         } else {
             let batch: Vec<&Delivery> = jobs.iter().map(|j| &j.delivery).collect();
             gate.pass().await;
-            match sink.send_batch(&batch).await {
+            let started = Instant::now();
+            let result = match sink.send_batch(&batch).await {
                 Ok(()) => (jobs.len(), None),
                 Err((n, e)) => (n.min(jobs.len()), Some(e)),
+            };
+            let latency_ms = started.elapsed().as_millis() as u64;
+            for job in &jobs[..result.0] {
+                stats.keep_attempt(job.seq, record(1, latency_ms, "delivered", None));
             }
+            result
         };
         for job in &jobs[..delivered] {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -163,22 +169,29 @@ async fn deliver(
     let mut attempt = 1;
     loop {
         job.delivery.attempt = attempt;
+        let mut latency_ms = 0;
         let result = match first_error.take() {
             Some(e) => Err(e),
             None => {
                 // Never a send once the sink's lease may have lapsed (after a pause too).
                 gate.pass().await;
-                match tokio::time::timeout(policy.send_timeout, sink.send(&job.delivery)).await {
+                let started = Instant::now();
+                let sent = match tokio::time::timeout(policy.send_timeout, sink.send(&job.delivery))
+                    .await
+                {
                     Ok(r) => r,
                     Err(_) => Err(SinkError::retryable(format!(
                         "timed out after {:?}",
                         policy.send_timeout
                     ))),
-                }
+                };
+                latency_ms = started.elapsed().as_millis() as u64;
+                sent
             }
         };
         let error = match result {
             Ok(()) => {
+                stats.keep_attempt(job.seq, record(attempt, latency_ms, "delivered", None));
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 stats.rate.add();
                 if attempt > 1 {
@@ -205,6 +218,15 @@ async fn deliver(
             outcome: if give_up { "dead" } else { "failed" },
             error: Some(error.to_string()),
         });
+        stats.keep_attempt(
+            job.seq,
+            record(
+                attempt,
+                latency_ms,
+                if give_up { "dead" } else { "failed" },
+                Some(error.to_string()),
+            ),
+        );
         if give_up {
             tracing::warn!(sink = %sink.name(), seq = job.seq, id = %job.delivery.envelope.id, attempts = attempt, error = %error, "dead-lettered");
             let letter = DeadLetter {
@@ -254,6 +276,17 @@ async fn deliver(
             tokio::time::sleep(wait).await;
         }
         attempt += 1;
+    }
+}
+
+/// An attempt as the journal keeps it, ended now.
+fn record(attempt: u32, latency_ms: u64, outcome: &str, error: Option<String>) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        at_ms: now_ms(),
+        latency_ms,
+        outcome: outcome.to_owned(),
+        error,
     }
 }
 

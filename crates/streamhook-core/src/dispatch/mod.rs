@@ -384,10 +384,22 @@ impl Dispatcher {
                 // not made durable yet ([`Sink::not_durable_from`]).
                 let cursor = self.cursor_at(&pending, next);
                 let persist_due = last_persist + PERSIST_EVERY;
-                if cursor != persisted && Instant::now() >= persist_due {
-                    self.persist(&name, cursor).await?;
-                    persisted = cursor;
-                    last_persist = Instant::now();
+                if Instant::now() >= persist_due {
+                    if cursor != persisted {
+                        self.persist(&name, cursor).await?;
+                        persisted = cursor;
+                        last_persist = Instant::now();
+                    } else if !self
+                        .stats
+                        .unsaved
+                        .lock()
+                        .map(|u| u.is_empty())
+                        .unwrap_or(true)
+                    {
+                        // Attempts of events still in flight (retries): saved on their own.
+                        self.save(&name, None).await?;
+                        last_persist = Instant::now();
+                    }
                 }
                 // Show the progress: at once when idle, at most every 200 ms while busy.
                 if (pending.is_empty() && shown.0 != next)
@@ -456,11 +468,29 @@ impl Dispatcher {
     }
 
     async fn persist(&self, name: &str, cursor: u64) -> Result<(), JournalError> {
+        self.save(name, Some(cursor)).await
+    }
+
+    /// Saves the cursor (when given) and the attempts made since the last save, in one
+    /// commit; attempts whose write failed wait for the next.
+    async fn save(&self, name: &str, cursor: Option<u64>) -> Result<(), JournalError> {
         let name = name.to_owned();
-        self.journal
-            .blocking(move |j| j.set_cursor(&name, cursor))
+        let attempts = self.stats.take_unsaved();
+        let stats = Arc::clone(&self.stats);
+        let saved = self
+            .journal
+            .blocking(move |j| match j.save_progress(&name, cursor, &attempts) {
+                Ok(()) => Ok(Ok(())),
+                Err(e) => Ok(Err((e, attempts))),
+            })
             .await?;
-        self.stats.cursor.store(cursor, Ordering::Relaxed);
+        if let Err((e, attempts)) = saved {
+            stats.put_back(attempts);
+            return Err(e);
+        }
+        if let Some(cursor) = cursor {
+            self.stats.cursor.store(cursor, Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -36,7 +36,13 @@ pub struct SinkStats {
     /// 200 ms while busy): events below `next` and not in flight have been passed, even
     /// while the persisted cursor waits behind one slow event.
     pub progress: Mutex<Progress>,
+    /// Attempts not yet written to the journal (written with the cursor; at most
+    /// [`UNSAVED_MAX`], the oldest dropped past it).
+    pub unsaved: Mutex<Vec<(u64, crate::journal::AttemptRecord)>>,
 }
+
+/// The most attempts waiting to be written.
+pub const UNSAVED_MAX: usize = 20_000;
 
 /// A dispatcher's progress, as [`SinkStats::progress`] shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +62,30 @@ impl SinkStats {
     /// The activity, even if a panicking holder poisoned its lock.
     pub fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
         self.activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps an attempt for the journal (written with the next cursor save).
+    pub(crate) fn keep_attempt(&self, seq: u64, attempt: crate::journal::AttemptRecord) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        if unsaved.len() >= UNSAVED_MAX {
+            unsaved.remove(0);
+        }
+        unsaved.push((seq, attempt));
+    }
+
+    /// The attempts not yet written (taken).
+    pub(crate) fn take_unsaved(&self) -> Vec<(u64, crate::journal::AttemptRecord)> {
+        std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts back attempts whose write failed (before newer ones).
+    pub(crate) fn put_back(&self, mut attempts: Vec<(u64, crate::journal::AttemptRecord)>) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        attempts.append(&mut unsaved);
+        if attempts.len() > UNSAVED_MAX {
+            attempts.drain(..attempts.len() - UNSAVED_MAX);
+        }
+        *unsaved = attempts;
     }
 }
 

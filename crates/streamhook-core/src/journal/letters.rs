@@ -111,15 +111,26 @@ impl Journal {
 
     /// Dead letters, of one sink or all, in (sink, seq) order.
     pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, JournalError> {
+        self.dead_letters_limited(sink, usize::MAX)
+    }
+
+    /// The first `limit` dead letters, of one sink or all, in (sink, seq) order: only those
+    /// are decoded.
+    pub fn dead_letters_limited(
+        &self,
+        sink: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, JournalError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(read_err)?;
         let table = txn.open_table(DEAD_LETTERS).map_err(read_err)?;
         let mut out = Vec::new();
-        for entry in table.iter().map_err(read_err)? {
-            let (k, v) = entry.map_err(read_err)?;
-            if sink.is_some_and(|s| s != k.value().0) {
-                continue;
-            }
+        let entries = match sink {
+            Some(s) => table.range((s, 0)..=(s, u64::MAX)).map_err(read_err)?,
+            None => table.iter().map_err(read_err)?,
+        };
+        for entry in entries.take(limit) {
+            let (_, v) = entry.map_err(read_err)?;
             out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
         }
         Ok(out)

@@ -64,6 +64,7 @@ use tokio::sync::{oneshot, watch};
 use crate::backend::{Draft, Leases, LocalLeases, Sequencer, SharedPruned, SharedRetention};
 use crate::source::Verified;
 
+mod attempts;
 mod cursors;
 pub mod error;
 mod letters;
@@ -79,7 +80,10 @@ pub mod writer;
 
 use error::write_err;
 pub use error::{Cause, CauseKind, JournalError};
-pub use record::{Appended, DeadLetter, Parsed, Received, StoredEvent, one_line, one_line_owned};
+pub use record::{
+    ATTEMPTS_KEPT, AUDIT_KEPT, Appended, AttemptRecord, AuditEntry, DeadLetter, Parsed, Received,
+    StoredEvent, one_line, one_line_owned,
+};
 use store::Store;
 pub use store::{COMMIT_BUCKETS, Health, JournalStats};
 pub use writer::WriterHandle;

@@ -147,6 +147,10 @@ impl Journal {
                 requests.remove(*seq).map_err(write_err)?;
             }
         }
+        // And each sink's attempts of them.
+        if let Some(last) = gone.last() {
+            Journal::prune_attempts(&txn, last + 1)?;
+        }
         self.inner.health.commit(txn)?;
         self.inner
             .stats

@@ -32,6 +32,21 @@ pub(crate) const SINK_STARTS: TableDefinition<&str, u64> = TableDefinition::new(
 /// again when it comes back or is forgotten.
 pub(crate) const SINK_REMOVED: TableDefinition<&str, u64> = TableDefinition::new("sink_removed");
 
+/// Each sink's delivery attempts of each event, (sink, seq) -> JSON list (the last
+/// [`ATTEMPTS_KEPT`] of them), the successful first one too: written with the sink's cursor,
+/// pruned with the events.
+pub(crate) const ATTEMPTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("attempts");
+
+/// How many attempts of one event each sink keeps.
+pub const ATTEMPTS_KEPT: usize = 8;
+
+/// The operator's actions (replay, requeue, resend, forget, reload), by a counter: who, what,
+/// when. The newest [`AUDIT_KEPT`] are kept.
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// How many operator actions are kept.
+pub const AUDIT_KEPT: u64 = 1000;
+
 /// Events accepted but not yet forwarded to a backend's shared journal, by arrival (see
 /// `spool`).
 pub(crate) const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
@@ -63,6 +78,35 @@ impl From<Webhook> for Parsed {
     fn from(webhook: Webhook) -> Self {
         Parsed::Webhook(webhook)
     }
+}
+
+/// One delivery attempt of an event to a sink, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Which attempt, from 1.
+    pub attempt: u32,
+    /// When it ended, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// How long it took, in ms.
+    pub latency_ms: u64,
+    /// `delivered`, `failed` or `dead`.
+    pub outcome: String,
+    /// The sink's error (with the status code, for HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An operator's action, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Who: `console session 3f2a…` or `token` (the CLI), with the client's address.
+    pub who: String,
+    /// What: `replay`, `requeue`, `resend`, `forget`, `reload`.
+    pub action: String,
+    /// On what, in words (`sink app from seq 120: 42 events`).
+    pub detail: String,
 }
 
 /// What an append stored.

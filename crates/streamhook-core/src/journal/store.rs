@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use super::error::{CauseKind, JournalError, read_err, write_err};
 use super::record::{
-    CURSORS, DEAD_LETTERS, EVENTS, HISTORY, META, NEXT_SEQ, REQUESTS, REQUEUED, REWINDS,
-    SINK_REMOVED, SINK_STARTS, SPOOL, header_ms,
+    ATTEMPTS, AUDIT, CURSORS, DEAD_LETTERS, EVENTS, HISTORY, META, NEXT_SEQ, REQUESTS, REQUEUED,
+    REWINDS, SINK_REMOVED, SINK_STARTS, SPOOL, header_ms,
 };
 
 /// How often a mirror's imports are synced: between, they are committed without a sync (the
@@ -336,6 +336,8 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
         txn.open_table(SINK_STARTS).map_err(write_err)?;
         txn.open_table(SINK_REMOVED).map_err(write_err)?;
         txn.open_table(SPOOL).map_err(write_err)?;
+        txn.open_table(ATTEMPTS).map_err(write_err)?;
+        txn.open_table(AUDIT).map_err(write_err)?;
     }
     txn.commit().map_err(write_err)?;
     Ok(db)

@@ -10,9 +10,13 @@
 //! can read from `GET /admin/session`. Bearer-token calls (the CLI) need no CSRF token.
 //!
 //! Against DNS rebinding (a hostile page whose name comes to resolve to 127.0.0.1), login and
-//! cookie calls are answered only for a `Host` that is an IP address or `localhost`. Failed
-//! token checks (login or bearer) are counted: after 10 in 10 seconds, every check answers 429
-//! until the 10 seconds are over, and each failure is logged.
+//! cookie calls are answered only for a `Host` that is an IP address or `localhost`. Against
+//! guessing, a wrong token is answered slowly once a client has given more than a few in a
+//! minute (the delay doubles, up to 3 s), per client address: the right token is never
+//! refused, so nobody can lock the operator out by sending wrong ones. Each failure is logged.
+//!
+//! The cookie's name carries the listener's port: browsers share cookies of one host across
+//! ports, and two consoles (two receivers through two tunnels) must not log each other out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +33,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::reply::error;
 
-/// The session cookie's name.
+/// The session cookie's name, before the listener's port (`streamhook_session_8081`).
 pub const COOKIE: &str = "streamhook_session";
 /// The header that carries the CSRF token on state-changing console calls.
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -38,24 +42,39 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The most sessions kept at once (the oldest goes first).
 const MAX_SESSIONS: usize = 256;
-/// Failed token checks allowed per [`FAILURE_WINDOW`].
-const MAX_FAILURES: u32 = 10;
-const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Wrong tokens a client may give per [`FAILURE_WINDOW`] before its answers slow down.
+const FREE_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a wrong token's answer is held.
+const MAX_DELAY: Duration = Duration::from_secs(3);
+/// The most answers held at once (past it a wrong token is answered 429 at once): held
+/// answers hold connections.
+const MAX_HELD: usize = 32;
+/// The most client addresses whose failures are remembered.
+const MAX_CLIENTS: usize = 4096;
 
 /// What checks a caller: the admin token and the guard (sessions, failed checks).
 #[derive(Clone)]
 pub(crate) struct Auth {
     token: Arc<str>,
     guard: Arc<Guard>,
+    /// The session cookie's name on this listener.
+    cookie: Arc<str>,
 }
 
 impl Auth {
-    /// A fresh guard (no sessions, no failures) for this token.
-    pub(crate) fn new(token: String) -> Auth {
+    /// A fresh guard (no sessions, no failures) for this token, on the listener at `port`.
+    pub(crate) fn new(token: String, port: u16) -> Auth {
         Auth {
             token: token.into(),
             guard: Arc::default(),
+            cookie: cookie_name(port).into(),
         }
+    }
+
+    /// The session cookie's name on this listener.
+    pub(crate) fn cookie(&self) -> &str {
+        &self.cookie
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -67,11 +86,19 @@ impl Auth {
     }
 }
 
-/// The console's sessions and the failed-login counter, shared by the admin routes.
+/// The session cookie's name for the listener at `port`.
+pub fn cookie_name(port: u16) -> String {
+    format!("{COOKIE}_{port}")
+}
+
+/// The console's sessions and the wrong tokens per client, shared by the admin routes.
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
     sessions: Mutex<HashMap<String, Instant>>,
-    failures: Mutex<Option<(Instant, u32)>>,
+    /// Per client address: since when it is counted, how many wrong tokens.
+    failures: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
+    /// Answers being held now.
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl Guard {
@@ -112,36 +139,74 @@ impl Guard {
             .remove(id);
     }
 
-    /// Whether token checks are refused for now (too many failures lately).
-    pub(crate) fn locked(&self) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.is_some_and(|(since, n)| n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
-    }
-
-    /// Counts a failed token check (and logs it).
-    pub(crate) fn failed(&self, what: &str, peer: Option<std::net::IpAddr>) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = match *failures {
-            Some((since, n)) if since.elapsed() < FAILURE_WINDOW => {
-                *failures = Some((since, n + 1));
-                n + 1
+    /// Checks a given token. The right one always passes. A wrong one is logged and counted
+    /// for its client; past [`FREE_FAILURES`] in [`FAILURE_WINDOW`] its answer is held (the
+    /// delay doubles with each, up to [`MAX_DELAY`]), or, when too many answers are held
+    /// already, refused at once with 429.
+    pub(crate) async fn check(
+        &self,
+        token: &str,
+        given: &str,
+        what: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), Wrong> {
+        if equal(given, token) {
+            return Ok(());
+        }
+        let n = {
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            let key = peer.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            if failures.len() >= MAX_CLIENTS && !failures.contains_key(&key) {
+                failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+                if failures.len() >= MAX_CLIENTS {
+                    failures.clear();
+                }
             }
-            _ => {
-                *failures = Some((Instant::now(), 1));
-                1
+            let entry = failures.entry(key).or_insert((Instant::now(), 0));
+            if entry.0.elapsed() >= FAILURE_WINDOW {
+                *entry = (Instant::now(), 0);
             }
+            entry.1 += 1;
+            entry.1
         };
-        let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-        tracing::warn!(%peer, failures = n, "{what}: wrong admin token");
+        let shown = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        tracing::warn!(peer = %shown, failures_this_minute = n, "{what}: wrong admin token");
+        if n <= FREE_FAILURES {
+            return Err(Wrong::Refused);
+        }
+        use std::sync::atomic::Ordering;
+        if self.held.fetch_add(1, Ordering::SeqCst) >= MAX_HELD {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return Err(Wrong::TooMany);
+        }
+        let delay = Duration::from_millis(250)
+            .saturating_mul(1u32 << (n - FREE_FAILURES - 1).min(8))
+            .min(MAX_DELAY);
+        tokio::time::sleep(delay).await;
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        Err(Wrong::Refused)
     }
 }
 
-/// The 429 answer while token checks are locked.
-pub(crate) fn locked_out() -> Response {
-    error(
+/// Why a token check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrong {
+    /// The token is wrong (401).
+    Refused,
+    /// Wrong, and too many wrong answers are being held now (429, at once).
+    TooMany,
+}
+
+/// The 429 answer while too many wrong tokens are being answered.
+pub(crate) fn too_many() -> Response {
+    let mut response = error(
         StatusCode::TOO_MANY_REQUESTS,
-        "too many wrong admin tokens lately; wait 10 seconds",
-    )
+        "too many wrong admin tokens at once; try again in a few seconds",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+    response
 }
 
 /// The CSRF token of a session.
@@ -157,38 +222,41 @@ pub(crate) fn equal(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// The session cookie's value in a request, if any.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of cookie `name` in a request, if any.
+pub fn session_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
 }
 
-/// The `Set-Cookie` value that starts session `id`.
-pub(crate) fn session_cookie_header(id: &str) -> HeaderValue {
+/// The `Set-Cookie` value that starts session `id` under cookie `name`.
+pub(crate) fn session_cookie_header(name: &str, id: &str) -> HeaderValue {
     HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{name}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
         SESSION_TTL.as_secs()
     ))
     .expect("a hex id is a valid header value")
 }
 
 /// The `Set-Cookie` value that ends a session in the browser.
-pub(crate) fn expired_cookie_header() -> HeaderValue {
-    HeaderValue::from_static("streamhook_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+pub(crate) fn expired_cookie_header(name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+    ))
+    .expect("a cookie name is a valid header value")
 }
 
 /// The request's live session id, if it has one (and names this listener by address).
-pub(crate) fn session<'a>(headers: &'a HeaderMap, guard: &Guard) -> Option<&'a str> {
+pub(crate) fn session<'a>(headers: &'a HeaderMap, auth: &Auth) -> Option<&'a str> {
     if !local_host(headers) {
         return None;
     }
-    session_cookie(headers).filter(|id| guard.valid(id))
+    session_cookie(headers, auth.cookie()).filter(|id| auth.guard.valid(id))
 }
 
 /// Whether a cookie-authenticated state-changing request carries its session's CSRF token.
@@ -218,8 +286,14 @@ pub(crate) fn local_host(headers: &HeaderMap) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
-/// A browser's cross-site request shows an `Origin` that is not this listener.
+/// Whether a request comes from this listener's own pages (or from no page at all: a typed
+/// address, a bookmark, the CLI). A browser says where a request comes from in
+/// `Sec-Fetch-Site` (every current one); without it, in `Origin` (`null` is refused: a page
+/// that hides its origin is not ours).
 pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return matches!(site, "same-origin" | "none");
+    }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -233,6 +307,17 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|o| o == host)
 }
 
+/// Answers `421` to a request whose `Host` is neither an address nor `localhost`.
+pub(crate) async fn local_host_only(request: Request, next: Next) -> Response {
+    if !local_host(request.headers()) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "the admin listener answers by address or as localhost only (Host)",
+        );
+    }
+    next.run(request).await
+}
+
 /// A bearer token (the CLI), or the console's session cookie, which must bring the session's
 /// CSRF token on anything but GET.
 pub(crate) async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -> Response {
@@ -240,22 +325,30 @@ pub(crate) async fn authorize(State(auth): State<Auth>, request: Request, next: 
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
     match bearer {
-        Some(_) if auth.guard.locked() => return locked_out(),
-        Some(given) if bool::from(given.as_bytes().ct_eq(auth.token.as_bytes())) => {}
-        Some(_) => {
+        Some(given) => {
             let peer = request
                 .extensions()
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0.ip());
-            auth.guard.failed("admin API", peer);
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong admin token (Authorization: Bearer <token>)",
-            );
+            match auth
+                .guard
+                .check(&auth.token, &given, "admin API", peer)
+                .await
+            {
+                Ok(()) => {}
+                Err(Wrong::TooMany) => return too_many(),
+                Err(Wrong::Refused) => {
+                    return error(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or wrong admin token (Authorization: Bearer <token>)",
+                    );
+                }
+            }
         }
-        None => match session(headers, &auth.guard) {
+        None => match session(headers, &auth) {
             Some(id) => {
                 let reads = matches!(
                     *request.method(),

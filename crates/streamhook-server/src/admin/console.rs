@@ -12,10 +12,12 @@
 //! no CSRF token.
 //!
 //! Against DNS rebinding (a hostile page whose name comes to resolve to 127.0.0.1), login and
-//! cookie calls are answered only for a `Host` that is an IP address or `localhost`. Failed
-//! token checks (login or bearer) are counted: after 10 in 10 seconds, every check answers 429
-//! until the 10 seconds are over, and each failure is logged. The sessions, the CSRF tokens and
-//! these checks are `auth.rs`'s; the public names below are re-exported from there.
+//! cookie calls are answered only for a `Host` that is an IP address or `localhost`. A login
+//! from another site (by `Sec-Fetch-Site`, or `Origin` where a browser sends no such header) is
+//! refused, the form's and `/?token=` alike; the pages' `Referrer-Policy: same-origin` lets a
+//! browser send the form's origin. Wrong tokens slow their sender down, never the right token
+//! (see `auth.rs`, which owns the sessions, the CSRF tokens and these checks; the public names
+//! below are re-exported from there).
 //!
 //! The HTML, CSS and JavaScript are compiled into the binary (no CDN, nothing fetched at run
 //! time) and served under a strict Content-Security-Policy: scripts and styles only from the
@@ -29,11 +31,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{
-    equal, expired_cookie_header, local_host, same_origin, session, session_cookie_header,
+    Wrong, expired_cookie_header, local_host, same_origin, session, session_cookie_header,
 };
 use super::state::Admin;
 
-pub use super::auth::{COOKIE, CSRF_HEADER, SESSION_TTL, csrf_ok, csrf_value, session_cookie};
+pub use super::auth::{
+    COOKIE, CSRF_HEADER, SESSION_TTL, cookie_name, csrf_ok, csrf_value, session_cookie,
+};
 
 const INDEX: &str = include_str!("../../console/index.html");
 const LOGIN: &str = include_str!("../../console/login.html");
@@ -88,37 +92,52 @@ async fn index(
         return wrong_host();
     }
     if let Some(given) = q.token {
-        return log_in(&admin, &given, peer.ip());
+        // A link on another site (or an image pointing here) must not try tokens.
+        if !same_origin(&headers) {
+            return login_page(
+                StatusCode::FORBIDDEN,
+                Some("Refused: a login link from another site. Type the address yourself."),
+            );
+        }
+        return log_in(&admin, &given, peer.ip()).await;
     }
-    if session(&headers, admin.guard()).is_some() {
+    if session(&headers, admin.auth()).is_some() {
         page(StatusCode::OK, INDEX.to_owned())
     } else {
         login_page(StatusCode::OK, None)
     }
 }
 
-fn log_in(admin: &Admin, given: &str, peer: std::net::IpAddr) -> Response {
+async fn log_in(admin: &Admin, given: &str, peer: std::net::IpAddr) -> Response {
     let guard = admin.guard();
-    if guard.locked() {
-        return login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some("Too many wrong tokens lately: wait 10 seconds and try again."),
-        );
-    }
-    if !equal(given.trim(), admin.token()) {
-        guard.failed("console login", Some(peer));
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            Some(
-                "Wrong admin token. Use the one in DATA_DIR/admin.token, or the config's [admin] token.",
-            ),
-        );
+    match guard
+        .check(admin.token(), given.trim(), "console login", Some(peer))
+        .await
+    {
+        Ok(()) => {}
+        Err(Wrong::TooMany) => {
+            return login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(
+                    "Too many wrong tokens are being tried right now: try again in a few seconds.",
+                ),
+            );
+        }
+        Err(Wrong::Refused) => {
+            return login_page(
+                StatusCode::UNAUTHORIZED,
+                Some(
+                    "Wrong admin token. Use the one in DATA_DIR/admin.token, or the config's [admin] token.",
+                ),
+            );
+        }
     }
     let id = guard.open();
     let mut response = Redirect::to("/").into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, session_cookie_header(&id));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie_header(admin.auth().cookie(), &id),
+    );
     response
 }
 
@@ -140,12 +159,12 @@ async fn login(
     if !same_origin(&headers) {
         return login_page(StatusCode::FORBIDDEN, Some("Cross-site login refused."));
     }
-    log_in(&admin, &form.token, peer.ip())
+    log_in(&admin, &form.token, peer.ip()).await
 }
 
 /// `POST /logout`: ends the session (needs the CSRF token, like every change).
 async fn logout(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    let Some(id) = session(&headers, admin.guard()) else {
+    let Some(id) = session(&headers, admin.auth()) else {
         return Redirect::to("/").into_response();
     };
     if !csrf_ok(&headers, admin.token(), id) {
@@ -153,16 +172,17 @@ async fn logout(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     }
     admin.guard().close(id);
     let mut response = Redirect::to("/").into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, expired_cookie_header());
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        expired_cookie_header(admin.auth().cookie()),
+    );
     response
 }
 
 /// `GET /admin/session`: what the console needs to make changes (a bearer caller gets no
 /// CSRF token: it needs none).
 pub(crate) async fn session_info(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    let csrf = session(&headers, admin.guard()).map(|id| csrf_value(admin.token(), id));
+    let csrf = session(&headers, admin.auth()).map(|id| csrf_value(admin.token(), id));
     Json(json!({
         "csrf": csrf,
         "sinks": admin.intake.sink_names(),
@@ -181,13 +201,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Security headers on every console and admin answer.
+/// Security headers on every console and admin answer; `Cache-Control: no-store` on every
+/// `/admin/*` and operator answer (events, tokens and counts stay out of caches).
 pub(crate) async fn harden(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let path = request.uri().path();
+    let cached = path.starts_with("/console/");
     let mut response = next.run(request).await;
     let h = response.headers_mut();
+    if !cached {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -196,9 +222,11 @@ pub(crate) async fn harden(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Same-origin requests carry their origin (and referrer); nothing goes to other sites.
+    // (`no-referrer` made a browser send `Origin: null` with the login form.)
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response

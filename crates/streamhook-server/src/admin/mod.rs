@@ -11,7 +11,6 @@
 //! | `GET /admin/dead-letters[?sink=NAME]` | dead letters with their last error |
 //! | `POST /admin/dead-letters/requeue` | `{"sink", "seq"}` or `{"sink", "all": true}`: deliver again |
 //! | `POST /admin/sinks/forget` | `{"sink"}`: a sink out of the configuration stops holding events |
-//! | `POST /admin/sinks/forget` | `{"sink"}`: a sink out of the configuration stops holding events |
 //! | `POST /admin/replay` | `{"sink", "from_seq"}` or `{"sink", "since": "2026-11-28T09:00:00Z" or "2h"}`, `"dry_run"`: only move a sink back |
 //! | `GET /admin/events?from=SEQ&limit=N&wait=SECS` | envelopes from SEQ on, as NDJSON; waits up to SECS for new ones |
 //! | `POST /admin/reload` | re-reads the config (as SIGHUP does) |
@@ -22,6 +21,7 @@
 //! | `GET /admin/events/{seq}` | one event: envelope, body, how it arrived, each sink's attempts |
 //! | `POST /admin/events/{seq}/resend` | `{"sink"}`: deliver this event to the sink again |
 //! | `GET /admin/resources/{type}/{id}` | a resource's events, oldest first (its timeline) |
+//! | `GET /admin/audit?limit=N` | the operator's actions (who, what, when), newest first |
 //!
 //! The console (`GET /`, see [`console`]) calls the same API with a session cookie;
 //! then every `POST` must carry its CSRF token. docs/admin-api.md describes each call.
@@ -60,16 +60,21 @@ use reply::error;
 use state::Admin;
 pub use state::ReloadRequest;
 
-/// The admin router and the console. `reload` reaches the running server (None: reload
-/// unsupported); `router` tells the console which sinks an event is routed to.
+/// The admin router and the console, on the listener at `port` (the console's cookie is
+/// named after it). `reload` reaches the running server (None: reload unsupported); `router`
+/// tells the console which sinks an event is routed to.
 pub fn admin_app(
     intake: Intake,
     token: String,
     reloads: Option<mpsc::Sender<ReloadRequest>>,
     router: Option<SharedRouter>,
+    port: u16,
 ) -> axum::Router {
-    let state = Admin::new(intake, token, reloads, router);
-    let probes = crate::intake::operator_app(state.intake.clone());
+    let state = Admin::new(intake, token, reloads, router, port);
+    // The probes answer only by address or `localhost`, as the console does (a page that
+    // reached this listener under another name, by DNS rebinding, reads nothing).
+    let probes = crate::intake::operator_app(state.intake.clone())
+        .layer(middleware::from_fn(auth::local_host_only));
     let admin = axum::Router::new()
         .route("/admin/status", get(operator::status))
         .route("/admin/session", get(console::session_info))
@@ -85,6 +90,7 @@ pub fn admin_app(
         .route("/admin/events/{seq}/resend", post(operator::resend))
         .route("/admin/resources/{type}/{id}", get(read::timeline))
         .route("/admin/reload", post(operator::reload))
+        .route("/admin/audit", get(operator::audit))
         .layer(middleware::from_fn_with_state(
             state.auth().clone(),
             auth::authorize,

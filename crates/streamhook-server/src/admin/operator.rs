@@ -16,18 +16,24 @@ use streamhook_core::{JournalError, ReplayFrom, SinkStats};
 use tokio::sync::oneshot;
 
 use super::reply::{blocking, error, journal_error, parse_since};
-use super::state::Admin;
+use super::state::{Admin, Who};
 
 /// `GET /admin/status`: each sink's cursor, lag, counters and dead letters.
 pub(crate) async fn status(State(admin): State<Admin>) -> Response {
     let journal = admin.intake.journal().clone();
     let grace = admin.intake.sink_grace();
     let result = blocking(&journal, move |j| {
+        let cursors = j.cursors()?;
+        // Counted by key: nothing decoded.
+        let mut dead = HashMap::new();
+        for (name, _) in &cursors {
+            dead.insert(name.clone(), j.dead_letter_count(name)?);
+        }
         Ok((
             j.last_seq()?,
             j.len()?,
-            j.cursors()?,
-            j.dead_letters(None)?,
+            cursors,
+            dead,
             j.removed_sinks(grace)?,
         ))
     })
@@ -44,7 +50,7 @@ pub(crate) async fn status(State(admin): State<Admin>) -> Response {
                 "name": name,
                 "cursor": cursor,
                 "lag": (last_seq + 1).saturating_sub(*cursor),
-                "dead_letters": dead.iter().filter(|d| &d.sink == name).count(),
+                "dead_letters": dead.get(name).copied().unwrap_or(0),
                 "running": false,
             });
             if let Some(r) = removed.iter().find(|r| &r.name == name) {
@@ -87,7 +93,7 @@ pub(crate) async fn dead_letters(
 ) -> Response {
     let limit = q.limit.unwrap_or(usize::MAX);
     match blocking(admin.intake.journal(), move |j| {
-        j.dead_letters(q.sink.as_deref())
+        j.dead_letters_limited(q.sink.as_deref(), limit)
     })
     .await
     {
@@ -117,6 +123,13 @@ pub(crate) struct RequeueBody {
     seqs: Option<Vec<u64>>,
     #[serde(default)]
     all: bool,
+    /// With `all`: only dead letters with a kind matching this glob.
+    kind: Option<String>,
+    /// With `all`: only dead letters whose envelope holds this text (case-insensitive).
+    q: Option<String>,
+    /// Say how many would be requeued, without doing it.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// On a replicated journal, a change to a sink's delivery (replay, requeue, send again) is
@@ -141,7 +154,11 @@ async fn not_delivered_here(admin: &Admin, sink: &str) -> Option<Response> {
 }
 
 /// `POST /admin/dead-letters/requeue`: deliver dead letters again.
-pub(crate) async fn requeue(State(admin): State<Admin>, Json(body): Json<RequeueBody>) -> Response {
+pub(crate) async fn requeue(
+    State(admin): State<Admin>,
+    who: Who,
+    Json(body): Json<RequeueBody>,
+) -> Response {
     if let Some(refused) = not_delivered_here(&admin, &body.sink).await {
         return refused;
     }
@@ -153,17 +170,58 @@ pub(crate) async fn requeue(State(admin): State<Admin>, Json(body): Json<Requeue
             "give one of `seq`, `seqs` and `\"all\": true`",
         );
     }
+    if !body.all && (body.kind.is_some() || body.q.is_some()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`kind` and `q` choose among all dead letters: give them with `\"all\": true`",
+        );
+    }
+    let kind = match body
+        .kind
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    {
+        Some(k) => match streamhook_core::KindPattern::new(k) {
+            Ok(p) => Some(p),
+            Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        },
+        None => None,
+    };
+    let text = body
+        .q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_lowercase);
     let single = body.seq.is_some();
+    let (dry_run, sink) = (body.dry_run, body.sink.clone());
     let result = blocking(admin.intake.journal(), move |j| {
         let seqs: Vec<u64> = match (body.seq, body.seqs) {
             (Some(seq), _) => vec![seq],
             (None, Some(seqs)) => seqs,
+            // Every match, however many: not a page of them.
             (None, None) => j
                 .dead_letters(Some(&body.sink))?
                 .iter()
+                .filter(|d| {
+                    let envelope: Value = serde_json::from_str(&d.envelope).unwrap_or_default();
+                    let kinds_ok = kind.as_ref().is_none_or(|k| {
+                        envelope["kinds"].as_array().is_some_and(|ks| {
+                            ks.iter().any(|x| x.as_str().is_some_and(|x| k.matches(x)))
+                        })
+                    });
+                    let text_ok = text.as_ref().is_none_or(|t| {
+                        d.envelope.to_lowercase().contains(t) || d.error.to_lowercase().contains(t)
+                    });
+                    kinds_ok && text_ok
+                })
                 .map(|d| d.seq)
                 .collect(),
         };
+        if dry_run {
+            return Ok(seqs);
+        }
         let mut done = Vec::with_capacity(seqs.len());
         for seq in seqs {
             match j.requeue(&body.sink, seq) {
@@ -177,7 +235,19 @@ pub(crate) async fn requeue(State(admin): State<Admin>, Json(body): Json<Requeue
     })
     .await;
     match result {
-        Ok(seqs) => Json(json!({ "requeued": seqs })).into_response(),
+        Ok(seqs) if dry_run => {
+            Json(json!({ "would_requeue": seqs.len(), "dry_run": true })).into_response()
+        }
+        Ok(seqs) => {
+            admin
+                .record(
+                    &who,
+                    "requeue",
+                    format!("{} dead letters of sink {sink}", seqs.len()),
+                )
+                .await;
+            Json(json!({ "requeued": seqs })).into_response()
+        }
         Err(resp) => resp,
     }
 }
@@ -198,7 +268,11 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// `POST /admin/replay`: a sink delivers again from a seq or a time.
-pub(crate) async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBody>) -> Response {
+pub(crate) async fn replay(
+    State(admin): State<Admin>,
+    who: Who,
+    Json(body): Json<ReplayBody>,
+) -> Response {
     if let Some(refused) = not_delivered_here(&admin, &body.sink).await {
         return refused;
     }
@@ -264,6 +338,9 @@ pub(crate) async fn replay(State(admin): State<Admin>, Json(body): Json<ReplayBo
                     body.sink, r.from_seq, r.asked_seq, r.from_seq, r.events
                 )
             };
+            if !body.dry_run {
+                admin.record(&who, "replay", message.clone()).await;
+            }
             Json(json!({
                 "sink": body.sink,
                 "from_seq": r.from_seq,
@@ -287,7 +364,11 @@ pub(crate) struct ForgetBody {
 
 /// `POST /admin/sinks/forget`: a sink taken out of the configuration stops holding events
 /// (its cursor, dead letters and requeued events go). A configured sink is refused.
-pub(crate) async fn forget(State(admin): State<Admin>, Json(body): Json<ForgetBody>) -> Response {
+pub(crate) async fn forget(
+    State(admin): State<Admin>,
+    who: Who,
+    Json(body): Json<ForgetBody>,
+) -> Response {
     if admin.intake.sink_names().iter().any(|s| s == &body.sink) {
         return error(
             StatusCode::CONFLICT,
@@ -299,13 +380,18 @@ pub(crate) async fn forget(State(admin): State<Admin>, Json(body): Json<ForgetBo
     }
     let sink = body.sink.clone();
     match blocking(admin.intake.journal(), move |j| j.forget_sink(&sink)).await {
-        Ok(f) => Json(json!({
+        Ok(f) => {
+            admin
+                .record(&who, "forget", format!("sink {}", body.sink))
+                .await;
+            Json(json!({
             "sink": body.sink,
             "forgotten": true,
             "dead_letters": f.dead_letters,
             "requeued": f.requeued,
-        }))
-        .into_response(),
+            }))
+            .into_response()
+        }
         Err(resp) => resp,
     }
 }
@@ -367,7 +453,7 @@ pub(crate) async fn events(State(admin): State<Admin>, Query(q): Query<EventsQue
 }
 
 /// `POST /admin/reload`: re-reads the config, as SIGHUP does.
-pub(crate) async fn reload(State(admin): State<Admin>) -> Response {
+pub(crate) async fn reload(State(admin): State<Admin>, who: Who) -> Response {
     let Some(tx) = admin.reloads() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this server cannot reload");
     };
@@ -379,7 +465,10 @@ pub(crate) async fn reload(State(admin): State<Admin>) -> Response {
         );
     }
     match wait.await {
-        Ok(Ok(summary)) => Json(json!({ "reloaded": true, "summary": summary })).into_response(),
+        Ok(Ok(summary)) => {
+            admin.record(&who, "reload", summary.clone()).await;
+            Json(json!({ "reloaded": true, "summary": summary })).into_response()
+        }
         Ok(Err(reason)) => error(
             StatusCode::BAD_REQUEST,
             format!("reload refused, the old config stays: {reason}"),
@@ -394,6 +483,7 @@ pub(crate) async fn reload(State(admin): State<Admin>) -> Response {
 /// `POST /admin/events/{seq}/resend` `{"sink"}`: deliver this one event to the sink again.
 pub(crate) async fn resend(
     State(admin): State<Admin>,
+    who: Who,
     Path(seq): Path<u64>,
     Json(body): Json<SinkBody>,
 ) -> Response {
@@ -408,7 +498,12 @@ pub(crate) async fn resend(
     }
     let sink = body.sink.clone();
     match blocking(admin.intake.journal(), move |j| j.resend(&sink, seq)).await {
-        Ok(()) => Json(json!({ "sink": body.sink, "resent": seq })).into_response(),
+        Ok(()) => {
+            admin
+                .record(&who, "resend", format!("event {seq} to sink {}", body.sink))
+                .await;
+            Json(json!({ "sink": body.sink, "resent": seq })).into_response()
+        }
         Err(resp) => resp,
     }
 }
@@ -438,4 +533,25 @@ fn sink_activity(stats: &SinkStats) -> Value {
         "last_error": activity.last_error,
         "waiting": retrying,
     })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AuditQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /admin/audit?limit=N`: the operator's actions (who, what, when), newest first.
+pub(crate) async fn audit(State(admin): State<Admin>, Query(q): Query<AuditQuery>) -> Response {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    match blocking(admin.intake.journal(), move |j| j.audit_log(limit)).await {
+        Ok(entries) => Json(json!({ "actions": entries.iter().map(|e| json!({
+            "at": rfc3339(e.at_ms),
+            "at_ms": e.at_ms,
+            "who": e.who,
+            "action": e.action,
+            "detail": e.detail,
+        })).collect::<Vec<_>>() }))
+        .into_response(),
+        Err(resp) => resp,
+    }
 }

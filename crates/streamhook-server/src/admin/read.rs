@@ -26,7 +26,7 @@ use super::state::Admin;
 /// The most records one search call reads.
 pub const SCAN_BUDGET: usize = 20_000;
 /// The most records a timeline reads (newest first).
-pub const TIMELINE_BUDGET: usize = 200_000;
+pub const TIMELINE_BUDGET: usize = 100_000;
 /// The most events a timeline returns.
 pub const TIMELINE_MAX: usize = 2_000;
 
@@ -51,7 +51,17 @@ pub struct FilterQuery {
     /// Up to this time (same forms).
     #[serde(default)]
     pub until: Option<String>,
+    /// With `state`: the sink whose delivery state is filtered on.
+    #[serde(default)]
+    pub sink: Option<String>,
+    /// A delivery state for `sink`: `delivered`, `pending` (waiting or retrying), `dead`,
+    /// `not routed`.
+    #[serde(default)]
+    pub state: Option<String>,
 }
+
+/// The delivery states one can filter on.
+pub const STATES: [&str; 5] = ["delivered", "pending", "dead", "requeued", "not routed"];
 
 /// A filter, checked and compiled.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +72,8 @@ pub struct Filter {
     text: Option<String>,
     since_ms: Option<u64>,
     until_ms: Option<u64>,
+    /// A sink and the state its events must be in.
+    state: Option<(String, String)>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -89,6 +101,18 @@ impl Filter {
         let time = |s: Option<&str>| -> Result<Option<u64>, String> {
             s.map(|s| parse_since(s).map(ms)).transpose()
         };
+        let state = match (some(&q.sink), some(&q.state)) {
+            (Some(sink), Some(state)) => {
+                let state = state.replace(['_', '-'], " ");
+                if !STATES.contains(&state.as_str()) {
+                    return Err(format!("state {state:?}: one of {}", STATES.join(", ")));
+                }
+                Some((sink.to_owned(), state))
+            }
+            (None, None) => None,
+            (None, Some(_)) => return Err("state: say which sink (sink=NAME)".into()),
+            (Some(_), None) => return Err("sink: say which state (state=dead, ...)".into()),
+        };
         Ok(Filter {
             type_name: some(&q.type_name).map(str::to_owned),
             kind,
@@ -96,6 +120,7 @@ impl Filter {
             text: some(&q.q).map(str::to_lowercase),
             since_ms: time(some(&q.since))?,
             until_ms: time(some(&q.until))?,
+            state,
         })
     }
 
@@ -117,6 +142,16 @@ impl Filter {
             return false;
         }
         true
+    }
+
+    /// Whether an event's sink states pass the state filter (always, without one).
+    fn state_matches(&self, states: &BTreeMap<String, Value>) -> bool {
+        self.state.as_ref().is_none_or(|(sink, state)| {
+            states
+                .get(sink)
+                .and_then(|v| v["state"].as_str())
+                .is_some_and(|s| s == state)
+        })
     }
 
     fn matches(&self, envelope: &Envelope) -> bool {
@@ -168,7 +203,25 @@ pub fn row(event: &StoredEvent, envelope: &Envelope) -> Value {
         "resource": envelope.resource,
         "name": name,
         "source_ip": envelope.source_ip,
+        "late": envelope.late,
     })
+}
+
+/// A turn for a heavy read (a search page, a timeline, states): at most
+/// [`MAX_READS`](super::state::MAX_READS) run at once; a call that waits 10 s gets 503.
+async fn turn(admin: &Admin) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        std::sync::Arc::clone(&admin.reads).acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal is busy with other reads; try again",
+        )),
+    }
 }
 
 /// What one search call found.
@@ -180,6 +233,47 @@ struct Page {
 }
 
 fn search_page(
+    admin: &Admin,
+    journal: &Journal,
+    filter: &Filter,
+    before: u64,
+    limit: usize,
+) -> Result<Page, JournalError> {
+    let Some((sink, state)) = &filter.state else {
+        return search_unfiltered(journal, filter, before, limit);
+    };
+    // Candidates by the other filters, then their state for the sink, page after page
+    // within the scan budget.
+    let mut rows = Vec::new();
+    let mut scanned = 0;
+    let mut before = before;
+    loop {
+        let page = search_unfiltered(journal, filter, before, 200)?;
+        scanned += page.scanned;
+        let states = sink_states(admin, journal, &page.rows)?;
+        for (row, st) in page.rows.into_iter().zip(states) {
+            let s = st
+                .get(sink)
+                .and_then(|v| v["state"].as_str())
+                .unwrap_or_default();
+            if s == state && rows.len() < limit {
+                rows.push(row);
+            }
+        }
+        match page.next_before {
+            Some(b) if rows.len() < limit && scanned < SCAN_BUDGET => before = b,
+            next => {
+                return Ok(Page {
+                    rows,
+                    next_before: next,
+                    scanned,
+                });
+            }
+        }
+    }
+}
+
+fn search_unfiltered(
     journal: &Journal,
     filter: &Filter,
     before: u64,
@@ -258,10 +352,11 @@ fn sink_states(
         let cursor = cursors.get(&name).copied().unwrap_or(0);
         let start = journal.sink_start(&name)?.unwrap_or(1);
         let flags = journal.letter_flags(&name, &seqs)?;
+        let lasts = journal.last_attempts(&name, &seqs)?;
         let retrying = stats.activity().retrying.clone();
         let progress = stats.progress().clone();
-        for (((event, envelope), states), (dead, queued)) in
-            rows.iter().zip(out.iter_mut()).zip(flags)
+        for ((((event, envelope), states), (dead, queued)), last) in
+            rows.iter().zip(out.iter_mut()).zip(flags).zip(lasts)
         {
             let routed = router.as_ref().is_none_or(|r| {
                 r.wants(
@@ -278,7 +373,15 @@ fn sink_states(
             let passed = seq < cursor
                 || (seq < progress.next && progress.in_flight.binary_search(&seq).is_err());
             let state = if dead {
-                json!({ "state": "dead" })
+                // Why, from the dead letter itself (the attempts may not be written yet).
+                let letter = journal
+                    .dead_letters_between(&name, event.seq, event.seq)?
+                    .into_iter()
+                    .next();
+                match letter {
+                    Some(l) => json!({ "state": "dead", "error": l.error, "attempts": l.attempts }),
+                    None => json!({ "state": "dead" }),
+                }
             } else if queued {
                 json!({ "state": "requeued" })
             } else if let Some(r) = retrying.get(&seq) {
@@ -292,6 +395,11 @@ fn sink_states(
             } else {
                 json!({ "state": "pending", "attempts": 0 })
             };
+            let mut state = state;
+            // The last attempt, for why it failed (or how long it took), inline.
+            if let Some(last) = last {
+                state["last"] = json!(last);
+            }
             states.insert(name.clone(), state);
         }
     }
@@ -324,11 +432,15 @@ pub(crate) async fn search(State(admin): State<Admin>, Query(q): Query<SearchQue
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let _turn = match turn(&admin).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
     let journal = admin.intake.journal().clone();
     let before = q.before.unwrap_or(u64::MAX);
     let a = admin.clone();
     let result = blocking(&journal, move |j| {
-        let page = search_page(j, &filter, before, limit)?;
+        let page = search_page(&a, j, &filter, before, limit)?;
         let states = sink_states(&a, j, &page.rows)?;
         Ok((page, states))
     })
@@ -364,6 +476,10 @@ pub(crate) async fn states(State(admin): State<Admin>, Query(q): Query<StatesQue
             StatusCode::BAD_REQUEST,
             "seqs: a comma-separated list of numbers",
         );
+    };
+    let _turn = match turn(&admin).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
     };
     let a = admin.clone();
     let result = blocking(admin.intake.journal(), move |j| {
@@ -404,13 +520,21 @@ pub(crate) async fn event(State(admin): State<Admin>, Path(seq): Path<u64>) -> R
         let states = sink_states(&a, j, &rows)?;
         let mut sinks = Vec::new();
         for (name, stats) in a.intake.sinks() {
-            let attempts: Vec<_> = stats
-                .activity()
-                .attempts
-                .iter()
-                .filter(|t| t.seq == seq)
-                .cloned()
-                .collect();
+            // Every attempt the journal keeps (the first and the newest), and those not yet
+            // written to it.
+            let mut attempts = j.attempts(&name, seq)?;
+            attempts.extend(
+                stats
+                    .unsaved
+                    .lock()
+                    .map(|u| {
+                        u.iter()
+                            .filter(|(s, _)| *s == seq)
+                            .map(|(_, a)| a.clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+            );
             let dead = j.dead_letters_between(&name, seq, seq)?.into_iter().next();
             sinks.push(json!({
                 "name": name,
@@ -445,6 +569,10 @@ pub(crate) async fn timeline(
     State(admin): State<Admin>,
     Path((type_name, id)): Path<(String, u64)>,
 ) -> Response {
+    let _turn = match turn(&admin).await {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
     let t = type_name.clone();
     let result = blocking(admin.intake.journal(), move |j| {
         let filter = Filter {
@@ -457,7 +585,7 @@ pub(crate) async fn timeline(
         let mut before = u64::MAX;
         let mut complete = false;
         while scanned < TIMELINE_BUDGET && found.len() < TIMELINE_MAX {
-            let page = search_page(j, &filter, before, TIMELINE_MAX - found.len())?;
+            let page = search_unfiltered(j, &filter, before, TIMELINE_MAX - found.len())?;
             scanned += page.scanned;
             found.extend(page.rows.iter().map(|(e, env)| row(e, env)));
             match page.next_before {
@@ -503,6 +631,30 @@ pub(crate) async fn live(
         Ok(f) => f,
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
+    // Bounded: per caller and in total (a script must not fill the listener's connections,
+    // which probes need). A refused stream's connection is closed.
+    let session = super::auth::session(&headers, admin.auth()).map(str::to_owned);
+    let caller = session.clone().unwrap_or_else(|| "token".to_owned());
+    let Some(slot) = admin.stream_slot(&caller) else {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many live streams (at most {} per console session, {} in all); close one",
+                super::state::MAX_STREAMS_PER_CALLER,
+                super::state::MAX_STREAMS
+            ),
+        );
+        let h = response.headers_mut();
+        h.insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        h.insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return response;
+    };
     let journal = admin.intake.journal().clone();
     let changed = journal.subscribe();
     // A reconnecting EventSource says where it stopped.
@@ -521,6 +673,11 @@ pub(crate) async fn live(
         stopping: tokio::sync::watch::Receiver<bool>,
         after: u64,
         filter: Filter,
+        /// The console session it belongs to: the stream ends with it.
+        session: Option<String>,
+        /// Records read since the last message sent.
+        scanned: usize,
+        _slot: super::state::StreamSlot,
     }
     let state = Follow {
         admin,
@@ -529,11 +686,29 @@ pub(crate) async fn live(
         stopping,
         after,
         filter,
+        session,
+        scanned: 0,
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if *s.stopping.borrow() {
                 return None;
+            }
+            if let Some(id) = &s.session
+                && !s.admin.guard().valid(id)
+            {
+                // Logged out, or expired.
+                return None;
+            }
+            if s.scanned >= SCAN_BUDGET {
+                // A filter that matches little, far behind: say how far the scan is, and
+                // let the reader's pace set the next step's.
+                s.scanned = 0;
+                let note = SseEvent::default()
+                    .event("scanned")
+                    .data(json!({ "at": s.after }).to_string());
+                return Some((futures_util::stream::iter(vec![Ok(note)]), s));
             }
             let (from, filter, a) = (s.after + 1, s.filter.clone(), s.admin.clone());
             let read = blocking(&s.journal, move |j| {
@@ -554,15 +729,22 @@ pub(crate) async fn live(
                     .filter(|(_, env)| filter.matches(env))
                     .collect();
                 let states = sink_states(&a, j, &rows)?;
+                let (rows, states): (Vec<_>, Vec<_>) = rows
+                    .into_iter()
+                    .zip(states)
+                    .filter(|(_, st)| filter.state_matches(st))
+                    .unzip();
                 Ok((last, rows_json(&rows, states)))
             })
             .await;
             match read {
                 Ok((Some(last), rows)) => {
+                    s.scanned += (last - s.after) as usize;
                     s.after = last;
                     if rows.is_empty() {
                         continue;
                     }
+                    s.scanned = 0;
                     let events: Vec<Result<SseEvent, Infallible>> = rows
                         .iter()
                         .map(|r| {
@@ -584,9 +766,11 @@ pub(crate) async fn live(
                     return Some((futures_util::stream::iter(vec![Ok(note)]), s));
                 }
             }
+            // Woken by a commit, shutdown, or now and then to see the session is still live.
             tokio::select! {
                 r = s.changed.changed() => if r.is_err() { return None },
                 _ = s.stopping.wait_for(|v| *v) => return None,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
     });
