@@ -1,7 +1,7 @@
 //! The dispatcher's side of a shared lease ([`streamhook_core::backend::Leases`]), with a
-//! backend written for the test (not NATS): a process frozen past its lease (as SIGSTOP or a
-//! paused VM freezes it) sends nothing when it runs again, and a lease lost mid-send stops the
-//! send at once. Also the spool's group commit beside a mirror's imports.
+//! backend written for the test (not NATS): a process frozen past its lease (as SIGSTOP
+//! freezes it) sends nothing when it runs again. Also the spool's group commit beside a
+//! mirror's imports.
 
 mod common;
 

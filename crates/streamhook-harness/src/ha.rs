@@ -580,7 +580,13 @@ pub async fn run(server_bin: &Path, cycles: usize, clients: usize) -> Result<()>
         "  scripted lifecycles (100 streams, alternating receivers) with exactly {expected:?}: {scripted_ok}/100"
     );
     println!("  took {:.0} s", started.elapsed().as_secs_f64());
+    // Failover repeats at most this share of the deliveries.
+    let duplicate_goal = duplicates * 20 > accepted;
+    if duplicate_goal {
+        println!("  duplicates above 5% of deliveries: the goal is missed");
+    }
     if lost > 0
+        || duplicate_goal
         || undelivered > 0
         || refused > 0
         || not_acked > 0

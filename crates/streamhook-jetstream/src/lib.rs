@@ -7,36 +7,43 @@
 //!
 //! Each event is one message on its resource's subject, `<STREAM>.ev.<hex of "stream:12345">`
 //! (`<STREAM>.ev._` for events without a resource). The message carries, besides the event
-//! record, the resource's classifier state *after* the event. To append, a receiver reads the
-//! subject's last message (from the stream's leader, never a possibly stale follower),
-//! classifies against the state it carries, and publishes with
-//! `Nats-Expected-Last-Subject-Sequence` set to that message's sequence (0: none). If another
-//! receiver appended to the resource in between, the server refuses the publish ("wrong last
-//! sequence") and the receiver reads and classifies again. Per resource this serialises writers
-//! exactly as the single-file journal's write transaction does, so every receiver classifies
-//! as one would. `Nats-Msg-Id` is the event id: a publish retried after a lost ack is
-//! dropped by the stream's duplicate window and answered with the first one's sequence.
+//! record, the resource's classifier state *after* the event, and (a header) the newest
+//! receive time of the resource's events. To append, a receiver classifies against the
+//! resource's last message, which it knows from its own previous append or its mirror (or
+//! reads from the stream's leader), and publishes with `Nats-Expected-Last-Subject-Sequence`
+//! set to that message's sequence (0: none): one round trip. If another receiver appended to
+//! the resource in between, the server refuses the publish ("wrong last sequence") and the
+//! receiver reads and classifies again. Per resource this serialises writers exactly as the
+//! single-file journal's write transaction does. `Nats-Msg-Id` is the event id: a publish
+//! retried within the stream's 2-minute duplicate window is stored once. An event received
+//! before the resource's newest (spooled, retried, resent to another receiver) is stored
+//! after it, flagged `late`, classified on its own, and leaves the resource's state alone.
 //!
 //! An answer of 2xx follows the stream's ack: the event is stored on a quorum of the stream's
 //! replicas (their disks are synced every `sync_interval` of the NATS servers; see docs/ha.md).
-//! The journal's seq is the stream's sequence: one order for all receivers.
+//! The journal's seq is the stream's sequence: one order for all receivers. When the stream
+//! does not take an event within `spool_after` (or no server is connected), the receiver keeps
+//! it in its spool, synced in its own file, answers 2xx, and forwards it in arrival order once
+//! the stream takes events again.
 //!
 //! # The local mirror
 //!
 //! Every receiver copies the stream, in order, into its own redb file (the same tables as a
 //! single-host journal: events at the stream's seqs, the requests table, the history), so that
-//! dispatchers, the admin API, the console and the CLI read locally, unchanged. A receiver
-//! answers an append once the stream acknowledged it and (within 5 s) its own mirror holds it.
+//! dispatchers, the admin API, the console and the CLI read locally, unchanged. The answer does
+//! not wait for the mirror. A folder mirrors one incarnation of the stream (by its creation
+//! time); receivers share how far their mirrors hold, and the stream is never pruned below a
+//! live mirror.
 //!
 //! # Delivery
 //!
 //! Each sink is delivered by one receiver at a time: the holder of the sink's lease, a key in
-//! the `<STREAM>_leases` bucket that expires unless renewed (every second; it lapses after
-//! [`LEASE_TTL`]). The holder resumes from the sink's cursor in the `<STREAM>_cursors` bucket
-//! and writes it back every second, so when it dies another receiver takes the lease and
-//! resumes from there: at least once, the same ids.
+//! the `<STREAM>_leases` bucket that expires unless renewed (every [`LEASE_RENEW`]; it lapses
+//! after [`LEASE_TTL`]). The holder delivers only until 4.5 s after its last renewal was sent,
+//! shares the sink's cursor and dead letters in the `<STREAM>_sinks` bucket with every renewal
+//! (writes fenced: a holder that was replaced finds them refused), so when it dies another
+//! receiver takes the lease and resumes from there: at least once, the same ids.
 
-//!
 //! # Example
 //!
 //! ```no_run
@@ -54,10 +61,12 @@
 //!
 //! # Files
 //!
-//! `config` (the settings and the limits the others share), `remote` (the connection, the stream and buckets), `append` (the [`Sequencer`]: the
-//! compare-and-set per resource), `lease` (the [`Leases`]: delivery leases, shared cursors and
-//! dead letters), `mirror` (opening a receiver and copying the stream into its file),
-//! `prune` (retention of the shared stream), `message` (what a stream message holds).
+//! `config` (the settings and the limits the others share), `remote` (the connection, the
+//! stream and buckets set up and checked, fenced writes and bucket reads), `append` (the
+//! [`Sequencer`]: the compare-and-set per resource, the spool's forwarder, late events),
+//! `lease` (the [`Leases`]: delivery leases, shared cursors and dead letters), `mirror`
+//! (opening a receiver, the mirror, shared mirror positions), `prune` (retention of the shared
+//! stream), `message` (what a stream message holds).
 //!
 //! [`Sequencer`]: streamhook_core::backend::Sequencer
 //! [`Leases`]: streamhook_core::backend::Leases

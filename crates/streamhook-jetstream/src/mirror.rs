@@ -31,6 +31,9 @@ const MIRROR_OF: &str = "mirror_of_stream_created_ns";
 /// The `meta` key holding this folder's receiver id (its key in `<STREAM>_mirrors`).
 const RECEIVER_ID: &str = "receiver_id";
 
+/// How often a running receiver checks the stream again (that it exists, and its settings).
+const RECHECK: Duration = Duration::from_secs(10);
+
 /// How often an idle receiver shares again how far its mirror has copied (a busy one shares
 /// at most once a second).
 const MIRROR_SHARE: Duration = Duration::from_secs(30);
@@ -209,8 +212,69 @@ async fn link(journal: Journal, remote: Arc<Remote>) {
     }
     let from = journal.last_committed() + 1;
     let share = tokio::spawn(share_position(journal.clone(), Arc::clone(&remote)));
+    let watch = tokio::spawn(watch_stream(journal.clone(), Arc::clone(&remote), created));
     run_mirror(journal, Arc::clone(&remote), from, created).await;
     share.abort();
+    watch.abort();
+}
+
+/// Checks the stream again now and then while the receiver runs: a stream deleted (and not
+/// created again) or edited into settings that lose events stops appends (they are spooled)
+/// and says so in `/readyz`; fixed, appends go on.
+async fn watch_stream(journal: Journal, remote: Arc<Remote>, created: u64) {
+    loop {
+        tokio::time::sleep(RECHECK).await;
+        if journal.is_closed() {
+            return;
+        }
+        let Some(ready) = remote.ready() else {
+            continue;
+        };
+        let mut stream = ready.stream.clone();
+        let name = remote.name.clone();
+        match stream.info().await {
+            Ok(info) => {
+                let now = info.created.unix_timestamp_nanos().max(0) as u64;
+                if now != created {
+                    // A new incarnation: the mirror stops (appends go to it); see run_mirror.
+                    if remote.mirror_refused().is_none() {
+                        refuse_recreated(&remote, created, now);
+                    }
+                    continue;
+                }
+                let problems =
+                    crate::remote::check_stream(&name, &info.config, remote.config.replicas.max(1));
+                if problems.is_empty() {
+                    if matches!(remote.phase(), Phase::Refused(_)) {
+                        tracing::info!(stream = %name, "the stream's settings are fixed: events go to it again");
+                        remote.set_phase(Phase::Ready);
+                    }
+                } else {
+                    let why = problems.join("; ");
+                    if remote.phase() != Phase::Refused(why.clone()) {
+                        tracing::error!(problem = %why, "the stream was changed into settings that lose events: events are kept in the spool until it is fixed");
+                    }
+                    remote.set_phase(Phase::Refused(why));
+                }
+            }
+            Err(e) => {
+                let gone = matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::RequestErrorKind::Other
+                ) && (e.to_string().contains("10059")
+                    || e.to_string().contains("not found"));
+                if gone {
+                    let why = format!(
+                        "stream {name} does not exist any more (deleted?): events are kept in the spool; to start again, stop the receivers, and start them with empty data folders (once their spools are empty) to create it"
+                    );
+                    if remote.phase() != Phase::Refused(why.clone()) {
+                        tracing::error!(problem = %why, "the shared stream is gone");
+                    }
+                    remote.set_phase(Phase::Refused(why));
+                }
+            }
+        }
+    }
 }
 
 /// Refuses a folder that is not a mirror of this incarnation of the stream (by identity);

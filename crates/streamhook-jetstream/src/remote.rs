@@ -294,7 +294,7 @@ impl Remote {
         let info = self.client.server_info();
         check_version(&info.version).map_err(SetupError::Refuse)?;
         let context = js::ContextBuilder::new()
-            .timeout(self.config.timeout.min(Duration::from_secs(5)))
+            .timeout(self.config.timeout)
             .build(self.client.clone());
         let name = &self.name;
         let replicas = self.config.replicas.max(1);
@@ -336,14 +336,14 @@ impl Remote {
         // More servers than replicas: a node's loss can cost the stream its quorum sooner
         // than it needs to (not wrong, but worth a word).
         let servers = info.connect_urls.len().max(1);
-        if replicas < servers && replicas < 3 {
+        if replicas < servers {
             tracing::warn!(
                 stream = %name,
                 replicas,
                 servers,
                 "the stream has fewer replicas than the cluster has servers: losing the servers that hold it loses its events (set [journal] replicas = {} and `nats stream edit {name} --replicas {}`)",
-                servers.min(3),
-                servers.min(3),
+                servers.min(5),
+                servers.min(5),
             );
         }
         Ok(Ready {

@@ -472,3 +472,46 @@ async fn a_receiver_running_when_its_stream_is_created_again_stops_delivering_an
         );
     }
 }
+
+#[tokio::test]
+async fn a_stream_edited_into_losing_settings_while_running_is_refused_and_events_spool() {
+    let Some(bin) = nats_server_or_skip("jetstream: settings checked while running") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let js = context(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = replica(&nats, dir.path(), 1).await;
+    append(&journal, &stream_body(1, true, false)).await;
+    // Someone runs `nats stream edit STREAMHOOK --max-age 1h` on the running stream.
+    let mut config = js
+        .get_stream("STREAMHOOK")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.max_age = Duration::from_secs(3600);
+    js.update_stream(config.clone()).await.unwrap();
+    // Before the fix it was seen only at the next start.
+    eventually("the running receiver sees it", || {
+        journal
+            .shared_status()
+            .and_then(|s| s.problem)
+            .is_some_and(|p| p.contains("max_age = 1h"))
+    })
+    .await;
+    let got = append(&journal, &stream_body(1, true, true)).await;
+    assert!(
+        got.spooled,
+        "kept in the spool while the stream would lose it"
+    );
+    config.max_age = Duration::ZERO;
+    js.update_stream(config).await.unwrap();
+    eventually("forwarded once the stream is fixed", || {
+        journal.spool_len() == 0 && journal.last_committed() >= 2
+    })
+    .await;
+}
