@@ -45,6 +45,8 @@ pub struct Draft {
     pub source: IpAddr,
     /// How the request arrived (the `requests` table's JSON), when kept.
     pub received: Option<Vec<u8>>,
+    /// Set for an event recovered from the provider's API instead of sent by it.
+    pub reconciled: Option<streamhook_types::Reconciled>,
 }
 
 /// Where an event gets its place in the journal.

@@ -442,6 +442,7 @@ impl JetStreamSequencer {
                     resource: meaning.resource,
                     problems: Vec::new(),
                     late,
+                    reconciled: draft.reconciled.clone(),
                     payload: draft.payload.clone(),
                 };
                 (envelope, state, known.newest_ms.max(received_at_ms))
@@ -457,6 +458,7 @@ impl JetStreamSequencer {
                     resource: resource.clone(),
                     problems: problems.clone(),
                     late: false,
+                    reconciled: draft.reconciled.clone(),
                     payload: draft.payload.clone(),
                 },
                 None,

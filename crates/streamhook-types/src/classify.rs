@@ -79,10 +79,15 @@ event_kinds! {
     VideoFailed = "video.failed",
     /// A video was deleted (`video_delete`).
     VideoDeleted = "video.deleted",
+    /// A video payload whose status the video had already (sent again, or reconciled
+    /// before its webhook came).
+    VideoUpdated = "video.updated",
     /// A restream started.
     RestreamStarted = "restream.started",
     /// A restream stopped.
     RestreamStopped = "restream.stopped",
+    /// A restream payload that changes nothing known.
+    RestreamUpdated = "restream.updated",
     /// A legacy broadcast is waiting to start.
     BroadcastPending = "broadcast.pending",
     /// A legacy broadcast is live.
@@ -91,6 +96,8 @@ event_kinds! {
     BroadcastPaused = "broadcast.paused",
     /// A legacy broadcast finished.
     BroadcastFinished = "broadcast.finished",
+    /// A broadcast payload whose status the broadcast had already.
+    BroadcastUpdated = "broadcast.updated",
     /// Any other type or status: kept whole, routable, never dropped.
     Unknown = "unknown",
     /// JSON from a verified source that does not fit the model (a field of another type, a
@@ -267,6 +274,12 @@ pub fn classify_with(
                 status: video.status.as_ref().map(|s| s.as_str().to_owned()),
                 deleted: false,
             };
+            // The same status again is no transition.
+            let kind = if kind != K::Unknown && prior == Some(&state) {
+                K::VideoUpdated
+            } else {
+                kind
+            };
             (
                 one(kind),
                 Some(origin_of(video.is_recording())),
@@ -288,7 +301,13 @@ pub fn classify_with(
                 Some(false) => K::RestreamStopped,
                 None => K::Unknown,
             };
-            (one(kind), None, Some(ResourceState::Restream { live }))
+            let state = ResourceState::Restream { live };
+            let kind = if kind != K::Unknown && prior == Some(&state) {
+                K::RestreamUpdated
+            } else {
+                kind
+            };
+            (one(kind), None, Some(state))
         }
         Payload::Broadcast(broadcast) => {
             let kind = match &broadcast.status {
@@ -299,7 +318,13 @@ pub fn classify_with(
                 _ => K::Unknown,
             };
             let status = broadcast.status.as_ref().map(|s| s.as_str().to_owned());
-            (one(kind), None, Some(ResourceState::Broadcast { status }))
+            let state = ResourceState::Broadcast { status };
+            let kind = if kind != K::Unknown && prior == Some(&state) {
+                K::BroadcastUpdated
+            } else {
+                kind
+            };
+            (one(kind), None, Some(state))
         }
         Payload::Unknown(_) => (one(K::Unknown), None, None),
     };
@@ -452,4 +477,32 @@ pub fn stream_transition(
         backup_live: now.backup_live.or(before.backup_live),
     };
     (kinds, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode;
+
+    fn kinds(body: &str, prior: Option<&ResourceState>) -> (Vec<&'static str>, Option<ResourceState>) {
+        let webhook = decode(body.as_bytes()).unwrap().webhook;
+        let (meaning, state) = classify_with(&webhook, prior);
+        (meaning.kinds.iter().map(|k| k.as_str()).collect(), state)
+    }
+
+    #[test]
+    fn a_status_a_resource_had_already_is_no_transition() {
+        let ready = r#"{"type":"video","message":{"video":{"id":7,"status":"ready"}}}"#;
+        let (first, state) = kinds(ready, None);
+        assert_eq!(first, ["video.ready"]);
+        // Sent again, or reconciled before its webhook came: no second `video.ready`.
+        let (again, _) = kinds(ready, state.as_ref());
+        assert_eq!(again, ["video.updated"]);
+        let failed = r#"{"type":"video","message":{"video":{"id":7,"status":"error"}}}"#;
+        assert_eq!(kinds(failed, state.as_ref()).0, ["video.failed"]);
+        let live = r#"{"type":"restream","message":{"restream":{"id":3,"live":true}}}"#;
+        let (on, state) = kinds(live, None);
+        assert_eq!(on, ["restream.started"]);
+        assert_eq!(kinds(live, state.as_ref()).0, ["restream.updated"]);
+    }
 }

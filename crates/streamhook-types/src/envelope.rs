@@ -41,9 +41,26 @@ pub struct Envelope {
     /// state. Absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
+    /// Set when the event was not sent by Gcore but recovered from Gcore's Streaming API (a
+    /// transition whose webhook never arrived); its payload is built from what the API
+    /// showed, in the webhook's shape. Absent for webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciled: Option<Reconciled>,
     /// Gcore's JSON, unchanged.
     #[schemars(with = "crate::Webhook")]
     pub payload: Box<RawValue>,
+}
+
+/// How a reconciled event was found ([`Envelope::reconciled`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Reconciled {
+    /// When the API showed the state: RFC 3339, UTC.
+    pub observed_at: String,
+    /// When the change happened, where the API says (a stream's session start or end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub happened_at: Option<String>,
+    /// What was compared, in words (`live: false in the API, true in the journal`).
+    pub reason: String,
 }
 
 /// Something in a payload that does not fit the model, as an `invalid` event carries it.

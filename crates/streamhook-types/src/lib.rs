@@ -51,7 +51,7 @@ pub mod summary;
 
 pub use classify::{Classification, EventKind, Origin, Resource, ResourceState, StreamState};
 pub use decode::{DecodeError, Decoded, Warning};
-pub use envelope::{Envelope, EventId, Problem};
+pub use envelope::{Envelope, EventId, Problem, Reconciled};
 pub use model::{
     Broadcast, BroadcastStatus, ClientUserId, DeletedVideo, Payload, Rendition, RenditionStatus,
     Restream, Stream, StreamSourceType, UnknownPayload, Video, VideoStatus, Webhook,

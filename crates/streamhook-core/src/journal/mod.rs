@@ -238,6 +238,7 @@ pub(crate) fn draft_of(
         suffix: suffix.to_owned(),
         source: source.client(),
         received,
+        reconciled: None,
     })
 }
 

@@ -38,6 +38,9 @@ struct Stored<'a> {
     /// The resource's history key (`stream:12`), for a webhook that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<String>,
+    /// Set for an event recovered from the provider's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reconciled: Option<streamhook_types::Reconciled>,
 }
 
 /// Only the resource key of a spooled event (read without decoding the rest).
@@ -73,6 +76,7 @@ pub(crate) fn encode(
         received,
         invalid,
         key,
+        reconciled: draft.reconciled.clone(),
     };
     serde_json::to_vec(&stored).map_err(write_err)
 }
@@ -129,6 +133,7 @@ fn decode(key: u64, bytes: &[u8]) -> Result<Spooled, JournalError> {
             suffix: stored.suffix,
             source: stored.source,
             received: stored.received.map(|r| r.get().as_bytes().to_vec()),
+            reconciled: stored.reconciled,
         },
     })
 }

@@ -405,6 +405,7 @@ fn commit_batch(
                         resource: meaning.resource,
                         problems: Vec::new(),
                         late: false,
+                        reconciled: draft.reconciled.clone(),
                         payload: draft.payload.clone(),
                     };
                     (envelope, key, state)
@@ -421,6 +422,7 @@ fn commit_batch(
                         resource: resource.clone(),
                         problems: problems.clone(),
                         late: false,
+                        reconciled: draft.reconciled.clone(),
                         payload: draft.payload.clone(),
                     };
                     (envelope, None, None)
