@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use schemars::{JsonSchema, SchemaGenerator, json_schema};
+use schemars::{json_schema, JsonSchema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::model::{BroadcastStatus, Payload, Stream, VideoStatus, Webhook};
@@ -484,7 +484,10 @@ mod tests {
     use super::*;
     use crate::decode::decode;
 
-    fn kinds(body: &str, prior: Option<&ResourceState>) -> (Vec<&'static str>, Option<ResourceState>) {
+    fn kinds(
+        body: &str,
+        prior: Option<&ResourceState>,
+    ) -> (Vec<&'static str>, Option<ResourceState>) {
         let webhook = decode(body.as_bytes()).unwrap().webhook;
         let (meaning, state) = classify_with(&webhook, prior);
         (meaning.kinds.iter().map(|k| k.as_str()).collect(), state)
