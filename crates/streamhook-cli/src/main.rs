@@ -227,6 +227,29 @@ Examples:
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Recover the transitions Gcore never sent, from its Streaming API (through the server).
+    #[command(after_help = "\
+The server compares what Gcore's API shows (streams live or not and their last session's times,
+videos' statuses, deleted videos) with the last state its journal knows of each, and journals
+each difference as the webhook Gcore would have sent, marked \"reconciled\" in the envelope; sinks
+get them like any other event. States that agree emit nothing, so running it twice is safe. It
+uses the server's API key ([gcore] api_key_file) and runs on its own every [reconcile] interval.
+Exit status: 0 done, 1 part of the run failed (listed), 2 the key was refused or the journal failed.
+
+Examples:
+  streamhook reconcile --dry-run
+  streamhook reconcile
+  streamhook reconcile --json | jq '.emitted[]'")]
+    Reconcile {
+        /// Only print what a run would journal.
+        #[arg(long)]
+        dry_run: bool,
+        /// The server's report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Sinks the journal knows: forget one taken out of the configuration.
     #[command(after_help = "\
 A sink taken out of the configuration keeps its place for retention.removed_sink_grace
@@ -473,6 +496,11 @@ fn run(command: Command, out: &mut dyn Write, style: Style) -> anyhow::Result<u8
             };
             runtime()?.block_on(remote::replay(&admin.admin(), &sink, start, dry_run, out))?
         }
+        Command::Reconcile {
+            dry_run,
+            json,
+            admin,
+        } => runtime()?.block_on(remote::reconcile(&admin.admin(), dry_run, json, out, style))?,
         Command::Sinks {
             action: SinksAction::Forget { name, admin },
         } => runtime()?.block_on(remote::forget_sink(&admin.admin(), &name, out))?,

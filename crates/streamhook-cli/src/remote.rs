@@ -151,7 +151,18 @@ impl Admin {
         path: &str,
         body: Option<Value>,
     ) -> Result<(reqwest::header::HeaderMap, String)> {
-        let client = client(None, Duration::from_secs(90))?;
+        self.call_within(method, path, body, Duration::from_secs(90))
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(reqwest::header::HeaderMap, String)> {
+        let client = client(None, timeout)?;
         let url = format!("{}{path}", self.url.trim_end_matches('/'));
         let mut request = client.request(method, &url).bearer_auth(self.token()?);
         if let Some(b) = body {
@@ -498,5 +509,136 @@ pub async fn status(admin: &Admin, as_json: bool, out: &mut dyn Write, style: St
         }
         writeln!(out, "{line}")?;
     }
+    if s["reconcile"].is_object() {
+        writeln!(out, "{}", reconcile_line(&s["reconcile"], style))?;
+    }
     Ok(OK)
+}
+
+/// One line on reconciliation: its state and last run.
+fn reconcile_line(r: &Value, style: Style) -> String {
+    let mut line = match r["state"].as_str() {
+        Some("paused") => style.error(&format!(
+            "reconcile: paused: {}",
+            r["reason"].as_str().unwrap_or("?")
+        )),
+        Some(state) => format!("reconcile: {state}"),
+        None => "reconcile: ?".to_owned(),
+    };
+    let last = &r["last_run"];
+    if last.is_object() {
+        line.push_str(&format!(
+            "; last run {} ({}): {} requests, {} differences, {} events journaled",
+            last["finished_at"].as_str().unwrap_or("?"),
+            last["outcome"].as_str().unwrap_or("?"),
+            last["requests"],
+            last["differences"],
+            last["emitted"].as_array().map_or(0, Vec::len),
+        ));
+        if let Some(errors) = last["errors"].as_array().filter(|e| !e.is_empty()) {
+            line.push_str(&style.error(&format!("; {} errors", errors.len())));
+        }
+    } else {
+        line.push_str("; no run yet");
+    }
+    if let Some(next) = r["next_run_at"].as_str() {
+        line.push_str(&format!("; next {next}"));
+    }
+    line
+}
+
+/// Runs reconciliation with Gcore's API now (or, `dry_run`, prints what it would journal).
+pub async fn reconcile(
+    admin: &Admin,
+    dry_run: bool,
+    as_json: bool,
+    out: &mut dyn Write,
+    style: Style,
+) -> Result<u8> {
+    // A run over a large account can take minutes at the rate cap.
+    let (_, text) = admin
+        .call_within(
+            reqwest::Method::POST,
+            "/admin/reconcile",
+            Some(json!({ "dry_run": dry_run })),
+            Duration::from_secs(3600),
+        )
+        .await?;
+    let report: Value =
+        serde_json::from_str(&text).context("the admin API answered something that is not JSON")?;
+    if as_json {
+        writeln!(out, "{report}")?;
+        return Ok(OK);
+    }
+    let outcome = report["outcome"].as_str().unwrap_or("?");
+    if outcome == "elsewhere" {
+        writeln!(
+            out,
+            "another receiver sharing the journal is reconciling now; nothing done here"
+        )?;
+        return Ok(OK);
+    }
+    let compared: Vec<String> = report["compared"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "compared {} with Gcore's API ({} requests): {} differences",
+        if compared.is_empty() {
+            "nothing".to_owned()
+        } else {
+            compared.join(", ")
+        },
+        report["requests"],
+        report["differences"]
+    )?;
+    let emitted = report["emitted"].as_array().cloned().unwrap_or_default();
+    for e in &emitted {
+        let kinds: Vec<&str> = e["kinds"]
+            .as_array()
+            .map(|k| k.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let at = e["happened_at"]
+            .as_str()
+            .map(|t| format!(" at {t}"))
+            .unwrap_or_default();
+        let seq = e["seq"]
+            .as_u64()
+            .map(|s| format!("seq {s}  "))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  {seq}{}  {}{at}  ({})",
+            style.bold(e["resource"].as_str().unwrap_or("?")),
+            kinds.join(", "),
+            e["reason"].as_str().unwrap_or("")
+        )?;
+    }
+    let verb = if dry_run {
+        "would be journaled (dry run: nothing changed)"
+    } else {
+        "journaled"
+    };
+    writeln!(out, "{} events {verb}", emitted.len())?;
+    if let Some(n) = report["changed_meanwhile"].as_u64().filter(|n| *n > 0) {
+        writeln!(
+            out,
+            "{n} resources changed by a webhook meanwhile: left to the next run"
+        )?;
+    }
+    let errors = report["errors"].as_array().cloned().unwrap_or_default();
+    for e in &errors {
+        writeln!(
+            out,
+            "{} {}",
+            style.error("error:"),
+            e.as_str().unwrap_or("")
+        )?;
+    }
+    Ok(match outcome {
+        "ok" => OK,
+        "partial" => INVALID,
+        _ => TROUBLE,
+    })
 }

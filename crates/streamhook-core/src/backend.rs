@@ -71,6 +71,21 @@ pub trait Sequencer: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Takes the right to do `name` alone among the receivers sharing the journal (`None`:
+    /// another holds it). One host: always granted.
+    async fn exclusive(&self, name: &str) -> Option<Box<dyn Exclusive>> {
+        let _ = name;
+        Some(Box::new(Alone))
+    }
+
+    /// Waits, up to `within`, until this receiver's copy of the journal holds every event the
+    /// shared journal held when called (what reads of histories need to be current); false
+    /// if it did not. One host: at once.
+    async fn caught_up(&self, within: Duration) -> bool {
+        let _ = within;
+        true
+    }
+
     /// Before the journal closes: hands what the backend keeps locally for the shared
     /// journal (a spool) over to it, for up to `within`; returns how many events are left.
     async fn drain(&self, within: Duration) -> u64 {
@@ -87,6 +102,22 @@ pub trait Sequencer: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<SharedPruned>, JournalError> {
         let _ = retention;
         Ok(None)
+    }
+}
+
+/// The right to do something alone ([`Sequencer::exclusive`]), given back when dropped.
+pub trait Exclusive: Send + Sync + fmt::Debug {
+    /// Whether it is still held (a shared one can be lost: stop what it guards).
+    fn held(&self) -> bool;
+}
+
+/// One host: nobody else could.
+#[derive(Debug)]
+struct Alone;
+
+impl Exclusive for Alone {
+    fn held(&self) -> bool {
+        true
     }
 }
 

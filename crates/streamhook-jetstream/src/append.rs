@@ -131,6 +131,38 @@ impl Sequencer for JetStreamSequencer {
         Some(SharedStatus::new(connected, state).with_problem(problem))
     }
 
+    async fn exclusive(&self, name: &str) -> Option<Box<dyn streamhook_core::backend::Exclusive>> {
+        // `=` then a name that is not two hex digits: no sink's lease key is this.
+        let key = format!("=x{name}");
+        let revision = self.remote.try_lease_key(&key).await?;
+        Some(Box::new(SharedExclusive::hold(
+            Arc::clone(&self.remote),
+            key,
+            revision,
+        )))
+    }
+
+    async fn caught_up(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let Ok(Ok((last, _))) = tokio::time::timeout_at(deadline, self.remote.stream_state()).await
+        else {
+            return false;
+        };
+        loop {
+            let Some(journal) = self.journal.upgrade() else {
+                return false;
+            };
+            if journal.last_committed() >= last {
+                return true;
+            }
+            drop(journal);
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn drain(&self, within: Duration) -> u64 {
         let Some(journal) = self.journal.upgrade() else {
             return 0;
@@ -830,6 +862,77 @@ pub(crate) async fn run_forwarder(sequencer: Arc<JetStreamSequencer>) {
                         "the spool is forwarded: its events are in the shared journal"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// A lease taken in the leases bucket for something one receiver does at a time, renewed in
+/// the background while held, deleted when dropped.
+#[derive(Debug)]
+struct SharedExclusive {
+    held: Arc<std::sync::atomic::AtomicBool>,
+    revision: Arc<std::sync::atomic::AtomicU64>,
+    key: String,
+    remote: Arc<Remote>,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl SharedExclusive {
+    fn hold(remote: Arc<Remote>, key: String, revision: u64) -> SharedExclusive {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let held = Arc::new(AtomicBool::new(true));
+        let rev = Arc::new(AtomicU64::new(revision));
+        let renew = tokio::spawn({
+            let (remote, key, held, rev) = (
+                Arc::clone(&remote),
+                key.clone(),
+                Arc::clone(&held),
+                Arc::clone(&rev),
+            );
+            async move {
+                loop {
+                    tokio::time::sleep(crate::config::LEASE_RENEW).await;
+                    match remote
+                        .renew_lease_key(&key, rev.load(Ordering::SeqCst))
+                        .await
+                    {
+                        Some(r) => rev.store(r, Ordering::SeqCst),
+                        None => {
+                            held.store(false, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        SharedExclusive {
+            held,
+            revision: rev,
+            key,
+            remote,
+            renew,
+        }
+    }
+}
+
+impl streamhook_core::backend::Exclusive for SharedExclusive {
+    fn held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SharedExclusive {
+    fn drop(&mut self) {
+        self.renew.abort();
+        if self.held.load(std::sync::atomic::Ordering::SeqCst) {
+            let (remote, key, revision) = (
+                Arc::clone(&self.remote),
+                self.key.clone(),
+                self.revision.load(std::sync::atomic::Ordering::SeqCst),
+            );
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { remote.delete_lease_key(&key, revision).await });
             }
         }
     }

@@ -269,7 +269,8 @@ async function eventsView(params, token) {
       onclick: () => { location.hash = `#/event/${ev.seq}`; },
       onkeydown: (e) => { if (e.key === 'Enter') location.hash = `#/event/${ev.seq}`; } },
     h('td', { 'data-label': 'Time', class: 'mono', title: ev.received_at },
-      h('span', { class: 'abs' }, fmtTime(ev.received_at_ms)), h('span', { class: 'rel', 'data-ms': ev.received_at_ms }, ` ${ago(ev.received_at_ms)}`), ev.late ? h('span', { class: 'chip late', title: 'stored after a newer event of its resource' }, 'late') : null),
+      h('span', { class: 'abs' }, fmtTime(ev.received_at_ms)), h('span', { class: 'rel', 'data-ms': ev.received_at_ms }, ` ${ago(ev.received_at_ms)}`), ev.late ? h('span', { class: 'chip late', title: 'stored after a newer event of its resource' }, 'late') : null,
+      ev.reconciled ? h('span', { class: 'chip reconciled', title: `recovered from Gcore's API, not sent as a webhook: ${ev.reconciled.reason}${ev.reconciled.happened_at ? `; happened at ${ev.reconciled.happened_at}` : ''}` }, 'reconciled') : null),
     h('td', { 'data-label': 'Kinds' }, kindChips(ev.kinds)),
     h('td', { 'data-label': 'Resource' }, resourceLink(ev.resource)),
     h('td', { 'data-label': 'Name' }, ev.name || ''),
@@ -594,6 +595,50 @@ function spark(perMinute) {
   return svg;
 }
 
+// Reconciliation with Gcore's API: its state, the last run, and a run now (a dry run first,
+// then confirmed).
+function reconcilePanel(rc, audit) {
+  const panel = h('section', { class: 'panel', id: 'reconcile-panel' }, h('h2', {}, "Reconciliation with Gcore's API"));
+  if (!rc) {
+    panel.append(h('p', { class: 'muted' }, 'Off: give the server a Gcore API key ([gcore] api_key_file) to recover the transitions Gcore never sent. See docs/reconciliation.md.'));
+    return panel;
+  }
+  const message = h('div', { class: 'notice', hidden: true, 'aria-live': 'polite', id: 'reconcile-message' });
+  const say = (t) => { message.hidden = false; message.textContent = t; };
+  const list = h('ul', { id: 'reconcile-emitted' });
+  const draw = (rc) => {
+    const last = rc.last_run;
+    const kv = h('dl', { class: 'kv', id: 'reconcile-state' },
+      h('dt', {}, 'State'), h('dd', { class: rc.state === 'paused' ? 'error' : '' }, rc.state === 'paused' ? `paused: ${rc.reason}` : rc.state),
+      h('dt', {}, 'Last run'), h('dd', {}, last ? `${fmtTime(Date.parse(last.finished_at))} (${ago(Date.parse(last.finished_at))}), ${last.outcome}${last.dry_run ? ' (dry run)' : ''}` : 'none yet'),
+      h('dt', {}, 'Requests made'), h('dd', {}, last ? String(last.requests) : '—'),
+      h('dt', {}, 'Differences found'), h('dd', {}, last ? `${last.differences}; ${plural(last.emitted.length, 'event')} ${last.dry_run ? 'would be journaled' : 'journaled'}` : '—'),
+      h('dt', {}, 'Errors'), h('dd', { class: last && last.errors.length ? 'error' : 'muted' }, last && last.errors.length ? last.errors.join('; ') : 'none'),
+      h('dt', {}, 'Next run'), h('dd', {}, rc.next_run_at ? `${fmtTime(Date.parse(rc.next_run_at))} (every ${rc.interval_s} s)` : '—'));
+    const old = panel.querySelector('#reconcile-state');
+    if (old) old.replaceWith(kv); else panel.insertBefore(kv, message);
+    list.replaceChildren(...(last ? last.emitted : []).map((e) => h('li', {},
+      e.seq ? h('a', { href: `#/event/${e.seq}` }, `#${e.seq} `) : null, h('b', {}, e.resource), ' ', kindChips(e.kinds),
+      e.happened_at ? ` at ${fmtTime(Date.parse(e.happened_at))}` : '', h('span', { class: 'muted' }, ` (${e.reason})`))));
+  };
+  const run = h('button', { type: 'button', class: 'primary', id: 'reconcile-run' }, 'Reconcile now');
+  run.addEventListener('click', async () => {
+    run.disabled = true;
+    say('Reading Gcore\'s API (a dry run first)…');
+    try {
+      const plan = await post('/admin/reconcile', { dry_run: true });
+      draw({ ...rc, last_run: plan });
+      if (!plan.emitted.length) { say(`Nothing to journal: the journal agrees with Gcore's API (${plan.requests} requests).`); return; }
+      confirmBox(panel, `Journal ${plural(plan.emitted.length, 'event')} Gcore never sent (listed below)? Sinks get them like any other event.`, async () => {
+        try { const r = await post('/admin/reconcile', {}); draw({ ...rc, last_run: r }); say(`Journaled ${plural(r.emitted.length, 'event')}.`); await audit(); } catch (e) { say(`Error: ${e.message}`); }
+      });
+    } catch (e) { say(`Error: ${e.message}`); } finally { run.disabled = false; }
+  });
+  panel.append(message, h('p', {}, run), list);
+  draw(rc);
+  return panel;
+}
+
 async function sinksView(token) {
   setNav('sinks');
   let status;
@@ -689,6 +734,7 @@ async function sinksView(token) {
     } catch (_) { /* shown at the next refresh */ }
   };
   show(h('h1', {}, 'Sinks'), h('p', { class: 'muted' }, `Journal: ${status.events} events, newest seq ${status.last_seq}. Times in ${zoneText()}.`), ...panels,
+    reconcilePanel(status.reconcile, audit),
     h('section', { class: 'panel', id: 'audit-panel' }, h('h2', {}, 'Operator actions'),
       h('table', {}, h('thead', {}, h('tr', {}, ['When', 'Action', 'What', 'Who'].map((t) => h('th', {}, t)))), auditBody)));
   audit();

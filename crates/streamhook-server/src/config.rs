@@ -139,6 +139,17 @@ pub struct Args {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Gcore's API, for reconciliation [default: https://api.gcore.com].
+    #[arg(long, env = "STREAMHOOK_GCORE_API_URL", value_name = "URL")]
+    pub gcore_api_url: Option<String>,
+    /// A file holding a Gcore API key (read-only is enough): turns reconciliation on, which
+    /// recovers the transitions Gcore never sent from its Streaming API. The key can also come
+    /// from STREAMHOOK_GCORE_API_KEY (never from a flag: it would show in `ps`).
+    #[arg(long, env = "STREAMHOOK_GCORE_API_KEY_FILE", value_name = "FILE")]
+    pub gcore_api_key_file: Option<PathBuf>,
+    /// The key itself, from STREAMHOOK_GCORE_API_KEY only.
+    #[arg(skip = std::env::var("STREAMHOOK_GCORE_API_KEY").ok().filter(|k| !k.trim().is_empty()))]
+    pub gcore_api_key: Option<String>,
     /// Print the effective configuration (secrets redacted) as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -193,6 +204,10 @@ pub struct Config {
     pub retention: Retention,
     /// The admin API.
     pub admin: AdminConfig,
+    /// Gcore's Streaming API (for reconciliation).
+    pub gcore: GcoreSection,
+    /// Reconciliation with Gcore's API: on when a key is given.
+    pub reconcile: ReconcileSection,
     /// TLS termination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -227,6 +242,8 @@ impl Default for Config {
             journal: JournalSection::default(),
             retention: Retention::default(),
             admin: AdminConfig::default(),
+            gcore: GcoreSection::default(),
+            reconcile: ReconcileSection::default(),
             tls: None,
             default_sinks: Vec::new(),
             routes: Vec::new(),
@@ -482,6 +499,63 @@ impl Default for AdminConfig {
     }
 }
 
+/// Gcore's Streaming API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcoreSection {
+    /// The API's base URL.
+    pub api_url: String,
+    /// A file holding the API key (a read-only key is enough); with it (or
+    /// `STREAMHOOK_GCORE_API_KEY`), reconciliation runs. The key itself is never a config key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// The key from `STREAMHOOK_GCORE_API_KEY` (never printed: its `Debug` is redacted).
+    #[serde(skip)]
+    pub api_key_env: Option<streamhook_reconcile::ApiKey>,
+}
+
+impl Default for GcoreSection {
+    fn default() -> Self {
+        GcoreSection {
+            api_url: "https://api.gcore.com".into(),
+            api_key_file: None,
+            api_key_env: None,
+        }
+    }
+}
+
+/// How reconciliation runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileSection {
+    /// Time between runs.
+    #[serde(with = "streamhook_core::duration")]
+    pub interval: Duration,
+    /// Run once at start.
+    pub on_start: bool,
+    /// The most requests a second to Gcore's API.
+    pub rate: f64,
+    /// How long one request may take.
+    #[serde(with = "streamhook_core::duration")]
+    pub timeout: Duration,
+    /// How far Gcore's clock may be ahead of this host's: a stream session counts as unseen
+    /// only if it started this long after the journal last heard of the stream.
+    #[serde(with = "streamhook_core::duration")]
+    pub clock_skew: Duration,
+}
+
+impl Default for ReconcileSection {
+    fn default() -> Self {
+        ReconcileSection {
+            interval: Duration::from_secs(600),
+            on_start: true,
+            rate: 2.0,
+            timeout: Duration::from_secs(30),
+            clock_skew: Duration::from_secs(30),
+        }
+    }
+}
+
 /// TLS termination, for deployments without a proxy in front.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -589,6 +663,15 @@ impl Config {
         }
         if let Some(token) = &args.admin_token {
             self.admin.token = Some(token.clone());
+        }
+        if let Some(url) = &args.gcore_api_url {
+            self.gcore.api_url = url.clone();
+        }
+        if let Some(file) = &args.gcore_api_key_file {
+            self.gcore.api_key_file = Some(file.clone());
+        }
+        if let Some(key) = &args.gcore_api_key {
+            self.gcore.api_key_env = Some(streamhook_reconcile::ApiKey::new(key));
         }
         if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
             self.tls = Some(TlsConfig {
@@ -783,6 +866,7 @@ impl Config {
                 t.trim().chars().count()
             ));
         }
+        self.reconcile_config()?;
         if self.limits.max_body_bytes == 0
             || self.limits.max_concurrent_requests == 0
             || self.limits.max_connections == 0
@@ -790,6 +874,76 @@ impl Config {
             return invalid("limits.max_body_bytes, max_concurrent_requests and max_connections must be above 0".into());
         }
         Ok(())
+    }
+
+    /// Reconciliation's settings, with the key read (`None`: no key, reconciliation is off).
+    pub fn reconcile_config(
+        &self,
+    ) -> Result<Option<streamhook_reconcile::ReconcileConfig>, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let key = match (&self.gcore.api_key_file, &self.gcore.api_key_env) {
+            (Some(file), _) => match std::fs::read_to_string(file) {
+                Ok(text) if !text.trim().is_empty() => streamhook_reconcile::ApiKey::new(&text),
+                Ok(_) => {
+                    return invalid(format!(
+                        "[gcore] api_key_file {} is empty; put the API key in it",
+                        file.display()
+                    ));
+                }
+                Err(e) => {
+                    return invalid(format!(
+                        "[gcore] api_key_file {} cannot be read: {e}",
+                        file.display()
+                    ));
+                }
+            },
+            (None, Some(key)) => key.clone(),
+            (None, None) => return Ok(None),
+        };
+        if key.is_empty() || key.has_whitespace() {
+            return invalid(
+                "the Gcore API key holds spaces or line breaks inside it; put only the key in the file"
+                    .into(),
+            );
+        }
+        let url = &self.gcore.api_url;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return invalid(format!(
+                "[gcore] api_url {url:?} must start with https:// (or http:// for a local stand-in)"
+            ));
+        }
+        let r = &self.reconcile;
+        if r.interval < Duration::from_secs(10) {
+            return invalid(format!(
+                "[reconcile] interval = {}: use at least 10s",
+                humantime::format_duration(r.interval)
+            ));
+        }
+        if !(0.1..=50.0).contains(&r.rate) {
+            return invalid(format!(
+                "[reconcile] rate = {}: use 0.1 to 50 requests a second",
+                r.rate
+            ));
+        }
+        if r.timeout < Duration::from_secs(1) || r.timeout > Duration::from_secs(300) {
+            return invalid(format!(
+                "[reconcile] timeout = {}: use 1s to 5m",
+                humantime::format_duration(r.timeout)
+            ));
+        }
+        if r.clock_skew > Duration::from_secs(600) {
+            return invalid(format!(
+                "[reconcile] clock_skew = {}: at most 10m (keep both clocks on NTP)",
+                humantime::format_duration(r.clock_skew)
+            ));
+        }
+        let mut config = streamhook_reconcile::ReconcileConfig::new(url, key);
+        config.interval = r.interval;
+        config.on_start = r.on_start;
+        config.rate = r.rate;
+        config.timeout = r.timeout;
+        config.clock_skew = r.clock_skew;
+        Ok(Some(config))
     }
 
     /// Every path token accepted: `path_tokens` (the new one first), then `path_token`.

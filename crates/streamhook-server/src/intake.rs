@@ -57,9 +57,21 @@ struct Inner {
     /// `retention.removed_sink_grace`, in ms (status shows until when a removed sink's cursor
     /// holds events).
     sink_grace_ms: std::sync::atomic::AtomicU64,
+    /// Reconciliation with Gcore's API, when a key is configured.
+    reconciler: std::sync::OnceLock<Arc<streamhook_reconcile::Reconciler>>,
 }
 
 impl Intake {
+    /// Sets the reconciler (once) that the admin API, `/readyz` and `/metrics` report on.
+    pub fn set_reconciler(&self, reconciler: Arc<streamhook_reconcile::Reconciler>) {
+        let _ = self.inner.reconciler.set(reconciler);
+    }
+
+    /// The reconciler, when reconciliation is on.
+    pub fn reconciler(&self) -> Option<&Arc<streamhook_reconcile::Reconciler>> {
+        self.inner.reconciler.get()
+    }
+
     /// Intake over `journal`, checking sources with `filter`.
     pub fn new(journal: Journal, filter: SourceFilter, limits: Limits) -> Self {
         let permits = Semaphore::new(limits.max_concurrent_requests.max(1));
@@ -74,6 +86,7 @@ impl Intake {
                 sinks: RwLock::new(Vec::new()),
                 stopping: tokio::sync::watch::channel(false).0,
                 sink_grace_ms: std::sync::atomic::AtomicU64::new(7 * 24 * 3600 * 1000),
+                reconciler: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -667,6 +680,16 @@ async fn readyz(State(intake): State<Intake>) -> Response {
             });
         }
     }
+    if let Some(reconciler) = intake.reconciler() {
+        // Never a reason to be unready: intake does not depend on Gcore's API.
+        let status = reconciler.status();
+        let mut r = serde_json::to_value(&status.state).unwrap_or_default();
+        if let Some(last) = &status.last_run {
+            r["last_run_at"] = json!(last.finished_at);
+            r["last_outcome"] = json!(last.outcome);
+        }
+        body["reconcile"] = r;
+    }
     (status, Json(body)).into_response()
 }
 
@@ -720,13 +743,16 @@ async fn metrics(State(intake): State<Intake>) -> Response {
         .collect();
     let writable = intake.journal().health().is_writable();
     let shared = shared_snapshot(intake.journal()).await;
-    let text = intake.metrics().render(
+    let mut text = intake.metrics().render(
         intake.journal().stats(),
         last_seq,
         writable,
         shared.as_ref(),
         &snapshots,
     );
+    if let Some(reconciler) = intake.reconciler() {
+        crate::metrics::render_reconcile(&mut text, reconciler);
+    }
     (
         [(
             header::CONTENT_TYPE,

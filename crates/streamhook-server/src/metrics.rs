@@ -538,6 +538,89 @@ type SinkMetric = (
     fn(&SinkSnapshot<'_>, u64) -> u64,
 );
 
+/// Reconciliation's metrics: runs by outcome, events emitted by kind, API requests by status,
+/// malformed answers, and whether it is paused (the API refused the key).
+pub fn render_reconcile(out: &mut String, reconciler: &streamhook_reconcile::Reconciler) {
+    header(
+        out,
+        "streamhook_reconcile_runs_total",
+        "counter",
+        "Reconciliation runs, by outcome (ok, partial, unauthorized, elsewhere: another receiver ran it, failed).",
+    );
+    let runs = reconciler
+        .counters
+        .runs
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    for outcome in ["ok", "partial", "unauthorized", "elsewhere", "failed"] {
+        let _ = writeln!(
+            out,
+            "streamhook_reconcile_runs_total{{outcome=\"{outcome}\"}} {}",
+            runs.get(outcome).copied().unwrap_or(0)
+        );
+    }
+    header(
+        out,
+        "streamhook_reconcile_emitted_total",
+        "counter",
+        "Events journaled by reconciliation (transitions Gcore never sent), by kind.",
+    );
+    let emitted = reconciler
+        .counters
+        .emitted
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    for (kind, n) in &emitted {
+        let _ = writeln!(
+            out,
+            "streamhook_reconcile_emitted_total{{kind=\"{}\"}} {n}",
+            escape(kind)
+        );
+    }
+    header(
+        out,
+        "streamhook_reconcile_api_requests_total",
+        "counter",
+        "Requests to Gcore's API, by status (0: no answer: a timeout or a refused connection).",
+    );
+    let by_status = reconciler
+        .api()
+        .by_status
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    for (status, n) in &by_status {
+        let _ = writeln!(
+            out,
+            "streamhook_reconcile_api_requests_total{{status=\"{status}\"}} {n}"
+        );
+    }
+    header(
+        out,
+        "streamhook_reconcile_api_malformed_total",
+        "counter",
+        "Answers from Gcore's API that were not the documented JSON.",
+    );
+    let _ = writeln!(
+        out,
+        "streamhook_reconcile_api_malformed_total {}",
+        reconciler.api().malformed.load(Ordering::Relaxed)
+    );
+    header(
+        out,
+        "streamhook_reconcile_paused",
+        "gauge",
+        "1 while Gcore's API refuses the key (reconciliation does nothing; intake goes on).",
+    );
+    let paused = matches!(
+        reconciler.status().state,
+        streamhook_reconcile::State::Paused { .. }
+    );
+    let _ = writeln!(out, "streamhook_reconcile_paused {}", u8::from(paused));
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -290,6 +290,27 @@ impl Server {
             self.config.retention.clone(),
             stop_rx.clone(),
         ));
+        let reconciler = match self
+            .config
+            .reconcile_config()
+            .map_err(ServerError::Config)?
+        {
+            Some(config) => {
+                let url = config.api_url.clone();
+                let reconciler =
+                    streamhook_reconcile::Reconciler::new(self.journal.clone(), config).map_err(
+                        |e| ServerError::Config(ConfigError::Invalid(format!("[gcore]: {e}"))),
+                    )?;
+                self.intake.set_reconciler(Arc::clone(&reconciler));
+                info!(
+                    api = %url,
+                    interval = %humantime::format_duration(self.config.reconcile.interval),
+                    "reconciliation with Gcore's API is on"
+                );
+                Some(tokio::spawn(reconciler.run_loop()))
+            }
+            None => None,
+        };
         let admin_task = match admin {
             Some(listener) => {
                 let token = self.admin_token()?;
@@ -362,6 +383,11 @@ impl Server {
         info!("shutting down: no more requests; stopping sinks and closing the journal");
         let _ = stop_reloads.send(());
         let running = reloader.await.unwrap_or_default();
+        if let Some(task) = reconciler {
+            // A run cut short is harmless: each event it journaled is whole, and the next run
+            // compares again.
+            task.abort();
+        }
         stop_sinks(running).await;
         let _ = pruner.await;
         if let Some(task) = admin_task {
@@ -620,6 +646,8 @@ impl SinkSet {
             ("tls", old.tls != new.tls),
             ("admin", old.admin != new.admin),
             ("limits", old.limits != new.limits),
+            ("gcore", old.gcore != new.gcore),
+            ("reconcile", old.reconcile != new.reconcile),
         ] {
             if changed {
                 warn!("reload: `{what}` changed; it takes effect on restart");
@@ -644,6 +672,8 @@ impl SinkSet {
         config.tls = self.config.tls.clone();
         config.admin = self.config.admin.clone();
         config.limits = self.config.limits.clone();
+        config.gcore = self.config.gcore.clone();
+        config.reconcile = self.config.reconcile.clone();
         self.config = config;
         *running = self.start(sinks);
         let names = self.config.sink_names().join(", ");

@@ -182,3 +182,88 @@ async fn while_nats_is_away_webhooks_are_spooled_answered_200_and_delivered_afte
     );
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_receivers_reconcile_one_at_a_time_and_journal_a_missed_transition_once() {
+    if common::jetstream_mode() {
+        return; // this suite picks its own journal
+    }
+    let Some(bin) = streamhook_testkit::nats_server_or_skip("replicated reconciliation") else {
+        return;
+    };
+    use streamhook_testkit::gcore::{self, FakeGcore};
+    const KEY: &str = "gcore-test-key-0123456789";
+    let nats = streamhook_testkit::Nats::single(&bin);
+    let fake = FakeGcore::start(KEY).await;
+    let created =
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .to_string();
+    fake.set_videos(vec![gcore::video(77, "pending", &created)]);
+    let start = |urls: Vec<String>, fake_url: String| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.journal.backend = JournalBackend::Jetstream;
+        config.journal.nats_urls = urls;
+        config.journal.replicas = 1;
+        config.journal.stream = "RECONCILE".into();
+        config.gcore.api_url = fake_url;
+        config.gcore.api_key_env = Some(streamhook_reconcile::ApiKey::new(KEY));
+        config.reconcile.on_start = false;
+        config.reconcile.rate = 50.0;
+        TestServer::start_with(dir, config).await
+    };
+    let a = start(nats.url_list(), fake.url()).await;
+    let b = start(nats.url_list(), fake.url()).await;
+    let video = br#"{"type":"video","message":{"video":{"id":77,"status":"pending"}}}"#;
+    assert_eq!(
+        post(&client(), &a.url("/webhook"), video.to_vec()).await.0,
+        200
+    );
+    eventually("b's mirror to hold the webhook", || {
+        b.journal.last_seq().unwrap_or(0) == 1
+    })
+    .await;
+
+    // Missed while both were unreachable: the video became ready.
+    fake.set_videos(vec![gcore::video(77, "ready", &created)]);
+    let run = |s: &TestServer| {
+        let (url, token) = (s.admin_url("/admin/reconcile"), s.token.clone());
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // Both at once, then both again: one at a time (a lease), and whichever runs after the
+    // other finds nothing left (its copy of the journal caught up first).
+    let (ra, rb) = tokio::join!(run(&a), run(&b));
+    let (ra2, rb2) = tokio::join!(run(&a), run(&b));
+    let emitted: usize = [&ra, &rb, &ra2, &rb2]
+        .iter()
+        .map(|r| r["emitted"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(emitted, 1, "{ra}\n{rb}\n{ra2}\n{rb2}");
+    for r in [&ra, &rb, &ra2, &rb2] {
+        assert!(
+            matches!(r["outcome"].as_str(), Some("ok" | "elsewhere")),
+            "{r}"
+        );
+    }
+    eventually("both mirrors to hold the reconciled event", || {
+        a.journal.last_seq().unwrap_or(0) == 2 && b.journal.last_seq().unwrap_or(0) == 2
+    })
+    .await;
+    let event = a.journal.get(2).unwrap().unwrap().envelope().unwrap();
+    assert_eq!(
+        event.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        vec!["video.ready"]
+    );
+    assert!(event.reconciled.is_some());
+}

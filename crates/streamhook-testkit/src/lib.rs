@@ -1,8 +1,9 @@
 //! Test support shared by the test suites and the fault runs: real `nats-server` processes on
-//! loopback, one node or a cluster, killed with SIGKILL and restarted from their stores.
+//! loopback, one node or a cluster, killed with SIGKILL and restarted from their stores; and
+//! [`gcore::FakeGcore`], a stand-in for Gcore's Streaming API built from its published spec.
 //!
 //! The server is found, in order: `STREAMHOOK_NATS_SERVER`; the pinned copy `cargo xtask
-//! tools` installs into `.tools/`; `nats-server` on `PATH` when it is 2.10 or newer (Debian's
+//! tools` installs into `.tools/`; `nats-server` on `PATH` when it is 2.11 or newer (Debian's
 //! 2.9 is refused: it accepts concurrent compare-and-set publishes). When none is found a test
 //! calls [`nats_server_or_skip`], which skips with a reason, or fails when `CI` is set.
 //!
@@ -16,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The oldest server the tests accept.
-pub const MIN_VERSION: (u64, u64) = (2, 10);
+pub mod gcore;
+
+/// The oldest server the tests accept (the replicated journal needs 2.11).
+pub const MIN_VERSION: (u64, u64) = (2, 11);
 
 /// The nats-server binary to use, or why there is none.
 pub fn nats_server() -> Result<PathBuf, String> {

@@ -506,6 +506,39 @@ impl Journal {
         self.append_with(source, payload, parsed, Some(bytes)).await
     }
 
+    /// Journals an event recovered from the provider's API (not sent by it): `payload` in the
+    /// webhook's shape, `webhook` what it decodes to, `reconciled` how it was found. It goes
+    /// through the same append as a webhook (on a replicated journal, the same
+    /// compare-and-set), so it never conflicts with a webhook arriving meanwhile.
+    pub async fn append_reconciled(
+        &self,
+        payload: &[u8],
+        webhook: streamhook_types::Webhook,
+        reconciled: streamhook_types::Reconciled,
+    ) -> Result<Appended, JournalError> {
+        let source = Verified::trusted_local(std::net::IpAddr::from([0, 0, 0, 0]));
+        let mut draft = draft_of(&source, payload, Parsed::Webhook(webhook), None)?;
+        draft.reconciled = Some(reconciled);
+        let result = self.inner.sequencer.append(draft).await;
+        if let Err(e) = &result {
+            self.inner.stats.observe_error(e);
+        }
+        result
+    }
+
+    /// Waits, up to `within`, until this journal holds every event the shared journal held when
+    /// called (on one host, at once); false if it did not. Read histories after it to compare
+    /// them with the world.
+    pub async fn caught_up(&self, within: Duration) -> bool {
+        self.inner.sequencer.caught_up(within).await
+    }
+
+    /// Something only one receiver may do at a time (reconciling with the provider's API):
+    /// held while the guard lives (`None`: another receiver does it now). On one host, always.
+    pub async fn exclusive(&self, name: &str) -> Option<Box<dyn crate::backend::Exclusive>> {
+        self.inner.sequencer.exclusive(name).await
+    }
+
     async fn append_with(
         &self,
         source: Verified,

@@ -173,6 +173,51 @@ impl Journal {
         Ok(lo)
     }
 
+    /// The history of a resource with when it was last written (ms since the Unix epoch; 0
+    /// for a record from before histories carried a time).
+    pub fn history_with_time(
+        &self,
+        resource: &str,
+    ) -> Result<Option<(ResourceState, u64)>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(HISTORY).map_err(read_err)?;
+        match table.get(resource).map_err(read_err)? {
+            Some(v) => Ok(
+                read_history(&self.inner.stats.history_corrupt, resource, v.value())
+                    .map(|state| (state, super::record::history_time(v.value()).unwrap_or(0))),
+            ),
+            None => Ok(None),
+        }
+    }
+
+    /// Every resource whose history key starts with `prefix` (`"video:"`), with its state and
+    /// when it was last written.
+    pub fn histories(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, ResourceState, u64)>, JournalError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(HISTORY).map_err(read_err)?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(read_err)? {
+            let (k, v) = entry.map_err(read_err)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(state) = read_history(&self.inner.stats.history_corrupt, key, v.value()) {
+                out.push((
+                    key.to_owned(),
+                    state,
+                    super::record::history_time(v.value()).unwrap_or(0),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// The history the classifier keeps for a resource (`"stream:12345"`). A record that
     /// cannot be read is `None` (and counted in [`super::JournalStats::history_corrupt`]).
     pub fn history(&self, resource: &str) -> Result<Option<ResourceState>, JournalError> {

@@ -22,6 +22,8 @@
 //! | `POST /admin/events/{seq}/resend` | `{"sink"}`: deliver this event to the sink again |
 //! | `GET /admin/resources/{type}/{id}` | a resource's events, oldest first (its timeline) |
 //! | `GET /admin/audit?limit=N` | the operator's actions (who, what, when), newest first |
+//! | `GET /admin/reconcile` | reconciliation with Gcore's API: its state and last run |
+//! | `POST /admin/reconcile` | `{"dry_run"}`: a run now; what it journaled (or would) |
 //!
 //! The console (`GET /`, see [`console`]) calls the same API with a session cookie;
 //! then every `POST` must carry its CSRF token. docs/admin-api.md describes each call.
@@ -91,6 +93,10 @@ pub fn admin_app(
         .route("/admin/resources/{type}/{id}", get(read::timeline))
         .route("/admin/reload", post(operator::reload))
         .route("/admin/audit", get(operator::audit))
+        .route(
+            "/admin/reconcile",
+            get(operator::reconcile_status).post(operator::reconcile),
+        )
         .layer(middleware::from_fn_with_state(
             state.auth().clone(),
             auth::authorize,

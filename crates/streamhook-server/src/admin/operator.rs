@@ -71,13 +71,72 @@ pub(crate) async fn status(State(admin): State<Admin>) -> Response {
             sink
         })
         .collect();
-    Json(json!({
+    let mut body = json!({
         "backend": journal.backend(),
         "last_seq": last_seq,
         "events": events,
         "sinks": sinks,
-    }))
-    .into_response()
+    });
+    if let Some(reconciler) = admin.intake.reconciler() {
+        body["reconcile"] = json!(reconciler.status());
+    }
+    Json(body).into_response()
+}
+
+/// Reconciliation is off: the answer that says how to turn it on.
+fn reconcile_off() -> Response {
+    error(
+        StatusCode::CONFLICT,
+        "reconciliation is off: give the server a Gcore API key ([gcore] api_key_file, \
+         --gcore-api-key-file or STREAMHOOK_GCORE_API_KEY); see docs/reconciliation.md",
+    )
+}
+
+/// `GET /admin/reconcile`: reconciliation's state and its last run.
+pub(crate) async fn reconcile_status(State(admin): State<Admin>) -> Response {
+    match admin.intake.reconciler() {
+        Some(r) => Json(json!(r.status())).into_response(),
+        None => reconcile_off(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReconcileBody {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /admin/reconcile` `{"dry_run"}`: one run now; its report (a dry run journals
+/// nothing and says what a run would emit).
+pub(crate) async fn reconcile(
+    State(admin): State<Admin>,
+    who: Who,
+    body: Option<Json<ReconcileBody>>,
+) -> Response {
+    let Some(reconciler) = admin.intake.reconciler().cloned() else {
+        return reconcile_off();
+    };
+    let dry_run = body.map(|b| b.0.dry_run).unwrap_or(false);
+    match reconciler.run_once(dry_run).await {
+        Ok(report) => {
+            if !dry_run {
+                admin
+                    .record(
+                        &who,
+                        "reconcile",
+                        format!(
+                            "{} events journaled ({:?})",
+                            report.emitted.len(),
+                            report.outcome
+                        ),
+                    )
+                    .await;
+            }
+            Json(json!(report)).into_response()
+        }
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -204,6 +204,7 @@ pub fn row(event: &StoredEvent, envelope: &Envelope) -> Value {
         "name": name,
         "source_ip": envelope.source_ip,
         "late": envelope.late,
+        "reconciled": envelope.reconciled,
     })
 }
 
