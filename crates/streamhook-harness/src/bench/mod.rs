@@ -75,6 +75,10 @@ pub struct BenchOptions {
     /// The command line to record in the report.
     #[arg(long, default_value = "cargo xtask bench")]
     pub command: String,
+    /// Only the callgrind phase: print its figures and where its profiles are (for
+    /// `callgrind_annotate`), write no report.
+    #[arg(long)]
+    pub callgrind_only: bool,
 }
 
 /// The machine the run was on.
@@ -132,6 +136,18 @@ pub struct Results {
 pub async fn run(o: &BenchOptions) -> Result<()> {
     let dir = crate::faults::temp_dir("bench")?;
     let me = std::env::current_exe()?;
+    if o.callgrind_only {
+        match callgrind::measure(o, &dir, &me).await? {
+            callgrind::Callgrind::Measured(rows) => {
+                for r in rows {
+                    println!("{:>12.0}  {}", r.per_request, r.name);
+                }
+                println!("profiles: {}/callgrind-*", dir.display());
+            }
+            callgrind::Callgrind::NotMeasured(why) => println!("not measured: {why}"),
+        }
+        return Ok(());
+    }
     let intake = intake::measure(o, &dir, &me).await?;
     let sink_down = memory::sink_down(o, &dir).await?;
     let drains = drain::measure(o, &dir, &me).await?;
