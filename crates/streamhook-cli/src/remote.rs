@@ -566,11 +566,16 @@ pub async fn reconcile(
         .await?;
     let report: Value =
         serde_json::from_str(&text).context("the admin API answered something that is not JSON")?;
+    let outcome = report["outcome"].as_str().unwrap_or("?");
+    let code = match outcome {
+        "ok" | "elsewhere" => OK,
+        "partial" => INVALID,
+        _ => TROUBLE,
+    };
     if as_json {
         writeln!(out, "{report}")?;
-        return Ok(OK);
+        return Ok(code);
     }
-    let outcome = report["outcome"].as_str().unwrap_or("?");
     if outcome == "elsewhere" {
         writeln!(
             out,
@@ -636,9 +641,5 @@ pub async fn reconcile(
             e.as_str().unwrap_or("")
         )?;
     }
-    Ok(match outcome {
-        "ok" => OK,
-        "partial" => INVALID,
-        _ => TROUBLE,
-    })
+    Ok(code)
 }

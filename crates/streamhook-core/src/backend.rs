@@ -47,6 +47,10 @@ pub struct Draft {
     pub received: Option<Vec<u8>>,
     /// Set for an event recovered from the provider's API instead of sent by it.
     pub reconciled: Option<streamhook_types::Reconciled>,
+    /// Journal it only if its resource's state, at the write, is this (`Some(None)`: the
+    /// resource is unknown); else [`JournalError::NotAsExpected`]. Never spooled. For
+    /// reconciled events, whose comparison was made against that state.
+    pub expect: Option<Option<streamhook_types::ResourceState>>,
 }
 
 /// Where an event gets its place in the journal.

@@ -240,3 +240,45 @@ async fn prune_deletes_only_what_every_sink_passed() {
     // Seqs keep growing after pruning.
     assert_eq!(append(&journal, &video(99, "ready")).await.seq, 11);
 }
+
+#[tokio::test]
+async fn a_reconciled_event_is_journaled_only_over_the_state_it_was_compared_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    append(&journal, &stream(5, true, false)).await;
+    let compared = journal.history("stream:5").unwrap();
+    // A webhook arrives after the comparison (recording started).
+    append(&journal, &stream(5, true, true)).await;
+    let body = br#"{"type":"stream","message":{"stream":{"id":5,"live":false,"recording":false,"transcoding":false}}}"#;
+    let webhook = streamhook_types::decode::decode(body).unwrap().webhook;
+    let reconciled = streamhook_types::Reconciled {
+        observed_at: "2026-12-02T00:00:00.000Z".into(),
+        happened_at: None,
+        reason: "test".into(),
+    };
+    let refused = journal
+        .append_reconciled(body, webhook.clone(), reconciled.clone(), compared)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(streamhook_core::JournalError::NotAsExpected { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(journal.last_seq().unwrap(), 2, "nothing written");
+    let now = journal.history("stream:5").unwrap();
+    let stored = journal
+        .append_reconciled(body, webhook, reconciled, now)
+        .await
+        .unwrap();
+    let kinds: Vec<_> = stored.kinds.iter().map(|k| k.as_str()).collect();
+    assert_eq!(kinds, ["stream.recording_stopped", "stream.stopped"]);
+    let envelope = journal
+        .get(stored.seq)
+        .unwrap()
+        .unwrap()
+        .envelope()
+        .unwrap();
+    assert!(envelope.reconciled.is_some());
+}

@@ -224,6 +224,28 @@ impl JetStreamSequencer {
         };
         let received_at_ms = self.stamp();
         let id = event_id(received_at_ms);
+        if draft.expect.is_some() {
+            // A conditional append (a reconciled event) is compared with the stream's own
+            // last message of its resource, never spooled: kept here, it would be placed
+            // after whatever the stream takes meanwhile, unchecked.
+            if !remote.takes_events() || key.as_ref().is_some_and(|k| self.waits(k)) {
+                return Err(JournalError::Busy);
+            }
+            return match tokio::time::timeout(
+                remote.config.timeout,
+                self.place(&id, received_at_ms, &draft, key.as_deref()),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => {
+                    if let Some(k) = &key {
+                        remote.forget(k);
+                    }
+                    Err(JournalError::Busy)
+                }
+            };
+        }
         if !remote.takes_events() {
             return self
                 .spool(
@@ -456,6 +478,13 @@ impl JetStreamSequencer {
                         known.newest_ms + (age.as_millis() as u64) < received_at_ms
                     });
                 let prior = if expired { None } else { known.state.clone() };
+                if let Some(expected) = &draft.expect
+                    && *expected != prior
+                {
+                    return Err(JournalError::NotAsExpected {
+                        resource: key.unwrap_or_default().to_owned(),
+                    });
+                }
                 let (meaning, state) = if late {
                     (classify_with(webhook, None).0, known.state.clone())
                 } else {

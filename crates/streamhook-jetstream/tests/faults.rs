@@ -515,3 +515,51 @@ async fn a_stream_edited_into_losing_settings_while_running_is_refused_and_event
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reconciled_event_is_not_stored_over_a_newer_webhook_the_mirror_has_not_seen() {
+    let Some(bin) = nats_server_or_skip("jetstream: conditional append") else {
+        return;
+    };
+    let nats = Nats::single(&bin);
+    let (_dirs, a, b) = two_receivers(&nats).await;
+    append(&a, &stream_body(9, true, false)).await; // A learns: stream 9 is live
+    eventually("B's mirror holds it", || b.last_committed() >= 1).await;
+    let live = b.history("stream:9").unwrap();
+    // A webhook to B says the stream restarted (still live); A's reconciler read the API
+    // before it, compared against "live", and wants to journal "stopped". A's mirror may
+    // not hold B's webhook yet: the stream's own last message decides.
+    append(&b, &stream_body(9, true, true)).await;
+    let body = br#"{"type":"stream","message":{"stream":{"id":9,"live":false,"recording":false,"transcoding":false}}}"#;
+    let webhook = streamhook_types::decode::decode(body).unwrap().webhook;
+    let reconciled = streamhook_types::Reconciled {
+        observed_at: "2026-12-02T00:00:00.000Z".into(),
+        happened_at: None,
+        reason: "test".into(),
+    };
+    let refused = a
+        .append_reconciled(body, webhook.clone(), reconciled.clone(), live.clone())
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(streamhook_core::JournalError::NotAsExpected { .. })
+        ),
+        "{refused:?}"
+    );
+    eventually("both mirrors hold the two webhooks", || {
+        a.last_committed() >= 2 && b.last_committed() >= 2
+    })
+    .await;
+    assert_eq!(a.last_seq().unwrap(), 2, "nothing stored");
+    // Against the state the stream holds, it is stored.
+    let now = b.history("stream:9").unwrap();
+    let stored = a
+        .append_reconciled(body, webhook, reconciled, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds(&stored),
+        ["stream.recording_stopped", "stream.stopped"]
+    );
+}

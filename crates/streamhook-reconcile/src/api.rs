@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::config::ReconcileConfig;
+use crate::config::{ApiKey, ReconcileConfig};
 
 /// How many times one request is tried (429, 5xx, timeouts) before the run gives up on it.
 const TRIES: u32 = 5;
@@ -74,7 +74,8 @@ impl ApiCounters {
 pub struct Api {
     client: reqwest::Client,
     base: String,
-    authorization: String,
+    /// The key (its `Debug` is redacted); replaced when the key file changes.
+    key: Mutex<ApiKey>,
     per_page: usize,
     gap: Duration,
     next: tokio::sync::Mutex<Instant>,
@@ -96,12 +97,27 @@ impl Api {
         Ok(Api {
             client,
             base: config.api_url.trim_end_matches('/').to_owned(),
-            authorization: format!("APIKey {}", config.api_key.expose()),
+            key: Mutex::new(config.api_key.clone()),
             per_page: config.per_page.max(1),
             gap: Duration::from_secs_f64(1.0 / rate),
             next: tokio::sync::Mutex::new(Instant::now()),
             counters: ApiCounters::default(),
         })
+    }
+
+    /// Uses `key` from now on (the key file was rewritten).
+    pub fn set_key(&self, key: ApiKey) {
+        if let Ok(mut k) = self.key.lock() {
+            *k = key;
+        }
+    }
+
+    fn authorization(&self) -> String {
+        let key = match self.key.lock() {
+            Ok(k) => k.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        format!("APIKey {}", key.expose())
     }
 
     /// Waits for this request's turn under the rate cap.
@@ -124,7 +140,7 @@ impl Api {
             let sent = self
                 .client
                 .get(&url)
-                .header("authorization", &self.authorization)
+                .header("authorization", self.authorization())
                 .header("accept", "application/json")
                 .send()
                 .await;
@@ -137,9 +153,11 @@ impl Api {
                     } else {
                         format!("GET {path}: {}", without_url(&e))
                     };
-                    tracing::debug!(attempt, error = %last, "Gcore API request failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    if attempt < TRIES {
+                        tracing::debug!(attempt, error = %last, "Gcore API request failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
                     continue;
                 }
             };
@@ -175,15 +193,27 @@ impl Api {
                         )));
                     }
                     last = format!("GET {path}: 429 Too Many Requests");
-                    tracing::info!(retry_in = ?after, "Gcore API: rate limited; waiting as Retry-After says");
-                    tokio::time::sleep(after).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    if attempt < TRIES {
+                        tracing::info!(retry_in = ?after, "Gcore API: rate limited; waiting as Retry-After says");
+                        tokio::time::sleep(after).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
+                408 | 500..=599 => {
+                    last = format!("GET {path}: {status}");
+                    if attempt < TRIES {
+                        tracing::debug!(attempt, status, "Gcore API answered an error; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
                 }
                 _ => {
-                    last = format!("GET {path}: {status}");
-                    tracing::debug!(attempt, status, "Gcore API answered an error; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(30));
+                    // Another 4xx: asking again would get the same answer.
+                    let text = resp.text().await.unwrap_or_default();
+                    return Err(ApiError::Failed(format!(
+                        "GET {path}: {status}: {}",
+                        short(&text)
+                    )));
                 }
             }
         }
@@ -194,7 +224,10 @@ impl Api {
     /// until a page comes back empty or shorter than the first.
     pub async fn list(&self, what: &str) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
+        // The page size is the first page's (an API may cap `per_page` below what was asked):
+        // a list that fits one page costs one more request, an empty page.
         let mut page_size = None;
+        let mut first_ids: Option<Vec<Value>> = None;
         for page in 1..=MAX_PAGES {
             let path = if what == "videos" {
                 format!("/streaming/{what}?page={page}&per_page={}", self.per_page)
@@ -212,6 +245,18 @@ impl Api {
                 None => return Err(ApiError::Failed(format!("GET {path}: 404"))),
             };
             let n = items.len();
+            // An API that ignores `page` answers page 1 again and again: stop, or the run
+            // would read the list 10,000 times.
+            let ids: Vec<Value> = items.iter().take(3).map(|i| i["id"].clone()).collect();
+            match &first_ids {
+                None => first_ids = Some(ids),
+                Some(first) if n > 0 && *first == ids => {
+                    return Err(ApiError::Failed(format!(
+                        "GET {path}: page {page} repeats page 1 (the API ignores `page`?); the {what} were not compared"
+                    )));
+                }
+                Some(_) => {}
+            }
             out.extend(items);
             let size = *page_size.get_or_insert(n);
             if n == 0 || n < size {

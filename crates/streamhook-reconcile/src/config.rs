@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Gcore's API key: never printed (its `Debug` says `(redacted)`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct ApiKey(String);
 
 impl ApiKey {
@@ -41,6 +41,9 @@ pub struct ReconcileConfig {
     pub api_url: String,
     /// The key (`Authorization: APIKey <key>`); read-only is enough.
     pub api_key: ApiKey,
+    /// The file the key came from, read again before each run (a rotated key is used
+    /// without a restart).
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Time between runs (default 10 min).
     pub interval: Duration,
     /// Run once at start (default true).
@@ -62,6 +65,7 @@ impl ReconcileConfig {
         ReconcileConfig {
             api_url: api_url.to_owned(),
             api_key,
+            api_key_file: None,
             interval: Duration::from_secs(600),
             on_start: true,
             rate: 2.0,

@@ -45,6 +45,9 @@ pub struct Step {
     pub reconciled: Reconciled,
     /// What the classifier will call it, given the state before.
     pub kinds: Vec<EventKind>,
+    /// The resource's state this step was planned against: it is journaled only if the
+    /// journal's state is still this at the write.
+    pub before: Option<ResourceState>,
 }
 
 /// What to journal for one resource, in order.
@@ -284,7 +287,7 @@ fn push(
         if !moves {
             continue;
         }
-        state = next;
+        let before = std::mem::replace(&mut state, next);
         steps.push(Step {
             payload,
             reconciled: Reconciled {
@@ -293,6 +296,7 @@ fn push(
                 reason,
             },
             kinds: meaning.kinds,
+            before,
         });
     }
     if !steps.is_empty() {
@@ -332,8 +336,9 @@ fn stream_steps(
         None => (None, baseline_ms),
     };
     let skew = skew.as_millis() as u64;
-    // A session that started after the journal last heard of the stream.
-    let new_session = started.filter(|s| *s > since.saturating_add(skew));
+    // A session that started after the journal last heard of the stream (a history record
+    // from before histories carried a time says nothing of when: no session is inferred).
+    let new_session = started.filter(|s| since > 0 && *s > since.saturating_add(skew));
     let ended = |s: u64| finished.filter(|f| *f >= s);
     let name = item.get("name").cloned();
     let message = |live: bool, backup: Option<bool>| {

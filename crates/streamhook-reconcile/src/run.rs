@@ -12,8 +12,11 @@ use streamhook_core::Journal;
 use streamhook_types::decode::decode_value;
 
 use crate::api::{Api, ApiError};
-use crate::config::ReconcileConfig;
+use crate::config::{ApiKey, ReconcileConfig};
 use crate::plan::{self, Action, Input, Known, rfc3339};
+
+/// Below this many known resources the account checks do not apply (a new account).
+const SANITY_MIN: usize = 5;
 
 /// What the reconciler is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -229,9 +232,18 @@ impl Reconciler {
         let Ok(_running) = self.run.try_lock() else {
             return Err(RunError::Busy);
         };
+        if dry_run {
+            // A dry run says nothing of the schedule's runs: the state, the last run and the
+            // counters stay as they are (its requests are counted: they were made).
+            return Ok(self.run_locked(true).await);
+        }
         let previous = self.status().state;
         self.set(|s| s.0 = State::Running);
+        // Back to what it was if this future is dropped mid-run (an operator's request cut
+        // short): a run is never shown as running when none is.
+        let guard = RunningGuard(self, previous.clone());
         let report = self.run_locked(dry_run).await;
+        std::mem::forget(guard);
         let state = match report.outcome {
             Outcome::Unauthorized => State::Paused {
                 reason: report.errors.first().cloned().unwrap_or_default(),
@@ -243,7 +255,7 @@ impl Reconciler {
         if let Ok(mut runs) = self.counters.runs.lock() {
             *runs.entry(report.outcome.as_str()).or_default() += 1;
         }
-        if !dry_run && let Ok(mut emitted) = self.counters.emitted.lock() {
+        if let Ok(mut emitted) = self.counters.emitted.lock() {
             for e in &report.emitted {
                 for k in &e.kinds {
                     *emitted.entry(k.clone()).or_default() += 1;
@@ -279,12 +291,34 @@ impl Reconciler {
             report.requests = api.counters.requests.load(Ordering::Relaxed) - requests_before;
             report
         };
+        if let Some(file) = &self.config.api_key_file {
+            // Read again each run: a key rotated in the file is used without a restart.
+            match std::fs::read_to_string(file) {
+                Ok(text) if !text.trim().is_empty() => self.api.set_key(ApiKey::new(&text)),
+                _ => {
+                    report.outcome = Outcome::Failed;
+                    report.errors.push(format!(
+                        "the key file {} cannot be read or is empty",
+                        file.display()
+                    ));
+                    return finish(report, &self.api);
+                }
+            }
+        }
         // One receiver at a time (on one host, always this one). A dry run changes nothing.
         let lease = if dry_run {
             None
         } else {
             match self.journal.exclusive("reconciler").await {
                 Some(lease) => Some(lease),
+                None if self.journal.shared_status().is_some_and(|s| !s.connected) => {
+                    report.outcome = Outcome::Failed;
+                    report.errors.push(
+                        "NATS is away: the reconciler's lease cannot be taken; the next run tries again"
+                            .to_owned(),
+                    );
+                    return finish(report, &self.api);
+                }
                 None => {
                     report.outcome = Outcome::Elsewhere;
                     return finish(report, &self.api);
@@ -292,6 +326,20 @@ impl Reconciler {
             }
         };
 
+        // On a replicated journal, this receiver's copy must hold what another receiver (or
+        // its last run) journaled, or the comparison would find those differences again.
+        if !self
+            .journal
+            .caught_up(std::time::Duration::from_secs(30))
+            .await
+        {
+            report.outcome = Outcome::Failed;
+            report.errors.push(
+                "this receiver's copy of the journal is behind the shared stream (or NATS is away); nothing compared, the next run tries again"
+                    .to_owned(),
+            );
+            return finish(report, &self.api);
+        }
         // The API first: the journal's state is read after it, so a webhook that arrives
         // while the lists are read is already in what they are compared with.
         let listed_at_ms = SystemTime::now()
@@ -318,20 +366,6 @@ impl Reconciler {
             }
         }
         let observed = SystemTime::now();
-        // On a replicated journal, this receiver's copy must hold what another receiver (or
-        // its last run) journaled, or the comparison would find those differences again.
-        if !self
-            .journal
-            .caught_up(std::time::Duration::from_secs(30))
-            .await
-        {
-            report.outcome = Outcome::Failed;
-            report.errors.push(
-                "this receiver's copy of the journal is behind the shared stream (or NATS is away); nothing compared, the next run tries again"
-                    .to_owned(),
-            );
-            return finish(report, &self.api);
-        }
         let known = match self.known().await {
             Ok(k) => k,
             Err(e) => {
@@ -360,9 +394,60 @@ impl Reconciler {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect();
+        // The API and the journal must describe one account: a key of another account (or
+        // an API that shows nothing) would make every known video a deletion and every
+        // listed resource new.
+        let known_live = known
+            .iter()
+            .filter(|(k, (s, _))| {
+                k.starts_with("stream:")
+                    || matches!(
+                        s,
+                        streamhook_types::ResourceState::Video { deleted: false, .. }
+                    )
+            })
+            .count();
+        let listed_known = ["streams", "videos"]
+            .iter()
+            .filter_map(|w| get(w))
+            .flatten()
+            .filter(|item| {
+                let id = item.get("id").and_then(Value::as_u64);
+                id.is_some_and(|id| {
+                    known.contains_key(&format!("stream:{id}"))
+                        || known.contains_key(&format!("video:{id}"))
+                })
+            })
+            .count();
+        let read_any = get("streams").is_some() || get("videos").is_some();
+        if read_any && known_live >= SANITY_MIN && listed_known == 0 {
+            report.outcome = Outcome::Failed;
+            report.errors.push(format!(
+                "none of the {known_live} streams and videos the journal knows is in the API's lists: is the key of another account? Nothing was journaled"
+            ));
+            return finish(report, &self.api);
+        }
         let mut actions = planned.actions;
+        let mut missing = planned.missing_videos;
+        let known_videos = known
+            .values()
+            .filter(|(s, _)| {
+                matches!(
+                    s,
+                    streamhook_types::ResourceState::Video { deleted: false, .. }
+                )
+            })
+            .count();
+        if missing.len() >= SANITY_MIN && missing.len() * 2 > known_videos {
+            report.outcome = Outcome::Partial;
+            report.errors.push(format!(
+                "{} of the {known_videos} videos the journal knows are missing from the API's list: too many to be deletions (a key of another account, or a partial list?); no deletion journaled",
+                missing.len()
+            ));
+            missing.clear();
+        }
         // A video the list lacks is deleted only if the API says so for that id.
-        for id in planned.missing_videos {
+        for id in missing {
             let Some(prior) = known.get(&format!("video:{id}")) else {
                 continue;
             };
@@ -438,10 +523,26 @@ impl Reconciler {
             let Ok(decoded) = decode_value(&step.payload) else {
                 continue;
             };
-            let appended = self
+            let appended = match self
                 .journal
-                .append_reconciled(&bytes, decoded.webhook, step.reconciled.clone())
-                .await?;
+                .append_reconciled(
+                    &bytes,
+                    decoded.webhook,
+                    step.reconciled.clone(),
+                    step.before.clone(),
+                )
+                .await
+            {
+                Ok(a) => a,
+                Err(streamhook_core::JournalError::NotAsExpected { .. }) => {
+                    // A webhook came between the plan and the write (on the replicated
+                    // journal, maybe to the other receiver): it is newer than the API's
+                    // reading; the rest of this resource is left to the next run.
+                    report.changed_meanwhile += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             let mut e = emitted(action, step, Some(appended.seq));
             e.kinds = appended
                 .kinds
@@ -489,6 +590,16 @@ impl Reconciler {
             .ok()
             .flatten();
         oldest.map_or(started, |o| o.min(started))
+    }
+}
+
+/// Puts the state back if a run is dropped before it ends.
+struct RunningGuard<'a>(&'a Reconciler, State);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        let state = self.1.clone();
+        self.0.set(|s| s.0 = state);
     }
 }
 

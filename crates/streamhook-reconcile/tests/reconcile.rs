@@ -226,3 +226,117 @@ async fn five_thousand_videos_are_paged_under_the_rate_cap() {
         assert!(within <= 26, "{within} requests within a second");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_account_journals_nothing_and_mass_deletions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    for id in 1..=10 {
+        append(&journal, &video(id, "ready")).await;
+    }
+    let fake = FakeGcore::start(KEY).await;
+    // Another account: none of the ten, and videos of its own created just now.
+    fake.set_videos(
+        (100..110)
+            .map(|i| gcore::video(i, "ready", &at(0)))
+            .collect(),
+    );
+    let reconciler = Reconciler::new(journal.clone(), config(&fake)).unwrap();
+    let report = reconciler.run_once(false).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.errors);
+    assert!(
+        report.errors[0].contains("another account"),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(journal.last_seq().unwrap(), 10, "nothing journaled");
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !r.uri.starts_with("/streaming/videos/")),
+        "no lookups of the known videos"
+    );
+
+    // The same account, but the list lacks six of the ten: too many to be deletions.
+    fake.set_videos(
+        (1..=4)
+            .map(|i| gcore::video(i, "ready", &at(-3600)))
+            .collect(),
+    );
+    let report = reconciler.run_once(false).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Partial);
+    assert!(
+        report.errors[0].contains("too many to be deletions"),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(journal.last_seq().unwrap(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_in_its_file_is_used_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    append(&journal, &video(7, "pending")).await;
+    let fake = FakeGcore::start(KEY).await;
+    fake.set_videos(vec![gcore::video(7, "ready", &at(-60))]);
+    let file = dir.path().join("gcore.key");
+    std::fs::write(&file, "the-old-revoked-key\n").unwrap();
+    let mut c = config(&fake);
+    c.api_key = ApiKey::new("the-old-revoked-key");
+    c.api_key_file = Some(file.clone());
+    let reconciler = Reconciler::new(journal.clone(), c).unwrap();
+    assert_eq!(
+        reconciler.run_once(false).await.unwrap().outcome,
+        Outcome::Unauthorized
+    );
+    std::fs::write(&file, format!("{KEY}\n")).unwrap();
+    let report = reconciler.run_once(false).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Ok, "{:?}", report.errors);
+    assert_eq!(report.emitted.len(), 1);
+    // Nothing that holds the key prints it.
+    assert!(!format!("{reconciler:?}").contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_ignores_paging_or_refuses_a_request_ends_that_list_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    append(&journal, &video(7, "pending")).await;
+    let fake = FakeGcore::start(KEY).await;
+    fake.set_videos(
+        (0..100)
+            .map(|i| gcore::video(i, "ready", &at(-60)))
+            .collect(),
+    );
+    fake.set_streams(
+        (0..25)
+            .map(|i| gcore::stream(i, false, None, None))
+            .collect(),
+    );
+    fake.set_ignore_paging(true);
+    let reconciler = Reconciler::new(journal.clone(), config(&fake)).unwrap();
+    let report = reconciler.run_once(true).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Partial);
+    assert!(
+        report.errors.iter().any(|e| e.contains("repeats page 1")),
+        "{:?}",
+        report.errors
+    );
+    assert!(report.requests < 20, "{} requests", report.requests);
+
+    // A 400 is not asked again (the same question gets the same answer).
+    fake.set_ignore_paging(false);
+    fake.fail_next([Failure::Server(400)]);
+    let before = fake.requests().len();
+    let report = reconciler.run_once(true).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Partial);
+    let requests = fake.requests();
+    assert_eq!(requests[before].status, 400);
+    assert_eq!(
+        requests[before + 1].status,
+        200,
+        "the next list, not the same page again"
+    );
+    assert!(requests[before + 1].uri.starts_with("/streaming/videos"));
+}

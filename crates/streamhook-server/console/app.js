@@ -630,7 +630,13 @@ function reconcilePanel(rc, audit) {
       draw({ ...rc, last_run: plan });
       if (!plan.emitted.length) { say(`Nothing to journal: the journal agrees with Gcore's API (${plan.requests} requests).`); return; }
       confirmBox(panel, `Journal ${plural(plan.emitted.length, 'event')} Gcore never sent (listed below)? Sinks get them like any other event.`, async () => {
-        try { const r = await post('/admin/reconcile', {}); draw({ ...rc, last_run: r }); say(`Journaled ${plural(r.emitted.length, 'event')}.`); await audit(); } catch (e) { say(`Error: ${e.message}`); }
+        try {
+          const r = await post('/admin/reconcile', {});
+          try { draw(await api('/admin/reconcile')); } catch (_) { draw({ ...rc, last_run: r }); }
+          if (r.outcome === 'elsewhere') say('Another receiver sharing the journal is reconciling now: nothing done here.');
+          else say(`Journaled ${plural(r.emitted.length, 'event')} (the API was read again: what it showed then). ${r.errors.length ? 'Errors: ' + r.errors.join('; ') : ''}`);
+          await audit();
+        } catch (e) { say(`Error: ${e.message}`); }
       });
     } catch (e) { say(`Error: ${e.message}`); } finally { run.disabled = false; }
   });

@@ -148,8 +148,8 @@ pub struct Args {
     #[arg(long, env = "STREAMHOOK_GCORE_API_KEY_FILE", value_name = "FILE")]
     pub gcore_api_key_file: Option<PathBuf>,
     /// The key itself, from STREAMHOOK_GCORE_API_KEY only.
-    #[arg(skip = std::env::var("STREAMHOOK_GCORE_API_KEY").ok().filter(|k| !k.trim().is_empty()))]
-    pub gcore_api_key: Option<String>,
+    #[arg(skip = std::env::var("STREAMHOOK_GCORE_API_KEY").ok().filter(|k| !k.trim().is_empty()).map(|k| streamhook_reconcile::ApiKey::new(&k)))]
+    pub gcore_api_key: Option<streamhook_reconcile::ApiKey>,
     /// Print the effective configuration (secrets redacted) as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -671,7 +671,7 @@ impl Config {
             self.gcore.api_key_file = Some(file.clone());
         }
         if let Some(key) = &args.gcore_api_key {
-            self.gcore.api_key_env = Some(streamhook_reconcile::ApiKey::new(key));
+            self.gcore.api_key_env = Some(key.clone());
         }
         if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
             self.tls = Some(TlsConfig {
@@ -881,35 +881,27 @@ impl Config {
         &self,
     ) -> Result<Option<streamhook_reconcile::ReconcileConfig>, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        let key = match (&self.gcore.api_key_file, &self.gcore.api_key_env) {
-            (Some(file), _) => match std::fs::read_to_string(file) {
-                Ok(text) if !text.trim().is_empty() => streamhook_reconcile::ApiKey::new(&text),
-                Ok(_) => {
-                    return invalid(format!(
-                        "[gcore] api_key_file {} is empty; put the API key in it",
-                        file.display()
-                    ));
-                }
-                Err(e) => {
-                    return invalid(format!(
-                        "[gcore] api_key_file {} cannot be read: {e}",
-                        file.display()
-                    ));
-                }
-            },
-            (None, Some(key)) => key.clone(),
-            (None, None) => return Ok(None),
-        };
-        if key.is_empty() || key.has_whitespace() {
-            return invalid(
-                "the Gcore API key holds spaces or line breaks inside it; put only the key in the file"
-                    .into(),
-            );
-        }
         let url = &self.gcore.api_url;
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
+        let loopback = url
+            .strip_prefix("http://")
+            .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+            .is_some_and(|host| {
+                let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+                    if port.chars().all(|c| c.is_ascii_digit()) {
+                        h
+                    } else {
+                        host
+                    }
+                });
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        if !(url.starts_with("https://") || loopback) {
             return invalid(format!(
-                "[gcore] api_url {url:?} must start with https:// (or http:// for a local stand-in)"
+                "[gcore] api_url {url:?} must start with https:// (http:// only on loopback, for a local stand-in: the key would cross the network in clear)"
             ));
         }
         let r = &self.reconcile;
@@ -937,12 +929,38 @@ impl Config {
                 humantime::format_duration(r.clock_skew)
             ));
         }
+        let key = match (&self.gcore.api_key_file, &self.gcore.api_key_env) {
+            (Some(file), _) => match std::fs::read_to_string(file) {
+                Ok(text) if !text.trim().is_empty() => streamhook_reconcile::ApiKey::new(&text),
+                Ok(_) => {
+                    return invalid(format!(
+                        "[gcore] api_key_file {} is empty; put the API key in it",
+                        file.display()
+                    ));
+                }
+                Err(e) => {
+                    return invalid(format!(
+                        "[gcore] api_key_file {} cannot be read: {e}",
+                        file.display()
+                    ));
+                }
+            },
+            (None, Some(key)) => key.clone(),
+            (None, None) => return Ok(None),
+        };
+        if key.is_empty() || key.has_whitespace() {
+            return invalid(
+                "the Gcore API key holds spaces or line breaks inside it; put only the key in the file"
+                    .into(),
+            );
+        }
         let mut config = streamhook_reconcile::ReconcileConfig::new(url, key);
         config.interval = r.interval;
         config.on_start = r.on_start;
         config.rate = r.rate;
         config.timeout = r.timeout;
         config.clock_skew = r.clock_skew;
+        config.api_key_file = self.gcore.api_key_file.clone();
         Ok(Some(config))
     }
 

@@ -384,8 +384,9 @@ impl Server {
         let _ = stop_reloads.send(());
         let running = reloader.await.unwrap_or_default();
         if let Some(task) = reconciler {
-            // A run cut short is harmless: each event it journaled is whole, and the next run
-            // compares again.
+            // A run cut short journals no half event, and the next run compares again; a
+            // stream's missed session whose first step was journaled and not the rest is
+            // then no longer seen (docs/reconciliation.md, known limits).
             task.abort();
         }
         stop_sinks(running).await;

@@ -204,7 +204,8 @@ async fn a_refused_key_pauses_reconciliation_visibly_and_intake_goes_on() {
     .await;
     assert_eq!(status, 200, "intake does not depend on Gcore's API");
 
-    // The key works again (rotated at Gcore): the next run resumes.
+    // The key works again: a dry run says so and leaves the schedule's state alone; the
+    // next run resumes.
     fake.set_unauthorized(false);
     let (status, report) = admin(
         &server,
@@ -215,7 +216,21 @@ async fn a_refused_key_pauses_reconciliation_visibly_and_intake_goes_on() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(report["outcome"], json!("ok"), "{report}");
+    assert_eq!(server.readyz().await["reconcile"]["state"], json!("paused"));
+    let (status, report) = admin(&server, "POST", "/admin/reconcile", Some(json!({}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["outcome"], json!("ok"), "{report}");
     assert_eq!(server.readyz().await["reconcile"]["state"], json!("idle"));
+
+    // A POST without a JSON body is refused, never taken for a run.
+    let resp = client()
+        .post(server.admin_url("/admin/reconcile"))
+        .bearer_auth(&server.token)
+        .body("dry_run=true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
 }
 
 #[tokio::test]
@@ -249,6 +264,25 @@ fn the_key_is_never_printed() {
     assert!(!config.to_toml().contains("SECRET-KEY-456"));
     let rc = config.reconcile_config().unwrap().unwrap();
     assert!(!format!("{rc:?}").contains("SECRET-KEY-456"));
+    let args = streamhook_server::config::Args {
+        gcore_api_key: Some(ApiKey::new("SECRET-KEY-789")),
+        ..Default::default()
+    };
+    assert!(!format!("{args:?}").contains("SECRET-KEY-789"));
+
+    // http:// only to loopback (the key would cross the network in clear).
+    config.gcore.api_url = "http://api.example.com".into();
+    let err = config.reconcile_config().unwrap_err().to_string();
+    assert!(err.contains("https://"), "{err}");
+    for local in [
+        "http://127.0.0.1:9000",
+        "http://localhost:9000/",
+        "http://[::1]:9000",
+    ] {
+        config.gcore.api_url = local.into();
+        assert!(config.reconcile_config().is_ok(), "{local}");
+    }
+    config.gcore.api_url = "https://api.gcore.com".into();
 
     // A key file with two lines in it is refused, naming the file's problem, not the key.
     std::fs::write(&file, "SECRET one\nSECRET two\n").unwrap();

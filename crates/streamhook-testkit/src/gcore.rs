@@ -58,6 +58,7 @@ struct Shared {
     broadcasts: Vec<Value>,
     failures: VecDeque<Failure>,
     unauthorized: bool,
+    ignore_paging: bool,
     delay: Duration,
     requests: Vec<Request>,
 }
@@ -142,12 +143,19 @@ async fn gate(state: &St, headers: &HeaderMap, uri: &Uri) -> Result<(), Response
     }
 }
 
-fn page_of(items: &[Value], q: &std::collections::HashMap<String, String>) -> Vec<Value> {
-    let page = q
-        .get("page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
+fn page_of(
+    items: &[Value],
+    q: &std::collections::HashMap<String, String>,
+    ignore_paging: bool,
+) -> Vec<Value> {
+    let page = if ignore_paging {
+        1
+    } else {
+        q.get("page")
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1)
+    };
     let per_page = q
         .get("per_page")
         .and_then(|p| p.parse::<usize>().ok())
@@ -177,7 +185,7 @@ async fn list(
         "restreams" => &s.restreams,
         _ => &s.broadcasts,
     };
-    Json(Value::Array(page_of(items, &q))).into_response()
+    Json(Value::Array(page_of(items, &q, s.ignore_paging))).into_response()
 }
 
 async fn one_video(
@@ -264,6 +272,11 @@ impl FakeGcore {
     /// Every answer is 401 (a revoked key) while `on`.
     pub fn set_unauthorized(&self, on: bool) {
         lock(&self.shared).unauthorized = on;
+    }
+
+    /// Lists answer page 1 whatever `page` asks, while `on` (an API that does not page).
+    pub fn set_ignore_paging(&self, on: bool) {
+        lock(&self.shared).ignore_paging = on;
     }
 
     /// Each answer waits this long first.

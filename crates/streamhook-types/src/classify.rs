@@ -292,7 +292,14 @@ pub fn classify_with(
                 deleted: true,
             };
             let origin = origin_of(video.is_recording());
-            (one(K::VideoDeleted), Some(origin), Some(state))
+            // A video already deleted (a late webhook after a deletion found by
+            // reconciliation) is deleted no second time.
+            let kind = if matches!(prior, Some(ResourceState::Video { deleted: true, .. })) {
+                K::VideoUpdated
+            } else {
+                K::VideoDeleted
+            };
+            (one(kind), Some(origin), Some(state))
         }
         Payload::Restream(restream) => {
             let live = restream.is_live();
@@ -507,5 +514,9 @@ mod tests {
         let (on, state) = kinds(live, None);
         assert_eq!(on, ["restream.started"]);
         assert_eq!(kinds(live, state.as_ref()).0, ["restream.updated"]);
+        let deleted = r#"{"type":"video_delete","message":{"video":{"id":7}}}"#;
+        let (gone, state) = kinds(deleted, None);
+        assert_eq!(gone, ["video.deleted"]);
+        assert_eq!(kinds(deleted, state.as_ref()).0, ["video.updated"]);
     }
 }

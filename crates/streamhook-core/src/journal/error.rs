@@ -31,6 +31,13 @@ pub enum JournalError {
     /// The journal was closed.
     #[error("the journal is closed")]
     Closed,
+    /// A conditional append ([`Journal::append_reconciled`](crate::Journal::append_reconciled))
+    /// found its resource in another state than expected: nothing was written.
+    #[error("not journaled: {resource} changed since it was compared (a webhook is newer)")]
+    NotAsExpected {
+        /// The resource (`stream:12345`).
+        resource: String,
+    },
     /// A stored record could not be read back.
     #[error("corrupt record at seq {seq}: {message}")]
     Corrupt {

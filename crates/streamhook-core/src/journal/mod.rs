@@ -239,6 +239,7 @@ pub(crate) fn draft_of(
         source: source.client(),
         received,
         reconciled: None,
+        expect: None,
     })
 }
 
@@ -510,15 +511,21 @@ impl Journal {
     /// webhook's shape, `webhook` what it decodes to, `reconciled` how it was found. It goes
     /// through the same append as a webhook (on a replicated journal, the same
     /// compare-and-set), so it never conflicts with a webhook arriving meanwhile.
+    ///
+    /// It is journaled only if its resource's state at the write is `expect` (the state the
+    /// comparison was made against; `None`: unknown), else [`JournalError::NotAsExpected`]: a
+    /// webhook that changed the resource meanwhile is newer than what the API showed.
     pub async fn append_reconciled(
         &self,
         payload: &[u8],
         webhook: streamhook_types::Webhook,
         reconciled: streamhook_types::Reconciled,
+        expect: Option<streamhook_types::ResourceState>,
     ) -> Result<Appended, JournalError> {
         let source = Verified::trusted_local(std::net::IpAddr::from([0, 0, 0, 0]));
         let mut draft = draft_of(&source, payload, Parsed::Webhook(webhook), None)?;
         draft.reconciled = Some(reconciled);
+        draft.expect = Some(expect);
         let result = self.inner.sequencer.append(draft).await;
         if let Err(e) = &result {
             self.inner.stats.observe_error(e);

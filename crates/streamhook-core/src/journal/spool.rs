@@ -134,6 +134,7 @@ fn decode(key: u64, bytes: &[u8]) -> Result<Spooled, JournalError> {
             source: stored.source,
             received: stored.received.map(|r| r.get().as_bytes().to_vec()),
             reconciled: stored.reconciled,
+            expect: None,
         },
     })
 }

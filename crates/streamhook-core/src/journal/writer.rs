@@ -330,16 +330,23 @@ pub(crate) fn writer_loop(
             match result {
                 Ok(appended) => {
                     inner.stats.observe_commit(started.elapsed());
+                    let stored = appended.iter().filter(|a| a.is_ok()).count();
                     inner
                         .stats
                         .appended
-                        .fetch_add(appended.len() as u64, Ordering::Relaxed);
-                    let last = appended.last().map_or(0, |a| a.seq);
+                        .fetch_add(stored as u64, Ordering::Relaxed);
+                    let last = appended
+                        .iter()
+                        .rev()
+                        .find_map(|a| a.as_ref().ok().map(|a| a.seq))
+                        .unwrap_or(0);
                     inner.advance_clock(last_ms);
                     for (request, done) in batch.drain(..).zip(appended) {
-                        let _ = request.reply.send(Ok(done));
+                        let _ = request.reply.send(done);
                     }
-                    inner.changed.send_replace(last);
+                    if last > 0 {
+                        inner.changed.send_replace(last);
+                    }
                 }
                 Err(e) => {
                     inner.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -360,13 +367,14 @@ pub(crate) fn writer_loop(
     }
 }
 
-/// Classifies and stores a batch in one transaction; all or nothing.
+/// Classifies and stores a batch in one transaction; all or nothing (but a conditional
+/// append whose resource is not as expected is left out, with its own error).
 fn commit_batch(
     inner: &Store,
     db: &Database,
     batch: &[AppendRequest],
     received_at_ms: u64,
-) -> Result<Vec<Appended>, JournalError> {
+) -> Result<Vec<Result<Appended, JournalError>>, JournalError> {
     let received_at =
         humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(received_at_ms))
             .to_string();
@@ -394,6 +402,14 @@ fn commit_batch(
                             .and_then(|v| read_history(&inner.stats.history_corrupt, k, v.value())),
                         None => None,
                     };
+                    if let Some(expected) = &draft.expect
+                        && *expected != prior
+                    {
+                        out.push(Err(JournalError::NotAsExpected {
+                            resource: key.clone().unwrap_or_default(),
+                        }));
+                        continue;
+                    }
                     let (meaning, state) = classify_with(webhook, prior.as_ref());
                     let envelope = Envelope {
                         id: event_id(received_at_ms),
@@ -447,12 +463,12 @@ fn commit_batch(
                     .insert(k.as_str(), bytes.as_slice())
                     .map_err(write_err)?;
             }
-            out.push(Appended {
+            out.push(Ok(Appended {
                 id: envelope.id,
                 seq: next,
                 kinds: envelope.kinds,
                 spooled: false,
-            });
+            }));
             next += 1;
         }
         meta.insert(NEXT_SEQ, next).map_err(write_err)?;

@@ -331,3 +331,44 @@ fn a_resource_the_journal_heard_of_after_the_api_was_read_is_not_compared() {
     );
     assert_eq!(p.newer_in_journal, 2);
 }
+
+#[test]
+fn a_history_without_a_time_infers_no_session() {
+    let p = run(
+        &[stream(1, false, Some(T0 + 4 * HOUR), Some(T0 + 5 * HOUR))],
+        None,
+        &[("stream:1", live(false), 0)],
+    );
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+}
+
+#[test]
+fn a_stop_a_session_and_a_stop_are_planned_against_each_state_in_turn() {
+    // Live when last heard of; since then that session ended and another started and ended.
+    let p = run(
+        &[stream(1, false, Some(T0 + 4 * HOUR), Some(T0 + 5 * HOUR))],
+        None,
+        &[("stream:1", live(true), T0 + HOUR)],
+    );
+    assert_eq!(
+        kinds(&p),
+        vec![
+            vec!["stream.stopped"],
+            vec!["stream.started"],
+            vec!["stream.stopped"]
+        ]
+    );
+    let steps = &p.actions[0].steps;
+    assert_eq!(steps[0].before, Some(live(true)));
+    // Each later step expects what the one before it leaves.
+    for pair in steps.windows(2) {
+        assert_ne!(pair[1].before, pair[0].before);
+    }
+    assert!(matches!(
+        steps[1].before,
+        Some(ResourceState::Stream(StreamState {
+            live: Some(false),
+            ..
+        }))
+    ));
+}

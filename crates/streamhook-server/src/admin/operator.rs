@@ -112,12 +112,12 @@ pub(crate) struct ReconcileBody {
 pub(crate) async fn reconcile(
     State(admin): State<Admin>,
     who: Who,
-    body: Option<Json<ReconcileBody>>,
+    Json(body): Json<ReconcileBody>,
 ) -> Response {
     let Some(reconciler) = admin.intake.reconciler().cloned() else {
         return reconcile_off();
     };
-    let dry_run = body.map(|b| b.0.dry_run).unwrap_or(false);
+    let dry_run = body.dry_run;
     match reconciler.run_once(dry_run).await {
         Ok(report) => {
             if !dry_run {
@@ -126,9 +126,9 @@ pub(crate) async fn reconcile(
                         &who,
                         "reconcile",
                         format!(
-                            "{} events journaled ({:?})",
+                            "{} events journaled ({})",
                             report.emitted.len(),
-                            report.outcome
+                            report.outcome.as_str()
                         ),
                     )
                     .await;
