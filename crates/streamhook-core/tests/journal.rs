@@ -282,3 +282,31 @@ async fn a_reconciled_event_is_journaled_only_over_the_state_it_was_compared_wit
         .unwrap();
     assert!(envelope.reconciled.is_some());
 }
+
+#[tokio::test]
+async fn a_seq_is_never_given_twice_even_after_every_event_is_pruned_and_the_journal_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open(dir.path());
+    journal.set_cursor("a", 1).unwrap();
+    for i in 0..5 {
+        append(&journal, &video(i, "ready")).await;
+    }
+    journal.set_cursor("a", 6).unwrap();
+    let policy = PrunePolicy {
+        max_events: Some(0),
+        ..PrunePolicy::default()
+    };
+    assert_eq!(journal.prune(&["a".to_owned()], &policy).unwrap().events, 5);
+    assert!(journal.is_empty().unwrap());
+    assert_eq!(
+        journal.last_seq().unwrap(),
+        5,
+        "the last seq given stays known"
+    );
+    journal.close().await;
+    drop(journal);
+    let journal = open(dir.path());
+    assert_eq!(journal.last_seq().unwrap(), 5);
+    let next = append(&journal, &video(9, "ready")).await;
+    assert_eq!(next.seq, 6);
+}

@@ -113,12 +113,21 @@ impl Journal {
         txn.set_durability(redb::Durability::None)
             .map_err(write_err)?;
         let passed = self.passed_by_all(&txn, sinks, policy.removed_sink_grace, now_ms)?;
-        let next = txn
-            .open_table(META)
-            .map_err(write_err)?
-            .get(NEXT_SEQ)
-            .map_err(write_err)?
-            .map_or(1, |v| v.value());
+        let next = {
+            let recorded = txn
+                .open_table(META)
+                .map_err(write_err)?
+                .get(NEXT_SEQ)
+                .map_err(write_err)?
+                .map(|v| v.value());
+            let newest = txn
+                .open_table(EVENTS)
+                .map_err(write_err)?
+                .last()
+                .map_err(write_err)?
+                .map(|(k, _)| k.value());
+            super::writer::next_seq(recorded, newest)
+        };
         let keep_from_count = policy.max_events.map_or(0, |n| next.saturating_sub(n));
         let cutoff_ms = policy
             .max_age
@@ -137,6 +146,14 @@ impl Journal {
                 if gone.len() >= PRUNE_CHUNK {
                     break;
                 }
+            }
+            if !gone.is_empty() {
+                // Appends take the next seq from the newest event: recorded here before the
+                // newest may go, so a seq is never given twice.
+                txn.open_table(META)
+                    .map_err(write_err)?
+                    .insert(NEXT_SEQ, next)
+                    .map_err(write_err)?;
             }
             for seq in &gone {
                 events.remove(*seq).map_err(write_err)?;

@@ -345,13 +345,19 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
 
 pub(crate) fn last_seq_in(db: &Database) -> Result<u64, JournalError> {
     let txn = db.begin_read().map_err(read_err)?;
-    let next = txn
+    let recorded = txn
         .open_table(META)
         .map_err(read_err)?
         .get(NEXT_SEQ)
         .map_err(read_err)?
-        .map_or(1, |v| v.value());
-    Ok(next - 1)
+        .map(|v| v.value());
+    let newest = txn
+        .open_table(EVENTS)
+        .map_err(read_err)?
+        .last()
+        .map_err(read_err)?
+        .map(|(k, _)| k.value());
+    Ok(super::writer::next_seq(recorded, newest) - 1)
 }
 
 /// The receive time of the newest event (0 when empty).

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::error::{JournalError, write_err};
 use super::record::{
     Appended, EVENTS, HISTORY, META, NEXT_SEQ, PROBE, Parsed, REQUESTS, SPOOL, SPOOL_NEXT,
-    encode_history, encode_record, event_id, history_key, read_history,
+    encode_history, encode_record, event_id, history_key, history_time, read_history,
 };
 use super::store::{JournalStats, MAX_CLOCK_AHEAD, MAX_CLOCK_STEP_BACK, Store};
 use crate::backend::{Draft, Imported, Sequencer};
@@ -367,6 +367,15 @@ pub(crate) fn writer_loop(
     }
 }
 
+/// How stale a resource's history time may be when its state did not change: the same state
+/// again within this is not written (one table fewer in most commits of a busy resource).
+const HISTORY_REFRESH_MS: u64 = 60_000;
+
+/// The seq after the newest event, or after what pruning recorded (whichever is greater).
+pub(crate) fn next_seq(recorded: Option<u64>, newest: Option<u64>) -> u64 {
+    recorded.unwrap_or(1).max(newest.map_or(1, |n| n + 1))
+}
+
 /// Classifies and stores a batch in one transaction; all or nothing (but a conditional
 /// append whose resource is not as expected is left out, with its own error).
 fn commit_batch(
@@ -384,23 +393,29 @@ fn commit_batch(
         let mut events = txn.open_table(EVENTS).map_err(write_err)?;
         let mut requests = txn.open_table(REQUESTS).map_err(write_err)?;
         let mut history = txn.open_table(HISTORY).map_err(write_err)?;
-        let mut meta = txn.open_table(META).map_err(write_err)?;
-        let mut next = meta
-            .get(NEXT_SEQ)
-            .map_err(write_err)?
-            .map_or(1, |v| v.value());
+        // The next seq follows the newest event; `next_seq` in meta is written only by pruning
+        // (which may delete the newest), never by an append: one table fewer per commit.
+        let meta = txn.open_table(META).map_err(write_err)?;
+        let mut next = next_seq(
+            meta.get(NEXT_SEQ).map_err(write_err)?.map(|v| v.value()),
+            events.last().map_err(write_err)?.map(|(k, _)| k.value()),
+        );
+        drop(meta);
         let mut record = Vec::new();
         for request in batch {
             let draft = &request.draft;
             let (envelope, key, state) = match &draft.parsed {
                 Parsed::Webhook(webhook) => {
                     let key = history_key(webhook);
-                    let prior: Option<ResourceState> = match &key {
-                        Some(k) => history
-                            .get(k.as_str())
-                            .map_err(write_err)?
-                            .and_then(|v| read_history(&inner.stats.history_corrupt, k, v.value())),
-                        None => None,
+                    let (prior, prior_ms): (Option<ResourceState>, u64) = match &key {
+                        Some(k) => match history.get(k.as_str()).map_err(write_err)? {
+                            Some(v) => (
+                                read_history(&inner.stats.history_corrupt, k, v.value()),
+                                history_time(v.value()).unwrap_or(0),
+                            ),
+                            None => (None, 0),
+                        },
+                        None => (None, 0),
                     };
                     if let Some(expected) = &draft.expect
                         && *expected != prior
@@ -424,6 +439,12 @@ fn commit_batch(
                         reconciled: draft.reconciled.clone(),
                         payload: draft.payload.clone(),
                     };
+                    // The same state again, written less than a minute ago: the history stays
+                    // as it is (its time is when the resource was last heard of, to a minute).
+                    let state = state.filter(|s| {
+                        prior.as_ref() != Some(s)
+                            || received_at_ms.saturating_sub(prior_ms) >= HISTORY_REFRESH_MS
+                    });
                     (envelope, key, state)
                 }
                 // Kept as sent, flagged, and never part of a resource's history.
@@ -471,7 +492,6 @@ fn commit_batch(
             }));
             next += 1;
         }
-        meta.insert(NEXT_SEQ, next).map_err(write_err)?;
     }
     inner.health.commit(txn)?;
     Ok(out)

@@ -27,6 +27,11 @@ pub struct Round {
     pub closed: Phase,
     /// At the fixed rate.
     pub fixed: Phase,
+    /// The server process's own CPU time (user + system, from `/proc/PID/stat`) per request
+    /// of the closed loop, in µs, counted until its sinks caught up (so it includes the
+    /// delivery of what it took): a figure that does not depend on the load generator sharing
+    /// the cores. `None` where /proc could not be read.
+    pub cpu_us: Option<f64>,
 }
 
 /// One contender's figures.
@@ -149,6 +154,31 @@ fn write_back_dirty_pages() -> Option<Writeback> {
     })
 }
 
+/// A process's CPU time so far (user + system), seconds, from `/proc/PID/stat` (in clock
+/// ticks of `getconf CLK_TCK`).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields; `rest` starts at the 3rd.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if it cannot say).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// nats-server's version (`v2.15.1`), empty if it did not say.
 fn nats_version(bin: &Path) -> String {
     Command::new(bin)
@@ -251,15 +281,25 @@ pub async fn measure(o: &BenchOptions, dir: &Path, me: &Path) -> Result<Intake> 
             // Earlier turns' data goes to the disk now, not during this turn (the kernel
             // writes dirty pages back some 30 s later; one server's writeback slowed the next).
             writeback.push(write_back_dirty_pages());
+            let cpu_before = cpu_seconds(c.process.id());
             let closed = closed_loop(&c.url, o.connections, o.seconds).await?;
             // The fixed rate measures a steady state: the closed loop's backlog drained and
             // its data written out first.
             if let Some((admin, sink)) = c.admin {
                 wait_caught_up(admin, sink, Duration::from_secs(300)).await?;
             }
+            let requests = closed.rps * o.seconds as f64;
+            let cpu_us = match (cpu_before, cpu_seconds(c.process.id())) {
+                (Some(a), Some(b)) if requests > 0.0 => Some((b - a) * 1e6 / requests),
+                _ => None,
+            };
             writeback.push(write_back_dirty_pages());
             let fixed = fixed_rate(&c.url, o.rate, o.seconds).await?;
-            c.rounds.push(Round { closed, fixed });
+            c.rounds.push(Round {
+                closed,
+                fixed,
+                cpu_us,
+            });
             if let Some((admin, sink)) = c.admin {
                 wait_caught_up(admin, sink, Duration::from_secs(300)).await?;
             }

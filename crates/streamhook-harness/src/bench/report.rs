@@ -85,12 +85,12 @@ fn intake(report: &mut String, o: &BenchOptions, r: &Results) {
     );
     let _ = writeln!(
         report,
-        "| server | requests/s at {} connections | ratio to bare | p99 ms | max ms | at {}/s: p99 ms | max ms | errors | peak RSS MiB |",
+        "| server | requests/s at {} connections | ratio to bare | server CPU µs/request | p99 ms | max ms | at {}/s: p99 ms | max ms | errors | peak RSS MiB |",
         o.connections, o.rate
     );
     let _ = writeln!(
         report,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let per_round = |r: &IntakeRow, f: &dyn Fn(usize, &Round) -> String| -> String {
         r.rounds
@@ -103,13 +103,16 @@ fn intake(report: &mut String, o: &BenchOptions, r: &Results) {
     for r in &intake.rows {
         let _ = writeln!(
             report,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
             r.name,
             per_round(r, &|_, p| format!("{:.0}", p.closed.rps)),
             per_round(r, &|i, p| format!(
                 "{:.2}",
                 p.closed.rps / bare.rounds[i].closed.rps
             )),
+            per_round(r, &|_, p| p
+                .cpu_us
+                .map_or_else(|| "?".to_owned(), |c| format!("{c:.0}"))),
             per_round(r, &|_, p| ms(p.closed.p99)),
             per_round(r, &|_, p| ms(p.closed.max)),
             per_round(r, &|_, p| ms(p.fixed.p99)),

@@ -50,6 +50,7 @@ fn row(name: &str, rounds: [(f64, [f64; 4]); 3], errors: u64, peak_rss: f64) -> 
                 max: ms_to_us(*fixed_max),
                 errors: 0,
             },
+            cpu_us: None,
         })
         .collect();
     IntakeRow {
@@ -248,14 +249,14 @@ the payload is the seed page's "video completely processed" (641 bytes), each re
 
 Every server runs at once and is measured in turns, 3 rounds: `sync` (the disk writes what earlier work left, so no phase pays for another's writeback), 64 connections back to back for 6 s, streamhook's sinks catch up (their lag, from `/readyz`, reaches 0), `sync` again, then a fixed 2000 requests/s for 6 s (latency timed from when each request was due: a steady state, no backlog draining), the sinks catch up again, then 8 s idle. Figures per round, in order.
 
-| server | requests/s at 64 connections | ratio to bare | p99 ms | max ms | at 2000/s: p99 ms | max ms | errors | peak RSS MiB |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-| bare axum (reads the body, answers 200) | 48904 / 34440 / 58046 | 1.00 / 1.00 / 1.00 | 4.71 / 5.20 / 2.56 | 24.99 / 12.02 / 9.56 | 1.95 / 2.86 / 2.13 | 8.22 / 10.90 / 5.92 | 0 | 8.7 |
-| streamhook-server + file sink | 8599 / 6343 / 10923 | 0.18 / 0.18 / 0.19 | 13.32 / 19.77 / 12.51 | 18.83 / 40.51 / 19.74 | 7.47 / 10.00 / 5.27 | 20.62 / 22.80 / 8.35 | 0 | 51.8 |
-| streamhook-server + http sink | 7076 / 5819 / 7387 | 0.14 / 0.17 / 0.13 | 19.18 / 21.93 / 20.48 | 25.82 / 312.06 / 286.21 | 138.11 / 14.24 / 22.09 | 189.31 / 29.07 / 40.96 | 118 | 57.2 |
-| adnanh/webhook 2.8 (`ip-whitelist` rule, runs /bin/true; stores nothing) | 4491 / 3417 / 3830 | 0.09 / 0.10 / 0.07 | 57.34 / 63.94 / 72.58 | 216.83 / 406.78 / 574.98 | 63.58 / 134.27 / 555.01 | 117.63 / 240.51 / 669.18 | 0 | 283.9 |
-| streamhook-server + file sink, JetStream journal (1 node, replicas 1) | 1197 / 1651 / 2626 | 0.02 / 0.05 / 0.05 | 101.12 / 81.28 / 65.34 | 127.17 / 99.45 / 82.50 | 222.97 / 28.21 / 26.66 | 260.61 / 37.12 / 39.07 | 831 | 55.0 |
-| streamhook-server + file sink, JetStream journal (3-node cluster, replicas 3) | 2536 / 2268 / 2226 | 0.05 / 0.07 / 0.04 | 48.93 / 64.89 / 55.30 | 69.25 / 105.47 / 86.53 | 73.92 / 77.25 / 148.61 | 94.72 / 120.70 / 200.83 | 128 | 51.7 |
+| server | requests/s at 64 connections | ratio to bare | server CPU µs/request | p99 ms | max ms | at 2000/s: p99 ms | max ms | errors | peak RSS MiB |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| bare axum (reads the body, answers 200) | 48904 / 34440 / 58046 | 1.00 / 1.00 / 1.00 | ? / ? / ? | 4.71 / 5.20 / 2.56 | 24.99 / 12.02 / 9.56 | 1.95 / 2.86 / 2.13 | 8.22 / 10.90 / 5.92 | 0 | 8.7 |
+| streamhook-server + file sink | 8599 / 6343 / 10923 | 0.18 / 0.18 / 0.19 | ? / ? / ? | 13.32 / 19.77 / 12.51 | 18.83 / 40.51 / 19.74 | 7.47 / 10.00 / 5.27 | 20.62 / 22.80 / 8.35 | 0 | 51.8 |
+| streamhook-server + http sink | 7076 / 5819 / 7387 | 0.14 / 0.17 / 0.13 | ? / ? / ? | 19.18 / 21.93 / 20.48 | 25.82 / 312.06 / 286.21 | 138.11 / 14.24 / 22.09 | 189.31 / 29.07 / 40.96 | 118 | 57.2 |
+| adnanh/webhook 2.8 (`ip-whitelist` rule, runs /bin/true; stores nothing) | 4491 / 3417 / 3830 | 0.09 / 0.10 / 0.07 | ? / ? / ? | 57.34 / 63.94 / 72.58 | 216.83 / 406.78 / 574.98 | 63.58 / 134.27 / 555.01 | 117.63 / 240.51 / 669.18 | 0 | 283.9 |
+| streamhook-server + file sink, JetStream journal (1 node, replicas 1) | 1197 / 1651 / 2626 | 0.02 / 0.05 / 0.05 | ? / ? / ? | 101.12 / 81.28 / 65.34 | 127.17 / 99.45 / 82.50 | 222.97 / 28.21 / 26.66 | 260.61 / 37.12 / 39.07 | 831 | 55.0 |
+| streamhook-server + file sink, JetStream journal (3-node cluster, replicas 3) | 2536 / 2268 / 2226 | 0.05 / 0.07 / 0.04 | ? / ? / ? | 48.93 / 64.89 / 55.30 | 69.25 / 105.47 / 86.53 | 73.92 / 77.25 / 148.61 | 94.72 / 120.70 / 200.83 | 128 | 51.7 |
 
 Before each phase the kernel held up to 67.3 MiB of dirty data (`Dirty` + `Writeback` in /proc/meminfo); `sync` took up to 0.27 s.
 
