@@ -165,7 +165,13 @@ impl Api {
             self.counters.count(status);
             match status {
                 200..=299 => {
-                    let text = resp.text().await.unwrap_or_default();
+                    let text = match body(resp).await {
+                        Ok(t) => t,
+                        Err(why) => {
+                            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                            return Err(ApiError::Failed(format!("GET {path}: {why}")));
+                        }
+                    };
                     return match serde_json::from_str::<Value>(&text) {
                         Ok(v) => Ok(Some(v)),
                         Err(e) => {
@@ -274,11 +280,37 @@ impl Api {
     }
 }
 
-/// A reqwest error without its URL (which holds nothing secret, but keeps lines short).
+/// The most an answer may hold (a list page of 100 videos is some 100 KiB).
+const MAX_BODY: usize = 64 << 20;
+
+/// An answer's body, at most [`MAX_BODY`].
+async fn body(mut resp: reqwest::Response) -> Result<String, String> {
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(format!("the answer is larger than {} MiB", MAX_BODY >> 20));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("the answer was cut short: {}", without_url(&e)))?
+    {
+        if out.len() + chunk.len() > MAX_BODY {
+            return Err(format!("the answer is larger than {} MiB", MAX_BODY >> 20));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    String::from_utf8(out).map_err(|_| "the answer is not UTF-8".to_owned())
+}
+
+/// A reqwest error with its causes (connection refused, a certificate problem), without its
+/// URL (which holds nothing secret, but keeps lines short).
 fn without_url(e: &reqwest::Error) -> String {
-    let text = e.to_string();
+    let text = streamhook_core::error_chain(e);
     match text.find(" for url (") {
-        Some(at) => text[..at].to_owned(),
+        Some(at) => {
+            let end = text[at..].find(')').map_or(text.len(), |i| at + i + 1);
+            format!("{}{}", &text[..at], &text[end..])
+        }
         None => text,
     }
 }

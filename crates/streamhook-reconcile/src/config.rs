@@ -57,6 +57,10 @@ pub struct ReconcileConfig {
     /// How far Gcore's clock may be ahead of this host's (default 30 s): a stream session
     /// counts as unseen only if it started this long after the journal last heard of it.
     pub clock_skew: Duration,
+    /// A change the API dates within this of its reading waits for the next run (default 2
+    /// min): its webhook may be on its way, and a reconciled event before it would make the
+    /// late webhook look like a second transition.
+    pub settle: Duration,
 }
 
 impl ReconcileConfig {
@@ -72,6 +76,7 @@ impl ReconcileConfig {
             timeout: Duration::from_secs(30),
             per_page: 100,
             clock_skew: crate::plan::SKEW,
+            settle: Duration::from_secs(120),
         }
     }
 }

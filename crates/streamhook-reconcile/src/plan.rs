@@ -75,6 +75,8 @@ pub struct Plan {
     /// Resources a webhook told the journal of after the API was read: not compared (the
     /// journal's state is the newer).
     pub newer_in_journal: u64,
+    /// Differences left to the next run: the API dates them within `settle` of its reading.
+    pub settling: u64,
 }
 
 /// What the planner is given.
@@ -99,11 +101,19 @@ pub struct Input<'a> {
     /// When reading the API began (ms): a resource the journal heard of since is newer in the
     /// journal than in the lists, and is not compared this run.
     pub listed_at_ms: u64,
+    /// A change the API dates within this of `observed_at` waits for the next run: its webhook
+    /// may still be on its way.
+    pub settle: Duration,
 }
 
 /// Plans a run.
 pub fn plan(input: &Input<'_>) -> Plan {
     let mut plan = Plan::default();
+    let observed_ms = input
+        .observed_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let settled_before = observed_ms.saturating_sub(input.settle.as_millis() as u64);
     let fresh = |key: &str| {
         input
             .known
@@ -125,7 +135,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }
             let prior = input.known.get(&key).cloned();
             let payloads = stream_steps(item, id, prior.as_ref(), input.baseline_ms, input.skew);
-            push(&mut plan, key, prior, payloads, &observed);
+            push(&mut plan, key, prior, payloads, &observed, settled_before);
         }
     }
     if let Some(videos) = input.videos {
@@ -143,8 +153,8 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 continue;
             }
             let prior = input.known.get(&key).cloned();
-            let payloads = video_steps(item, prior.as_ref(), input.baseline_ms);
-            push(&mut plan, key, prior, payloads, &observed);
+            let payloads = video_steps(item, prior.as_ref(), input.baseline_ms, input.skew);
+            push(&mut plan, key, prior, payloads, &observed, settled_before);
         }
         for (key, (state, at)) in input.known.range("video:".to_owned()..) {
             let Some(id) = key.strip_prefix("video:") else {
@@ -208,6 +218,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 Some(prior),
                 vec![(payload, None, reason)],
                 &observed,
+                settled_before,
             );
         }
     }
@@ -237,6 +248,7 @@ pub fn video_deleted(id: u64, prior: &(ResourceState, u64), observed_at: SystemT
             "the API no longer has the video (404)".to_owned(),
         )],
         &rfc3339(observed_at),
+        u64::MAX,
     );
     plan.actions.pop().unwrap_or(Action {
         resource: format!("video:{id}"),
@@ -253,13 +265,14 @@ pub fn video_found(
 ) -> Option<Action> {
     let id = item.get("id").and_then(Value::as_u64)?;
     let mut plan = Plan::default();
-    let payloads = video_steps(item, Some(prior), 0);
+    let payloads = video_steps(item, Some(prior), 0, Duration::ZERO);
     push(
         &mut plan,
         format!("video:{id}"),
         Some(prior.clone()),
         payloads,
         &rfc3339(observed_at),
+        u64::MAX,
     );
     plan.actions.pop()
 }
@@ -274,7 +287,19 @@ fn push(
     prior: Option<(ResourceState, u64)>,
     payloads: Payloads,
     observed: &str,
+    settled_before: u64,
 ) {
+    // A change dated within `settle` of the API's reading waits for the next run (its
+    // webhook may be on its way): the whole resource, so its steps stay in order.
+    if payloads.iter().any(|(_, happened, _)| {
+        happened
+            .as_ref()
+            .and_then(|h| time_ms(Some(&Value::String(h.clone()))))
+            .is_some_and(|t| t >= settled_before)
+    }) {
+        plan.settling += 1;
+        return;
+    }
     let mut state = prior.as_ref().map(|p| p.0.clone());
     let mut steps = Vec::new();
     for (payload, happened_at, reason) in payloads {
@@ -458,10 +483,24 @@ fn stream_steps(
     out
 }
 
-fn video_steps(item: &Value, prior: Option<&(ResourceState, u64)>, baseline_ms: u64) -> Payloads {
+fn video_steps(
+    item: &Value,
+    prior: Option<&(ResourceState, u64)>,
+    baseline_ms: u64,
+    skew: Duration,
+) -> Payloads {
     let Some(status) = item.get("status").and_then(Value::as_str) else {
         return Vec::new();
     };
+    let updated = time_ms(item.get("updated_at"));
+    if let (Some(u), Some((_, at))) = (updated, prior)
+        && *at > 0
+        && u <= at.saturating_add(skew.as_millis() as u64)
+    {
+        // The journal heard of the video after the API's last change of it: the journal's
+        // state is the newer (a list read from a lagging replica).
+        return Vec::new();
+    }
     match prior {
         Some((ResourceState::Video { deleted: true, .. }, _)) => return Vec::new(),
         Some((ResourceState::Video { status: known, .. }, _))
@@ -521,12 +560,11 @@ fn video_steps(item: &Value, prior: Option<&(ResourceState, u64)>, baseline_ms: 
             "status: {status} in the API; created after the journal's oldest event, unknown to it"
         ),
     };
+    let at = |ms: u64| rfc3339(UNIX_EPOCH + Duration::from_millis(ms));
     let happened = if prior.is_none() {
-        item.get("created_at")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        time_ms(item.get("created_at")).map(at)
     } else {
-        None
+        updated.map(at)
     };
     vec![(
         json!({"type": "video", "message": {"video": video}}),

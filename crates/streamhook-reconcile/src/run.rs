@@ -46,7 +46,7 @@ pub struct Emitted {
     /// When it happened, where the API says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub happened_at: Option<String>,
-    /// Its journal position (absent in a dry run, 0 while spooled).
+    /// Its journal position (absent in a dry run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     /// Its event id (absent in a dry run).
@@ -104,6 +104,8 @@ pub struct Report {
     pub not_comparable: u64,
     /// Resources a webhook changed between the plan and the append (compared again next run).
     pub changed_meanwhile: u64,
+    /// Differences the API dates within `settle` of its reading: left to the next run.
+    pub settling: u64,
     /// The events emitted, in order.
     pub emitted: Vec<Emitted>,
     /// What went wrong (each a sentence).
@@ -283,6 +285,7 @@ impl Reconciler {
             differences: 0,
             not_comparable: 0,
             changed_meanwhile: 0,
+            settling: 0,
             emitted: Vec::new(),
             errors: Vec::new(),
         };
@@ -326,6 +329,16 @@ impl Reconciler {
             }
         };
 
+        if self.journal.spool_len() > 0 {
+            // Webhooks this receiver took while NATS was away are not in the stream yet: a
+            // difference found now may be one of them, and would be journaled twice.
+            report.outcome = Outcome::Failed;
+            report.errors.push(
+                "this receiver's spool holds webhooks not yet in the shared stream; nothing compared, the next run tries again"
+                    .to_owned(),
+            );
+            return finish(report, &self.api);
+        }
         // On a replicated journal, this receiver's copy must hold what another receiver (or
         // its last run) journaled, or the comparison would find those differences again.
         if !self
@@ -386,8 +399,10 @@ impl Reconciler {
             observed_at: observed,
             skew: self.config.clock_skew,
             listed_at_ms,
+            settle: self.config.settle,
         });
         report.changed_meanwhile += planned.newer_in_journal;
+        report.settling = planned.settling;
         report.not_comparable = planned.not_comparable;
         report.compared = planned
             .compared
@@ -458,14 +473,25 @@ impl Reconciler {
                         actions.push(a);
                     }
                 }
-                Err(e @ ApiError::Unauthorized { .. }) => {
+                Err(ApiError::Unauthorized {
+                    status: 401,
+                    message,
+                }) => {
                     report.outcome = Outcome::Unauthorized;
-                    report.errors.push(e.to_string());
+                    report.errors.push(
+                        ApiError::Unauthorized {
+                            status: 401,
+                            message,
+                        }
+                        .to_string(),
+                    );
                     return finish(report, &self.api);
                 }
                 Err(e) => {
+                    // A 403 for one video (a sub-account's, say) is that video's problem,
+                    // not the key's: the lists were read with it.
                     report.outcome = Outcome::Partial;
-                    report.errors.push(e.to_string());
+                    report.errors.push(format!("video {id}: {e}"));
                 }
             }
         }

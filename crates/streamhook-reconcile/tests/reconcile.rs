@@ -14,8 +14,9 @@ const KEY: &str = "test-key-0123456789";
 fn config(fake: &FakeGcore) -> ReconcileConfig {
     let mut c = ReconcileConfig::new(&fake.url(), ApiKey::new(KEY));
     c.rate = 50.0;
-    // The stand-in shares this host's clock.
+    // The stand-in shares this host's clock, and nothing is on its way.
     c.clock_skew = Duration::ZERO;
+    c.settle = Duration::ZERO;
     c
 }
 
@@ -27,6 +28,14 @@ fn at(from_now: i64) -> String {
         now - Duration::from_secs((-from_now) as u64)
     };
     rfc3339(t)
+}
+
+/// A video as the API lists it, changed just now (after what the journal heard of it).
+async fn changed(id: u64, status: &str, created_at: &str) -> serde_json::Value {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut v = gcore::video(id, status, created_at);
+    v["updated_at"] = json!(at(0));
+    v
 }
 
 fn kinds_of(report: &streamhook_reconcile::Report) -> Vec<(String, Vec<String>)> {
@@ -54,12 +63,12 @@ async fn what_a_receiver_missed_while_down_is_journaled_once_and_a_second_run_em
     // became ready, video 9 was deleted, a recording (video 10) was made.
     let fake = FakeGcore::start(KEY).await;
     fake.set_streams(vec![
-        gcore::stream(1, false, Some(&at(-3600)), Some(&at(5))),
+        gcore::stream(1, false, Some(&at(-3600)), Some(&at(0))),
         gcore::stream(2, false, Some(&session_start), Some(&session_end)),
     ]);
     let mut recording = gcore::video(10, "viewable", &at(0));
     recording["stream_id"] = json!(2);
-    fake.set_videos(vec![gcore::video(7, "ready", &at(-7200)), recording]);
+    fake.set_videos(vec![changed(7, "ready", &at(-7200)).await, recording]);
 
     let reconciler = Reconciler::new(journal.clone(), config(&fake)).unwrap();
     let dry = reconciler.run_once(true).await.unwrap();
@@ -133,7 +142,7 @@ async fn a_refused_key_pauses_reconciliation_and_a_fixed_one_resumes_it() {
     let journal = open(dir.path());
     append(&journal, &video(7, "pending")).await;
     let fake = FakeGcore::start(KEY).await;
-    fake.set_videos(vec![gcore::video(7, "ready", &at(-60))]);
+    fake.set_videos(vec![changed(7, "ready", &at(-60)).await]);
     fake.set_unauthorized(true);
     let reconciler = Reconciler::new(journal.clone(), config(&fake)).unwrap();
     let report = reconciler.run_once(false).await.unwrap();
@@ -162,7 +171,7 @@ async fn rate_limits_and_server_errors_are_waited_out_and_malformed_answers_repo
     let journal = open(dir.path());
     append(&journal, &video(7, "pending")).await;
     let fake = FakeGcore::start(KEY).await;
-    fake.set_videos(vec![gcore::video(7, "ready", &at(-60))]);
+    fake.set_videos(vec![changed(7, "ready", &at(-60)).await]);
     fake.fail_next([Failure::TooMany { retry_after_s: 2 }, Failure::Server(503)]);
     let reconciler = Reconciler::new(journal.clone(), config(&fake)).unwrap();
     let report = reconciler.run_once(false).await.unwrap();
@@ -201,11 +210,11 @@ async fn five_thousand_videos_are_paged_under_the_rate_cap() {
     let journal = open(dir.path());
     append(&journal, &video(4_999, "pending")).await;
     let fake = FakeGcore::start(KEY).await;
-    fake.set_videos(
-        (0..5_000)
-            .map(|i| gcore::video(i, "ready", &at(-86_400)))
-            .collect(),
-    );
+    let mut videos: Vec<_> = (0..4_999)
+        .map(|i| gcore::video(i, "ready", &at(-86_400)))
+        .collect();
+    videos.push(changed(4_999, "ready", &at(-86_400)).await);
+    fake.set_videos(videos);
     let mut c = config(&fake);
     c.rate = 25.0;
     let reconciler = Reconciler::new(journal.clone(), c).unwrap();
@@ -279,7 +288,7 @@ async fn a_key_rotated_in_its_file_is_used_by_the_next_run() {
     let journal = open(dir.path());
     append(&journal, &video(7, "pending")).await;
     let fake = FakeGcore::start(KEY).await;
-    fake.set_videos(vec![gcore::video(7, "ready", &at(-60))]);
+    fake.set_videos(vec![changed(7, "ready", &at(-60)).await]);
     let file = dir.path().join("gcore.key");
     std::fs::write(&file, "the-old-revoked-key\n").unwrap();
     let mut c = config(&fake);

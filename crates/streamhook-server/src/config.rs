@@ -139,7 +139,7 @@ pub struct Args {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
-    /// Gcore's API, for reconciliation [default: https://api.gcore.com].
+    /// Gcore's API, for reconciliation [default: api.gcore.com, over HTTPS].
     #[arg(long, env = "STREAMHOOK_GCORE_API_URL", value_name = "URL")]
     pub gcore_api_url: Option<String>,
     /// A file holding a Gcore API key (read-only is enough): turns reconciliation on, which
@@ -542,6 +542,10 @@ pub struct ReconcileSection {
     /// only if it started this long after the journal last heard of the stream.
     #[serde(with = "streamhook_core::duration")]
     pub clock_skew: Duration,
+    /// A change the API dates within this of its reading waits for the next run (its webhook
+    /// may be on its way).
+    #[serde(with = "streamhook_core::duration")]
+    pub settle: Duration,
 }
 
 impl Default for ReconcileSection {
@@ -552,6 +556,7 @@ impl Default for ReconcileSection {
             rate: 2.0,
             timeout: Duration::from_secs(30),
             clock_skew: Duration::from_secs(30),
+            settle: Duration::from_secs(120),
         }
     }
 }
@@ -954,7 +959,14 @@ impl Config {
                     .into(),
             );
         }
+        if r.settle > Duration::from_secs(3600) {
+            return invalid(format!(
+                "[reconcile] settle = {}: at most 1h",
+                humantime::format_duration(r.settle)
+            ));
+        }
         let mut config = streamhook_reconcile::ReconcileConfig::new(url, key);
+        config.settle = r.settle;
         config.interval = r.interval;
         config.on_start = r.on_start;
         config.rate = r.rate;

@@ -28,6 +28,8 @@ fn the_example_states_the_defaults() {
     assert_eq!(example.admin, default.admin);
     assert_eq!(example.strict, default.strict);
     assert_eq!(example.journal, default.journal);
+    assert_eq!(example.gcore, default.gcore);
+    assert_eq!(example.reconcile, default.reconcile);
 }
 
 #[test]

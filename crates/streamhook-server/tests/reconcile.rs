@@ -19,8 +19,9 @@ fn with_gcore(config: &mut Config, fake: &FakeGcore) {
     config.gcore.api_url = fake.url();
     config.gcore.api_key_env = Some(ApiKey::new(KEY));
     config.reconcile.rate = 50.0;
-    // The stand-in shares this host's clock.
+    // The stand-in shares this host's clock, and nothing is on its way.
     config.reconcile.clock_skew = Duration::ZERO;
+    config.reconcile.settle = Duration::ZERO;
 }
 
 fn at(from_now_s: i64) -> String {
@@ -89,7 +90,9 @@ async fn a_receiver_that_was_down_gets_what_gcore_s_api_shows_it_missed_once() {
         Some(&at(-3600)),
         Some(&at(0)),
     )]);
-    fake.set_videos(vec![gcore::video(77, "ready", &at(-3600))]);
+    let mut ready = gcore::video(77, "ready", &at(-3600));
+    ready["updated_at"] = json!(at(0));
+    fake.set_videos(vec![ready]);
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
     let mut config = test_config(dir.path());
     with_gcore(&mut config, &fake);

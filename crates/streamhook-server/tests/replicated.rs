@@ -210,6 +210,8 @@ async fn two_receivers_reconcile_one_at_a_time_and_journal_a_missed_transition_o
         config.gcore.api_key_env = Some(streamhook_reconcile::ApiKey::new(KEY));
         config.reconcile.on_start = false;
         config.reconcile.rate = 50.0;
+        config.reconcile.settle = Duration::ZERO;
+        config.reconcile.clock_skew = Duration::ZERO;
         TestServer::start_with(dir, config).await
     };
     let a = start(nats.url_list(), fake.url()).await;
@@ -225,7 +227,11 @@ async fn two_receivers_reconcile_one_at_a_time_and_journal_a_missed_transition_o
     .await;
 
     // Missed while both were unreachable: the video became ready.
-    fake.set_videos(vec![gcore::video(77, "ready", &created)]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut ready = gcore::video(77, "ready", &created);
+    ready["updated_at"] =
+        json!(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+    fake.set_videos(vec![ready]);
     let run = |s: &TestServer| {
         let (url, token) = (s.admin_url("/admin/reconcile"), s.token.clone());
         async move {
@@ -244,6 +250,12 @@ async fn two_receivers_reconcile_one_at_a_time_and_journal_a_missed_transition_o
     // Both at once, then both again: one at a time (a lease), and whichever runs after the
     // other finds nothing left (its copy of the journal caught up first).
     let (ra, rb) = tokio::join!(run(&a), run(&b));
+    // Started together, and each run takes at least 80 ms (five requests at 50 a second): one
+    // of them finds the other's lease.
+    assert!(
+        [&ra, &rb].iter().any(|r| r["outcome"] == "elsewhere"),
+        "one at a time:\n{ra}\n{rb}"
+    );
     let (ra2, rb2) = tokio::join!(run(&a), run(&b));
     let emitted: usize = [&ra, &rb, &ra2, &rb2]
         .iter()

@@ -50,6 +50,7 @@ fn run(streams: &[Value], videos: Option<&[Value]>, known: &[(&str, ResourceStat
         observed_at: UNIX_EPOCH + Duration::from_millis(T0 + 10 * HOUR),
         skew: SKEW,
         listed_at_ms: u64::MAX,
+        settle: Duration::ZERO,
     })
 }
 
@@ -267,6 +268,7 @@ fn restreams_and_broadcasts_need_an_id_and_a_known_resource() {
         observed_at: UNIX_EPOCH,
         skew: SKEW,
         listed_at_ms: u64::MAX,
+        settle: Duration::ZERO,
     });
     assert_eq!(
         kinds(&p),
@@ -322,6 +324,7 @@ fn a_resource_the_journal_heard_of_after_the_api_was_read_is_not_compared() {
         observed_at: UNIX_EPOCH,
         skew: SKEW,
         listed_at_ms: T0 + HOUR,
+        settle: Duration::ZERO,
     });
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert!(
@@ -371,4 +374,56 @@ fn a_stop_a_session_and_a_stop_are_planned_against_each_state_in_turn() {
             ..
         }))
     ));
+}
+
+fn planned_with(streams: &[Value], videos: &[Value], known: &Known, settle: Duration) -> Plan {
+    plan(&Input {
+        streams: Some(streams),
+        videos: Some(videos),
+        restreams: None,
+        broadcasts: None,
+        known,
+        baseline_ms: T0,
+        observed_at: UNIX_EPOCH + Duration::from_millis(T0 + 10 * HOUR),
+        skew: SKEW,
+        listed_at_ms: u64::MAX,
+        settle,
+    })
+}
+
+#[test]
+fn a_change_dated_within_the_settle_time_waits_for_the_next_run() {
+    let known: Known = [
+        ("stream:1".to_owned(), (live(true), T0 + HOUR)),
+        ("video:7".to_owned(), (video_state("pending"), T0 + HOUR)),
+    ]
+    .into_iter()
+    .collect();
+    // The stream stopped and the video became ready a minute before the API was read: their
+    // webhooks may be on their way.
+    let recent = T0 + 10 * HOUR - 60_000;
+    let streams = [stream(1, false, Some(T0 + HOUR), Some(recent))];
+    let videos = [json!({"id": 7, "status": "ready", "updated_at": iso(recent)})];
+    let p = planned_with(&streams, &videos, &known, Duration::from_secs(120));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.settling, 2);
+    // A run after the settle time emits both.
+    let p = planned_with(&streams, &videos, &known, Duration::from_secs(30));
+    assert_eq!(kinds(&p), vec![vec!["stream.stopped"], vec!["video.ready"]]);
+}
+
+#[test]
+fn a_video_the_journal_heard_of_after_the_api_last_changed_it_is_left_alone() {
+    // The journal got `ready` at 2 h; the list, from a lagging replica, still says `pending`
+    // as of 1 h.
+    let known: Known = [("video:7".to_owned(), (video_state("ready"), T0 + 2 * HOUR))]
+        .into_iter()
+        .collect();
+    let videos = [json!({"id": 7, "status": "pending", "updated_at": iso(T0 + HOUR)})];
+    let p = planned_with(&[], &videos, &known, Duration::ZERO);
+    assert!(
+        p.actions.is_empty(),
+        "no step back to pending: {:?}",
+        p.actions
+    );
 }
