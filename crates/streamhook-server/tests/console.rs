@@ -1143,3 +1143,56 @@ async fn the_path_token_is_taken_out_of_every_kept_header() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn paging_a_search_by_delivery_state_shows_every_match_once() {
+    let server = TestServer::start(|_| {}).await;
+    let c = client();
+    for i in 0..12u64 {
+        let body =
+            format!(r#"{{"type":"video","message":{{"video":{{"id":{i},"status":"ready"}}}}}}"#);
+        post(&c, &server.url("/webhook"), body.into_bytes()).await;
+    }
+    let cookie = log_in(&server).await;
+    // Wait until the archive has every event.
+    let mut all = Value::Null;
+    for _ in 0..200 {
+        all = get_json(
+            &server,
+            &cookie,
+            "/admin/events/search?sink=archive&state=delivered&limit=500",
+        )
+        .await
+        .1;
+        if all["events"].as_array().is_some_and(|e| e.len() == 12) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(all["events"].as_array().unwrap().len(), 12, "{all}");
+    // Five at a time: more matches on the page read than the limit. Before the fix the
+    // second page started past the first page's unshown matches.
+    let mut seen = Vec::new();
+    let mut before = String::new();
+    for _ in 0..10 {
+        let page = get_json(
+            &server,
+            &cookie,
+            &format!("/admin/events/search?sink=archive&state=delivered&limit=5{before}"),
+        )
+        .await
+        .1;
+        for e in page["events"].as_array().unwrap() {
+            seen.push(e["seq"].as_u64().unwrap());
+        }
+        match page["next_before"].as_u64() {
+            Some(b) => before = format!("&before={b}"),
+            None => break,
+        }
+    }
+    let mut distinct = seen.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seen.len(), "no match twice: {seen:?}");
+    assert_eq!(distinct, (1..=12).collect::<Vec<_>>(), "every match once");
+}

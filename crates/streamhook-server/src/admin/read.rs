@@ -245,7 +245,7 @@ fn search_page(
     };
     // Candidates by the other filters, then their state for the sink, page after page
     // within the scan budget.
-    let mut rows = Vec::new();
+    let mut rows: Vec<(StoredEvent, Envelope)> = Vec::new();
     let mut scanned = 0;
     let mut before = before;
     loop {
@@ -257,7 +257,17 @@ fn search_page(
                 .get(sink)
                 .and_then(|v| v["state"].as_str())
                 .unwrap_or_default();
-            if s == state && rows.len() < limit {
+            if s == state {
+                if rows.len() == limit {
+                    // More matches on this page than the limit: the next call goes on right
+                    // after the last row taken, not past the rest of the page.
+                    let last = rows.last().map_or(1, |(e, _)| e.seq);
+                    return Ok(Page {
+                        rows,
+                        next_before: (last > 1).then_some(last),
+                        scanned,
+                    });
+                }
                 rows.push(row);
             }
         }
@@ -387,6 +397,9 @@ fn sink_states(
                 json!({ "state": "requeued" })
             } else if let Some(r) = retrying.get(&seq) {
                 json!({ "state": "pending", "attempts": r.attempts, "next_at_ms": r.next_at_ms, "error": r.error })
+            } else if last.as_ref().is_some_and(|l| l.outcome == "delivered") {
+                // A delivery recorded: delivered, whatever the routes say now.
+                json!({ "state": "delivered" })
             } else if !routed {
                 json!({ "state": "not routed" })
             } else if seq < start {
