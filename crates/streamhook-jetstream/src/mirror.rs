@@ -55,7 +55,7 @@ fn task_err(e: tokio::task::JoinError) -> JournalError {
 
 /// Opens a replicated journal: `config.dir` holds this receiver's mirror of the shared stream
 /// and its spool. The client connects in the background: with every NATS server down the
-/// receiver starts at once (after [`CONNECT_WAIT`]) and keeps events in its spool. Once a
+/// receiver starts at once (after `CONNECT_WAIT`) and keeps events in its spool. Once a
 /// server answers, the stream and buckets are created when missing and checked when not (a
 /// server older than [`MIN_SERVER_VERSION`](crate::config::MIN_SERVER_VERSION), a setting
 /// that can lose events, or a folder that mirrors another stream is refused: an error here
