@@ -553,6 +553,17 @@ fn bench(rest: &[String]) -> Result<()> {
             .args(["install", "-y", "jq"])
             .status();
     }
+    if !Command::new("webhook")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("installing webhook (adnanh/webhook, the bench's reference row)");
+        let _ = Command::new("apt-get").arg("update").status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "webhook"])
+            .status();
+    }
     cargo(
         &[
             "bench",
