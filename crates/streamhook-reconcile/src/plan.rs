@@ -383,6 +383,21 @@ fn stream_steps(
         json!({"type": "stream", "message": {"stream": m}})
     };
     let at = |ms: Option<u64>| ms.map(|ms| rfc3339(UNIX_EPOCH + Duration::from_millis(ms)));
+    // A session that started (at `s`) and ended unseen: its start, then its stop.
+    let session = |s: u64| {
+        [
+            (
+                message(true, None),
+                at(Some(s)),
+                "a session that started and ended unseen (started_at_primary)".to_owned(),
+            ),
+            (
+                message(false, backup),
+                at(ended(s)),
+                "a session that started and ended unseen (finished_at_primary)".to_owned(),
+            ),
+        ]
+    };
     let mut out = Vec::new();
     if prior.is_none() {
         // Unknown to the journal: only a session since the baseline.
@@ -394,16 +409,7 @@ fn stream_steps(
                     .to_owned(),
             )),
             (false, Some(s)) if ended(s).is_some() => {
-                out.push((
-                    message(true, None),
-                    at(Some(s)),
-                    "a session that started and ended unseen (started_at_primary)".to_owned(),
-                ));
-                out.push((
-                    message(false, backup),
-                    at(ended(s)),
-                    "a session that started and ended unseen (finished_at_primary)".to_owned(),
-                ));
+                out.extend(session(s));
             }
             _ => {}
         }
@@ -431,16 +437,7 @@ fn stream_steps(
             "live: true in the API, not in the journal".to_owned(),
         )),
         (_, false, Some(s)) if was_live != Some(true) && ended(s).is_some() => {
-            out.push((
-                message(true, None),
-                at(Some(s)),
-                "a session that started and ended unseen (started_at_primary)".to_owned(),
-            ));
-            out.push((
-                message(false, backup),
-                at(ended(s)),
-                "a session that started and ended unseen (finished_at_primary)".to_owned(),
-            ));
+            out.extend(session(s));
         }
         (Some(true), false, Some(s)) if ended(s).is_some() => {
             // The session the journal knew ended, another started and ended unseen.
@@ -450,16 +447,7 @@ fn stream_steps(
                 "a new session started since the journal last heard of the stream: the one it knew ended"
                     .to_owned(),
             ));
-            out.push((
-                message(true, None),
-                at(Some(s)),
-                "a session that started and ended unseen (started_at_primary)".to_owned(),
-            ));
-            out.push((
-                message(false, backup),
-                at(ended(s)),
-                "a session that started and ended unseen (finished_at_primary)".to_owned(),
-            ));
+            out.extend(session(s));
         }
         (Some(true), false, _) => out.push((
             message(false, backup),

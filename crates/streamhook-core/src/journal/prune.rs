@@ -114,19 +114,9 @@ impl Journal {
             .map_err(write_err)?;
         let passed = self.passed_by_all(&txn, sinks, policy.removed_sink_grace, now_ms)?;
         let next = {
-            let recorded = txn
-                .open_table(META)
-                .map_err(write_err)?
-                .get(NEXT_SEQ)
-                .map_err(write_err)?
-                .map(|v| v.value());
-            let newest = txn
-                .open_table(EVENTS)
-                .map_err(write_err)?
-                .last()
-                .map_err(write_err)?
-                .map(|(k, _)| k.value());
-            super::writer::next_seq(recorded, newest)
+            let meta = txn.open_table(META).map_err(write_err)?;
+            let events = txn.open_table(EVENTS).map_err(write_err)?;
+            super::store::next_seq(&meta, &events).map_err(write_err)?
         };
         let keep_from_count = policy.max_events.map_or(0, |n| next.saturating_sub(n));
         let cutoff_ms = policy

@@ -343,21 +343,22 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, JournalError> {
     Ok(db)
 }
 
+/// The seq after the newest event, or after what pruning recorded (whichever is greater),
+/// read from the meta and events tables of any transaction.
+pub(crate) fn next_seq(
+    meta: &impl redb::ReadableTable<&'static str, u64>,
+    events: &impl redb::ReadableTable<u64, &'static [u8]>,
+) -> Result<u64, redb::StorageError> {
+    let recorded = meta.get(NEXT_SEQ)?.map(|v| v.value());
+    let newest = events.last()?.map(|(k, _)| k.value());
+    Ok(recorded.unwrap_or(1).max(newest.map_or(1, |n| n + 1)))
+}
+
 pub(crate) fn last_seq_in(db: &Database) -> Result<u64, JournalError> {
     let txn = db.begin_read().map_err(read_err)?;
-    let recorded = txn
-        .open_table(META)
-        .map_err(read_err)?
-        .get(NEXT_SEQ)
-        .map_err(read_err)?
-        .map(|v| v.value());
-    let newest = txn
-        .open_table(EVENTS)
-        .map_err(read_err)?
-        .last()
-        .map_err(read_err)?
-        .map(|(k, _)| k.value());
-    Ok(super::writer::next_seq(recorded, newest) - 1)
+    let meta = txn.open_table(META).map_err(read_err)?;
+    let events = txn.open_table(EVENTS).map_err(read_err)?;
+    Ok(next_seq(&meta, &events).map_err(read_err)? - 1)
 }
 
 /// The receive time of the newest event (0 when empty).

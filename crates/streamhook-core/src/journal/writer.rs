@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::{JournalError, write_err};
 use super::record::{
-    Appended, EVENTS, HISTORY, META, NEXT_SEQ, PROBE, Parsed, REQUESTS, SPOOL, SPOOL_NEXT,
-    encode_history, encode_record, event_id, history_key, history_time, read_history,
+    Appended, EVENTS, HISTORY, META, PROBE, Parsed, REQUESTS, SPOOL, SPOOL_NEXT, encode_history,
+    encode_record, event_id, history_key, history_time, read_history,
 };
-use super::store::{JournalStats, MAX_CLOCK_AHEAD, MAX_CLOCK_STEP_BACK, Store};
+use super::store::{JournalStats, MAX_CLOCK_AHEAD, MAX_CLOCK_STEP_BACK, Store, next_seq};
 use crate::backend::{Draft, Imported, Sequencer};
 
 pub(crate) struct AppendRequest {
@@ -371,11 +371,6 @@ pub(crate) fn writer_loop(
 /// again within this is not written (one table fewer in most commits of a busy resource).
 const HISTORY_REFRESH_MS: u64 = 60_000;
 
-/// The seq after the newest event, or after what pruning recorded (whichever is greater).
-pub(crate) fn next_seq(recorded: Option<u64>, newest: Option<u64>) -> u64 {
-    recorded.unwrap_or(1).max(newest.map_or(1, |n| n + 1))
-}
-
 /// Classifies and stores a batch in one transaction; all or nothing (but a conditional
 /// append whose resource is not as expected is left out, with its own error).
 fn commit_batch(
@@ -396,10 +391,7 @@ fn commit_batch(
         // The next seq follows the newest event; `next_seq` in meta is written only by pruning
         // (which may delete the newest), never by an append: one table fewer per commit.
         let meta = txn.open_table(META).map_err(write_err)?;
-        let mut next = next_seq(
-            meta.get(NEXT_SEQ).map_err(write_err)?.map(|v| v.value()),
-            events.last().map_err(write_err)?.map(|(k, _)| k.value()),
-        );
+        let mut next = next_seq(&meta, &events).map_err(write_err)?;
         drop(meta);
         let mut record = Vec::new();
         for request in batch {
