@@ -208,6 +208,12 @@ async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
+    if common::jetstream_mode() {
+        // The pages, the login and the clicks are the same on both journals; the console's
+        // reads on the replicated journal are run by tests/console.rs in this mode. (It saves
+        // CI a second browser run of some 40 s.)
+        return;
+    }
     if !browser_available() {
         return;
     }
