@@ -9,7 +9,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::Journal;
 use super::error::{JournalError, read_err, write_err};
 use super::record::{
-    ATTEMPTS, ATTEMPTS_KEPT, AUDIT, AUDIT_KEPT, AttemptRecord, AuditEntry, CURSORS, REWINDS,
+    ATTEMPTS, ATTEMPTS_KEPT, AUDIT, AUDIT_KEPT, AttemptRecord, AuditEntry, CURSORS,
 };
 
 impl Journal {
@@ -48,17 +48,7 @@ impl Journal {
         let txn = db.begin_write().map_err(write_err)?;
         {
             if let Some(seq) = cursor {
-                let rewind = txn
-                    .open_table(REWINDS)
-                    .map_err(write_err)?
-                    .get(sink)
-                    .map_err(write_err)?
-                    .map(|v| v.value());
-                let seq = rewind.map_or(seq, |r| seq.min(r));
-                txn.open_table(CURSORS)
-                    .map_err(write_err)?
-                    .insert(sink, seq)
-                    .map_err(write_err)?;
+                super::cursors::write_cursor(&txn, sink, seq)?;
             }
             let mut table = txn.open_table(ATTEMPTS).map_err(write_err)?;
             for (seq, attempt) in attempts {

@@ -97,17 +97,7 @@ impl Journal {
         }
         let db = self.db()?;
         let txn = db.begin_write().map_err(write_err)?;
-        let rewind = txn
-            .open_table(REWINDS)
-            .map_err(write_err)?
-            .get(sink)
-            .map_err(write_err)?
-            .map(|v| v.value());
-        let seq = rewind.map_or(seq, |r| seq.min(r));
-        txn.open_table(CURSORS)
-            .map_err(write_err)?
-            .insert(sink, seq)
-            .map_err(write_err)?;
+        write_cursor(&txn, sink, seq)?;
         self.inner.health.commit(txn)
     }
 
@@ -497,4 +487,25 @@ impl Journal {
         self.letters_changed();
         Ok(true)
     }
+}
+
+/// Writes a sink's cursor in `txn`, never past a replay recorded and not yet applied (the one
+/// place that rule lives: every cursor save goes through it).
+pub(crate) fn write_cursor(
+    txn: &redb::WriteTransaction,
+    sink: &str,
+    seq: u64,
+) -> Result<(), JournalError> {
+    let rewind = txn
+        .open_table(REWINDS)
+        .map_err(write_err)?
+        .get(sink)
+        .map_err(write_err)?
+        .map(|v| v.value());
+    let seq = rewind.map_or(seq, |r| seq.min(r));
+    txn.open_table(CURSORS)
+        .map_err(write_err)?
+        .insert(sink, seq)
+        .map_err(write_err)?;
+    Ok(())
 }
